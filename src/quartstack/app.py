@@ -1,0 +1,74 @@
+"""The app factory: one place that builds a quartstack app from settings.
+
+``create_app`` returns a fresh app on every call (Quart's serving hooks run once
+per app, so tests build one app per scenario). Integrations are listed here and
+only connect when the app starts serving.
+"""
+
+from __future__ import annotations
+
+from quart import Quart
+from quart_schema import Info, QuartSchema
+
+from quartstack import NAME, __version__
+from quartstack.blueprints import health, metrics, root
+from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.vault.credentials import CredentialProvider
+from quartstack.lifecycle import init_lifecycle
+from quartstack.metrics import APP_INFO
+from quartstack.settings import Settings, load_settings
+from quartstack.web.client_address import TRUSTED_PROXIES_KEY
+from quartstack.web.observability import init_observability
+from quartstack.web.problems import init_problem_handlers
+from quartstack.web.request_body import init_request_body_checks
+from quartstack.web.security import init_cors, init_security_headers
+
+SETTINGS_KEY = "quartstack.settings"
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    """Build the app: web layer, backends from settings, blueprints."""
+    settings = settings or load_settings()
+    app = Quart(NAME)
+    app.config.update(
+        DEBUG=settings.debug,
+        PROPAGATE_EXCEPTIONS=False,
+        JSON_SORT_KEYS=False,
+        QUARTSTACK_HEALTH_TIMEOUT=settings.health_timeout_seconds,
+        **{TRUSTED_PROXIES_KEY: tuple(settings.trusted_proxies)},
+    )
+    app.extensions[SETTINGS_KEY] = settings
+    app.extensions[REGISTRY_KEY] = BackendRegistry(settings.required_backends)
+    APP_INFO.labels(NAME, __version__).set(1)
+
+    init_observability(app)
+    init_problem_handlers(app)
+    init_request_body_checks(app, settings.max_body_bytes)
+    init_security_headers(app, settings)
+    init_cors(app, settings)
+    QuartSchema(
+        app,
+        info=Info(
+            title=NAME,
+            version=__version__,
+            description="Quart reference service: Vault, SQL, MongoDB, Redis, RabbitMQ",
+        ),
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
+    init_lifecycle(app, settings.startup_timeout_seconds)
+
+    _init_backends(app, settings)
+    for blueprint in (root.blueprint, metrics.blueprint, health.blueprint):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def _init_backends(app: Quart, settings: Settings) -> None:
+    """Create the integrations this deployment configures (none connect yet)."""
+    CredentialProvider(settings).init_app(app)
+
+
+def settings_of(app: Quart) -> Settings:
+    value: Settings = app.extensions[SETTINGS_KEY]
+    return value

@@ -1,0 +1,16 @@
+"""``/metrics``: Prometheus text exposition of the service's own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, Response
+
+from quartstack.metrics import REGISTRY
+
+blueprint = Blueprint("metrics", __name__)
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text exposition (format 0.0.4)."""
+    return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,117 @@
+"""``quartstack serve``: run the service under Hypercorn.
+
+One worker by default: with one worker the process owns SIGTERM and drains
+in-flight requests before stopping (Hypercorn's multi-worker mode cuts them),
+so scale with replicas rather than workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from quartstack import __version__
+from quartstack.logging_setup import configure_logging
+from quartstack.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("quartstack.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quartstack", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"quartstack {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP service under Hypercorn")
+    serve_cmd.add_argument("--bind", help="HOST:PORT to listen on (default from HOST and PORT)")
+    serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve_cmd.add_argument("--no-uvloop", action="store_true", help="use the asyncio event loop")
+    return parser
+
+
+def hypercorn_config(settings: Settings, bind: str | None, workers: int) -> Config:
+    config = Config()
+    config.bind = [bind or f"{settings.host}:{settings.port}"]
+    config.workers = workers
+    config.graceful_timeout = settings.shutdown_grace_seconds
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    config.h11_max_incomplete_size = 16 * 1024
+    config.keep_alive_timeout = 75
+    return config
+
+
+def _uvloop_factory(disabled: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if disabled:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def _serve_one(settings: Settings, config: Config) -> None:
+    from quartstack.app import create_app
+    from quartstack.lifecycle import drain
+
+    app = create_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        logger.info("shutdown signal received")
+        await drain(
+            app, minimum=settings.shutdown_drain_seconds, grace=settings.shutdown_grace_seconds
+        )
+
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+def _serve_many(config: Config) -> None:
+    from hypercorn.run import run
+
+    config.application_path = "quartstack.asgi:app"
+    run(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"quartstack: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    workers = args.workers if args.workers is not None else settings.workers
+    config = hypercorn_config(settings, args.bind, workers)
+    loop_factory = _uvloop_factory(args.no_uvloop)
+    logger.info(
+        "starting",
+        extra={
+            "bind": config.bind,
+            "workers": workers,
+            "uvloop": loop_factory is not None,
+            "version": __version__,
+        },
+    )
+    if workers > 1:
+        if loop_factory is not None:
+            config.worker_class = "uvloop"
+        _serve_many(config)
+        return 0
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve_one(settings, config))
+    logger.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""Backend integrations: one small extension per backend, each owning its client."""

@@ -1,0 +1,122 @@
+"""The extension pattern every backend integration follows, and the registry of them.
+
+An integration is a :class:`Backend` subclass with ``init_app(app)``. It keeps
+itself in ``app.extensions[name]``, is started by the app's startup sequence
+(in the background, so ``/health/startup`` can answer while it works) and is
+closed when the app stops serving. Nothing connects at import time or in
+``__init__``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from quart import Quart, current_app
+
+from quartstack.resilience import BackendGuard, BackendNotConfigured
+
+if TYPE_CHECKING:
+    from quartstack.settings import Settings
+
+REGISTRY_KEY = "quartstack.backends"
+
+B = TypeVar("B", bound="Backend")
+
+
+class Backend(abc.ABC):
+    """Base of every backend client: owns its connection/pool, guard and health check."""
+
+    name: ClassVar[str]
+    #: Backends this one needs started first (e.g. credentials from Vault).
+    depends_on: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.guard = BackendGuard(
+            self.name,
+            timeout=settings.backend_timeout_seconds,
+            failure_threshold=settings.circuit_failure_threshold,
+            recovery_timeout=settings.circuit_recovery_seconds,
+            ignored=self.ignored_exceptions(),
+        )
+        self.app: Quart | None = None
+
+    def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean the backend answered correctly (not a circuit failure)."""
+        return ()
+
+    def init_app(self, app: Quart) -> None:
+        self.app = app
+        app.extensions[self.name] = self
+        registry(app).add(self)
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect or create the pool. Must not raise when the backend is down:
+        log, stay degraded and connect lazily on first use instead."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Close connections; called once when the app stops serving."""
+
+    @abc.abstractmethod
+    async def health(self) -> dict[str, Any]:
+        """Check the backend now; return the healthy body, raise a BackendError if not."""
+
+
+class BackendRegistry:
+    """Which integrations this app has, and which of them readiness requires."""
+
+    def __init__(self, required: list[str]) -> None:
+        self.backends: dict[str, Backend] = {}
+        self.required = tuple(required)
+
+    def add(self, backend: Backend) -> None:
+        self.backends[backend.name] = backend
+
+    def get(self, name: str) -> Backend | None:
+        return self.backends.get(name)
+
+    def startup_order(self) -> list[list[Backend]]:
+        """Group backends into waves: each wave only depends on earlier waves."""
+        remaining = dict(self.backends)
+        done: set[str] = set()
+        waves: list[list[Backend]] = []
+        while remaining:
+            wave = [
+                b
+                for b in remaining.values()
+                if all(dep in done or dep not in self.backends for dep in b.depends_on)
+            ]
+            if not wave:  # a cycle: start the rest together rather than hang
+                wave = list(remaining.values())
+            waves.append(wave)
+            for backend in wave:
+                done.add(backend.name)
+                remaining.pop(backend.name)
+        return waves
+
+    async def start_all(self) -> None:
+        for wave in self.startup_order():
+            await asyncio.gather(*(backend.start() for backend in wave))
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(
+            *(backend.stop() for backend in self.backends.values()), return_exceptions=True
+        )
+
+
+def registry(app: Quart | None = None) -> BackendRegistry:
+    target = app if app is not None else current_app
+    reg: BackendRegistry = target.extensions[REGISTRY_KEY]
+    return reg
+
+
+def get_backend(name: str, kind: type[B]) -> B:
+    """The typed backend ``name`` of the current app, or 503 'not configured'."""
+    backend = current_app.extensions.get(name)
+    if not isinstance(backend, kind):
+        raise BackendNotConfigured(name)
+    return backend

@@ -1,0 +1,152 @@
+"""Every Prometheus metric the service exports, in one place.
+
+Metrics live in a dedicated registry rather than the global one so that the
+names on ``/metrics`` are exactly the contract in API.md (plus the process
+collector), and so that building several apps in one test process cannot
+register a metric twice.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# --- HTTP ------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by route template and status.",
+    ["method", "endpoint", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request received to response ready, by route template.",
+    ["method", "endpoint"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+HTTP_IN_PROGRESS = Gauge(
+    "http_requests_in_progress",
+    "Requests being handled now, by route template.",
+    ["method", "endpoint"],
+    registry=REGISTRY,
+)
+HTTP_ERRORS = Counter(
+    "http_errors_total",
+    "Problem responses sent, by problem kind and status.",
+    ["error_type", "status_code"],
+    registry=REGISTRY,
+)
+
+# --- response cache ----------------------------------------------------------------------
+CACHE_HITS = Counter("cache_hits_total", "Response cache hits.", ["endpoint"], registry=REGISTRY)
+CACHE_MISSES = Counter(
+    "cache_misses_total", "Response cache misses.", ["endpoint"], registry=REGISTRY
+)
+CACHE_INVALIDATIONS = Counter(
+    "cache_invalidations_total",
+    "Response cache entries removed by pattern.",
+    ["pattern"],
+    registry=REGISTRY,
+)
+
+# --- circuit breakers ---------------------------------------------------------------------
+CIRCUIT_STATE = Gauge(
+    "circuit_breaker_state",
+    "Circuit state per backend: 0 closed, 1 half-open, 2 open.",
+    ["service"],
+    registry=REGISTRY,
+)
+CIRCUIT_OPENED = Counter(
+    "circuit_breaker_opened_total", "Transitions to open.", ["service"], registry=REGISTRY
+)
+CIRCUIT_HALF_OPENED = Counter(
+    "circuit_breaker_half_open_total",
+    "Transitions to half-open.",
+    ["service"],
+    registry=REGISTRY,
+)
+CIRCUIT_CLOSED = Counter(
+    "circuit_breaker_closed_total",
+    "Transitions back to closed.",
+    ["service"],
+    registry=REGISTRY,
+)
+CIRCUIT_FAILURES = Counter(
+    "circuit_breaker_failures_total",
+    "Backend calls that failed and counted against the circuit.",
+    ["service"],
+    registry=REGISTRY,
+)
+
+# --- rate limiting --------------------------------------------------------------------
+RATE_LIMIT_HITS = Counter(
+    "rate_limit_hits_total",
+    "Requests refused with 429, by route template.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "rate_limit_store_errors_total",
+    "Rate-limit checks that could not reach Redis and failed open.",
+    registry=REGISTRY,
+)
+
+# --- backends -----------------------------------------------------------------------------
+BACKEND_CALL_DURATION = Histogram(
+    "backend_call_duration_seconds",
+    "Duration of calls to a backend, by operation (failures included).",
+    ["service", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+BACKEND_POOL_CONNECTIONS = Gauge(
+    "backend_pool_connections",
+    "Connections in a backend pool, by state (in_use, idle, max).",
+    ["service", "state"],
+    registry=REGISTRY,
+)
+BACKEND_UP = Gauge(
+    "backend_up",
+    "1 if the last health check of the backend succeeded, else 0.",
+    ["service"],
+    registry=REGISTRY,
+)
+VAULT_TOKEN_RENEWALS = Counter(
+    "vault_token_renewals_total",
+    "Vault token renewals and re-logins, by result (renewed, relogin, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+MESSAGES_PUBLISHED = Counter(
+    "messages_published_total",
+    "Messages confirmed by the broker.",
+    registry=REGISTRY,
+)
+MESSAGE_PUBLISH_FAILURES = Counter(
+    "message_publish_failures_total",
+    "Publishes not confirmed by the broker, by reason (nack, unroutable, error).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+# --- service ---------------------------------------------------------------------------
+APP_INFO = Gauge(
+    "app_info",
+    "Constant 1, labelled with name and version.",
+    ["name", "version"],
+    registry=REGISTRY,
+)
+READINESS = Gauge("app_ready", "1 while the readiness probe answers 200.", registry=REGISTRY)

@@ -1,0 +1,241 @@
+"""Circuit breakers, timeouts and retries shared by every backend client.
+
+Every backend call goes through :meth:`BackendGuard.call`: the circuit breaker
+counts the outcome, a timeout bounds the call *inside* the breaker (an outer
+cancellation is a ``BaseException`` the breaker would count as success), and the
+duration lands in ``backend_call_duration_seconds``. Failures leave as
+:class:`BackendUnavailable` (503) or :class:`BackendTimeout` (504), which the web
+layer renders as problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
+
+from quartstack.metrics import (
+    BACKEND_CALL_DURATION,
+    CIRCUIT_CLOSED,
+    CIRCUIT_FAILURES,
+    CIRCUIT_HALF_OPENED,
+    CIRCUIT_OPENED,
+    CIRCUIT_STATE,
+)
+
+T = TypeVar("T")
+
+_STATE_VALUES = {STATE_CLOSED: 0, STATE_HALF_OPEN: 1, STATE_OPEN: 2}
+
+
+class BackendError(Exception):
+    """A backend could not serve a request; rendered as a problem by the web layer.
+
+    The message is written by us and never contains driver text, which may hold
+    credentials; the original exception stays chained for the logs.
+    """
+
+    status = 503
+    kind = "backend-unavailable"
+
+    def __init__(self, service: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.retry_after = retry_after
+
+    @property
+    def cause_name(self) -> str | None:
+        cause = self.__cause__
+        return type(cause).__name__ if cause is not None else None
+
+
+class BackendUnavailable(BackendError):
+    """The backend is unreachable, refused us or failed (503)."""
+
+    def __init__(self, service: str, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(service, message or f"{service} is unavailable", retry_after=retry_after)
+
+
+class BackendNotConfigured(BackendUnavailable):
+    """The backend has no address configured in this deployment (503)."""
+
+    kind = "backend-not-configured"
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, f"{service} is not configured in this deployment", retry_after=60)
+
+
+class CircuitOpen(BackendUnavailable):
+    """The circuit of the backend is open: we fail fast without calling it (503)."""
+
+    kind = "circuit-open"
+
+    def __init__(self, service: str, retry_after: int) -> None:
+        super().__init__(
+            service,
+            f"{service} is failing; its circuit is open, retry in {retry_after} s",
+            retry_after=max(1, retry_after),
+        )
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within its timeout (504)."""
+
+    status = 504
+    kind = "backend-timeout"
+
+    def __init__(self, service: str, timeout: float) -> None:
+        super().__init__(service, f"{service} did not answer within {timeout:g} s")
+
+
+class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
+    """A ``circuitbreaker.CircuitBreaker`` that reports every transition to Prometheus.
+
+    The package has no transition hooks, so state is compared before and after
+    every call and whenever the state is read; open -> half-open happens by the
+    clock, so it is noticed on the next read.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 60.0,
+        ignored: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        def is_failure(exc_type: type[BaseException], exc: BaseException) -> bool:
+            return issubclass(exc_type, Exception) and not issubclass(exc_type, ignored)
+
+        super().__init__(
+            failure_threshold=failure_threshold,
+            recovery_timeout=recovery_timeout,
+            expected_exception=is_failure,
+            name=service,
+        )
+        self.service = service
+        self._reported = STATE_CLOSED
+        CIRCUIT_STATE.labels(service).set(0)
+
+    def observe(self) -> str:
+        """Return the current state, emitting metrics if it changed since last seen."""
+        state: str = self.state
+        if state != self._reported:
+            self._reported = state
+            CIRCUIT_STATE.labels(self.service).set(_STATE_VALUES[state])
+            counter = {
+                STATE_OPEN: CIRCUIT_OPENED,
+                STATE_HALF_OPEN: CIRCUIT_HALF_OPENED,
+                STATE_CLOSED: CIRCUIT_CLOSED,
+            }[state]
+            counter.labels(self.service).inc()
+        return state
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> Literal[False]:
+        if exc_type is not None and self.is_failure(exc_type, exc_value):
+            CIRCUIT_FAILURES.labels(self.service).inc()
+        super().__exit__(exc_type, exc_value, traceback)
+        self.observe()
+        return False
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, int(self.open_remaining))
+
+
+class BackendGuard:
+    """One backend's circuit breaker, timeout and call metrics.
+
+    Client classes own a guard and route every I/O call through :meth:`call`, so
+    handlers never repeat the plumbing.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        timeout: float,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 60.0,
+        ignored: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.service = service
+        self.timeout = timeout
+        self.breaker = ObservedCircuitBreaker(
+            service,
+            failure_threshold=failure_threshold,
+            recovery_timeout=recovery_timeout,
+            ignored=ignored,
+        )
+        self._ignored = ignored
+
+    @property
+    def state(self) -> str:
+        return self.breaker.observe()
+
+    async def call(
+        self,
+        operation: str,
+        func: Callable[[], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``func()`` under the breaker with a timeout; map failures to backend errors.
+
+        Exceptions listed in ``ignored`` (e.g. "secret not found") are the
+        backend answering correctly: they pass through unchanged and count as
+        success for the breaker.
+        """
+        if self.breaker.observe() == STATE_OPEN:
+            raise CircuitOpen(self.service, self.breaker.retry_after)
+        limit = self.timeout if timeout is None else timeout
+        started = time.perf_counter()
+        try:
+            with self.breaker:
+                async with asyncio.timeout(limit):
+                    return await func()
+        except TimeoutError as exc:
+            raise BackendTimeout(self.service, limit) from exc
+        except BackendError:
+            raise
+        except self._ignored:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(
+                self.service, f"{self.service} failed ({type(exc).__name__})"
+            ) from exc
+        finally:
+            BACKEND_CALL_DURATION.labels(self.service, operation).observe(
+                time.perf_counter() - started
+            )
+
+
+async def retry(
+    func: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 3,
+    base_delay: float = 0.1,
+    max_delay: float = 2.0,
+    retry_on: tuple[type[BaseException], ...] = (BackendUnavailable, BackendTimeout),
+) -> T:
+    """Call ``func`` up to ``attempts`` times with full-jitter exponential backoff.
+
+    Only for idempotent operations. An open circuit is never retried: the
+    breaker already decided the backend is down.
+    """
+    for attempt in range(attempts):
+        try:
+            return await func()
+        except CircuitOpen:
+            raise
+        except retry_on:
+            if attempt == attempts - 1:
+                raise
+            ceiling = min(max_delay, base_delay * math.pow(2, attempt))
+            await asyncio.sleep(random.uniform(0, ceiling))
+    raise AssertionError("unreachable")

@@ -1,0 +1,197 @@
+"""Service settings, read once from the environment.
+
+Every name below is the environment variable that sets it (case-insensitive).
+A bad value stops startup with one line naming the variable and the reason, see
+:func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BackendName = Literal["vault", "postgres", "mysql", "mongodb", "redis", "rabbitmq"]
+BACKEND_NAMES: tuple[BackendName, ...] = (
+    "vault",
+    "postgres",
+    "mysql",
+    "mongodb",
+    "redis",
+    "rabbitmq",
+)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration of one quartstack process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- process -------------------------------------------------------------------
+    debug: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=120)
+    startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    cors_origins: CommaList = Field(
+        default_factory=lambda: [
+            "http://localhost:3000",
+            "http://localhost:8000",
+            "http://localhost:8080",
+        ]
+    )
+    trusted_proxies: CommaList = Field(default_factory=list)
+    required_backends: CommaList = Field(default_factory=list)
+
+    # --- resilience (defaults for every backend) --------------------------------------
+    backend_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    health_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    circuit_recovery_seconds: float = Field(default=60.0, gt=0, le=3600)
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    retry_base_delay_seconds: float = Field(default=0.1, ge=0, le=10)
+    retry_max_delay_seconds: float = Field(default=2.0, ge=0, le=60)
+
+    # --- rate limiting and caching ---------------------------------------------------
+    rate_limit_enabled: bool = True
+    rate_limit_default: int = Field(default=100, ge=1, description="requests per minute")
+    rate_limit_health: int = Field(default=200, ge=1)
+    rate_limit_metrics: int = Field(default=1000, ge=1)
+    response_cache_enabled: bool = True
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+
+    # --- Vault ---------------------------------------------------------------------------
+    vault_addr: str | None = None
+    vault_approle_dir: str | None = None
+    vault_token: SecretStr | None = None
+    vault_mount: str = "secret"
+    vault_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    vault_cache_ttl_seconds: float = Field(default=60.0, ge=0, le=300)
+    vault_login_attempts: int = Field(default=5, ge=1, le=100)
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+    postgres_host: str | None = None
+    postgres_port: int = Field(default=5432, ge=1, le=65535)
+    postgres_user: str | None = None
+    postgres_password: SecretStr | None = None
+    postgres_database: str | None = None
+    postgres_pool_min: int = Field(default=1, ge=0, le=100)
+    postgres_pool_max: int = Field(default=10, ge=1, le=100)
+    postgres_statement_cache_size: int = Field(default=100, ge=0)
+
+    # --- MySQL ---------------------------------------------------------------------------
+    mysql_host: str | None = None
+    mysql_port: int = Field(default=3306, ge=1, le=65535)
+    mysql_user: str | None = None
+    mysql_password: SecretStr | None = None
+    mysql_database: str | None = None
+    mysql_pool_min: int = Field(default=1, ge=0, le=100)
+    mysql_pool_max: int = Field(default=10, ge=1, le=100)
+    mysql_pool_recycle_seconds: int = Field(default=3600, ge=-1)
+
+    # --- MongoDB -------------------------------------------------------------------------
+    mongodb_host: str | None = None
+    mongodb_port: int = Field(default=27017, ge=1, le=65535)
+    mongodb_user: str | None = None
+    mongodb_password: SecretStr | None = None
+    mongodb_database: str | None = None
+    mongodb_pool_max: int = Field(default=10, ge=1, le=500)
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_host: str | None = None
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_nodes: CommaList = Field(default_factory=list)
+    redis_password: SecretStr | None = None
+    redis_pool_max: int = Field(default=50, ge=1, le=1000)
+
+    # --- RabbitMQ ------------------------------------------------------------------------
+    rabbitmq_host: str | None = None
+    rabbitmq_port: int = Field(default=5672, ge=1, le=65535)
+    rabbitmq_user: str | None = None
+    rabbitmq_password: SecretStr | None = None
+    rabbitmq_vhost: str | None = None
+    rabbitmq_channel_pool_size: int = Field(default=10, ge=1, le=200)
+
+    _split = field_validator(
+        "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
+    )(_split_commas)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("required_backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(BACKEND_NAMES))
+        if unknown:
+            expected = ", ".join(BACKEND_NAMES)
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; expected any of {expected}")
+        return value
+
+    @field_validator(
+        "vault_addr",
+        "postgres_host",
+        "mysql_host",
+        "mongodb_host",
+        "redis_host",
+        "rabbitmq_host",
+        "vault_approle_dir",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def enabled_backends(self) -> frozenset[str]:
+        """Backends that are configured; the others answer 503 'not configured'."""
+        enabled = {
+            "vault": self.vault_addr is not None,
+            "postgres": self.postgres_host is not None,
+            "mysql": self.mysql_host is not None,
+            "mongodb": self.mongodb_host is not None,
+            "redis": self.redis_host is not None or bool(self.redis_nodes),
+            "rabbitmq": self.rabbitmq_host is not None,
+        }
+        return frozenset(name for name, on in enabled.items() if on)
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line fit for a human."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one line.
+
+    The input value is never echoed, since it may be a password.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""The cross-cutting web layer: errors, observability, security headers, request bodies."""

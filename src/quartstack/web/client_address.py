@@ -1,0 +1,52 @@
+"""The client's address, trusting ``X-Forwarded-For`` only from configured proxies.
+
+Rate limits key on this, so a client must not be able to pick its own address
+by sending the header directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from quart import current_app, request
+
+TRUSTED_PROXIES_KEY = "QUARTSTACK_TRUSTED_PROXIES"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=64)
+def parse_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def resolve_client_address(
+    peer: str, forwarded_for: str | None, networks: tuple[Network, ...]
+) -> str:
+    """Walk ``X-Forwarded-For`` from the right, skipping trusted proxies.
+
+    The first address that is not a trusted proxy is the client; if the peer
+    itself is not trusted, the header is ignored entirely.
+    """
+    if not forwarded_for or not networks or not _is_trusted(peer, networks):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, networks):
+            return hop
+    return hops[0] if hops else peer
+
+
+def client_address() -> str:
+    peer = request.remote_addr or "unknown"
+    networks = parse_networks(tuple(current_app.config.get(TRUSTED_PROXIES_KEY, ())))
+    return resolve_client_address(peer, request.headers.get("X-Forwarded-For"), networks)
