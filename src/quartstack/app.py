@@ -11,8 +11,9 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 from quartstack import NAME, __version__
-from quartstack.blueprints import health, metrics, root
+from quartstack.blueprints import health, metrics, root, vault
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
 from quartstack.metrics import APP_INFO
@@ -59,7 +60,12 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_lifecycle(app, settings.startup_timeout_seconds)
 
     _init_backends(app, settings)
-    for blueprint in (root.blueprint, metrics.blueprint, health.blueprint):
+    for blueprint in (
+        root.blueprint,
+        metrics.blueprint,
+        health.blueprint,
+        vault.blueprint,
+    ):
         app.register_blueprint(blueprint)
     return app
 
@@ -67,6 +73,8 @@ def create_app(settings: Settings | None = None) -> Quart:
 def _init_backends(app: Quart, settings: Settings) -> None:
     """Create the integrations this deployment configures (none connect yet)."""
     CredentialProvider(settings).init_app(app)
+    if "vault" in settings.enabled_backends:
+        VaultClient(settings).init_app(app)
 
 
 def settings_of(app: Quart) -> Settings:

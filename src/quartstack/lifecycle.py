@@ -28,11 +28,21 @@ class Lifecycle:
 
     def __init__(self, startup_timeout: float) -> None:
         self.startup_timeout = startup_timeout
-        self.started = False
+        self.startup_done = False
         self.draining = False
+        self._app: Quart | None = None
         self._startup_task: asyncio.Task[None] | None = None
 
+    @property
+    def started(self) -> bool:
+        """Startup work finished and no backend holds startup back (e.g. Vault rejecting
+        our credentials: such a pod should fail its startup probe, not serve)."""
+        if not self.startup_done or self._app is None:
+            return False
+        return not any(b.startup_blocked for b in registry(self._app).backends.values())
+
     def begin_startup(self, app: Quart) -> None:
+        self._app = app
         self._startup_task = asyncio.create_task(self._run_startup(app), name="startup")
 
     async def _run_startup(self, app: Quart) -> None:
@@ -47,7 +57,7 @@ class Lifecycle:
             )
         except Exception:
             logger.exception("startup failed; serving degraded")
-        self.started = True
+        self.startup_done = True
         logger.info(
             "startup complete", extra={"duration_ms": round((time.monotonic() - began) * 1000, 1)}
         )

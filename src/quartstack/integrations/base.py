@@ -43,6 +43,11 @@ class Backend(abc.ABC):
         )
         self.app: Quart | None = None
 
+    @property
+    def startup_blocked(self) -> bool:
+        """True while this backend must keep ``/health/startup`` at 503."""
+        return False
+
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
         """Exceptions that mean the backend answered correctly (not a circuit failure)."""
         return ()

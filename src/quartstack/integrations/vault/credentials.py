@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from quart import Quart, current_app
 
+from quartstack.integrations.vault.client import SecretNotFound, VaultClient
 from quartstack.redaction import register_secret
+from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
 
 CREDENTIALS_KEY = "quartstack.credentials"
@@ -41,15 +43,38 @@ class CredentialProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.app: Quart | None = None
 
     async def get(self, service: str) -> Credentials:
         """Current credentials for ``service`` (``postgres``, ``mysql``, ``mongodb``,
-        ``rabbitmq``, ``redis``)."""
-        return self._from_environment(service)
+        ``rabbitmq``, ``redis``). Raises BackendUnavailable if Vault cannot be read."""
+        return await self._read(service, fresh=False)
 
     async def refresh(self, service: str) -> Credentials:
         """Fresh credentials, bypassing any cache: call after an authentication failure."""
-        return self._from_environment(service)
+        return await self._read(service, fresh=True)
+
+    async def _read(self, service: str, *, fresh: bool) -> Credentials:
+        vault = self._vault()
+        if vault is None:
+            return self._from_environment(service)
+        try:
+            data = await vault.read_secret(SECRET_NAMES[service], fresh=fresh)
+        except SecretNotFound as exc:
+            raise BackendUnavailable(service, f"no credentials for {service} in Vault") from exc
+        password = data.get("password")
+        return Credentials(
+            user=_text(data.get("user")),
+            password=None if password is None else str(password),
+            database=_text(data.get("database")),
+            vhost=_text(data.get("vhost")),
+        )
+
+    def _vault(self) -> VaultClient | None:
+        if self.app is None or self.settings.vault_addr is None:
+            return None
+        vault = self.app.extensions.get("vault")
+        return vault if isinstance(vault, VaultClient) else None
 
     def _from_environment(self, service: str) -> Credentials:
         """Local development only: ``<NAME>_USER``, ``<NAME>_PASSWORD``, ``<NAME>_DATABASE``."""
@@ -66,7 +91,12 @@ class CredentialProvider:
         )
 
     def init_app(self, app: Quart) -> None:
+        self.app = app
         app.extensions[CREDENTIALS_KEY] = self
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def credential_provider(app: Quart | None = None) -> CredentialProvider:

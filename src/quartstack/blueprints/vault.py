@@ -1,0 +1,79 @@
+"""``/examples/vault``: read KV v2 secrets, with sensitive fields masked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Blueprint
+from quart_schema import validate_response
+
+from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.validation import check_path_param
+from quartstack.integrations.base import get_backend
+from quartstack.integrations.vault.client import SecretNotFound, VaultClient
+from quartstack.redaction import MASK, is_sensitive_field
+from quartstack.web.problems import Problem
+
+blueprint = Blueprint("vault", __name__, url_prefix="/examples/vault")
+
+_NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+_NOTE = "Fields whose names contain password, secret, token or key are masked."
+
+
+class SecretBody(BaseModel):
+    service: str
+    data: dict[str, Any]
+    note: str
+
+
+class SecretKeyBody(BaseModel):
+    service: str
+    key: str
+    value: Any
+    note: str
+
+
+def mask(data: Any) -> Any:
+    """Mask sensitive fields at any depth; other values keep their JSON type."""
+    if isinstance(data, dict):
+        return {
+            key: MASK if is_sensitive_field(str(key)) else mask(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [mask(item) for item in data]
+    return data
+
+
+async def _read(service_name: str) -> dict[str, Any]:
+    check_path_param("service_name", service_name, _NAME_PATTERN, 50)
+    vault = get_backend("vault", VaultClient)
+    try:
+        return await vault.read_secret(service_name)
+    except SecretNotFound as exc:
+        raise Problem(404, "secret-not-found", str(exc)) from None
+
+
+@blueprint.get("/secret/<service_name>")
+@validate_response(SecretBody)
+@problems(404, 422, 503, 504)
+async def read_secret(service_name: str) -> SecretBody:
+    """All fields of KV v2 secret ``service_name``, sensitive ones masked."""
+    data = await _read(service_name)
+    return SecretBody(service=service_name, data=mask(data), note=_NOTE)
+
+
+@blueprint.get("/secret/<service_name>/<key>")
+@validate_response(SecretKeyBody)
+@problems(404, 422, 503, 504)
+async def read_secret_key(service_name: str, key: str) -> SecretKeyBody:
+    """One field of the secret; any JSON type; masked if its name is sensitive."""
+    check_path_param("key", key, _NAME_PATTERN, 100)
+    data = await _read(service_name)
+    if key not in data:
+        raise Problem(
+            404, "secret-key-not-found", f"key {key!r} of secret {service_name!r} does not exist"
+        )
+    value = MASK if is_sensitive_field(key) else mask(data[key])
+    return SecretKeyBody(service=service_name, key=key, value=value, note=_NOTE)
