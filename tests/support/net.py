@@ -75,9 +75,7 @@ class TcpProxy:
 
     def start(self) -> TcpProxy:
         self._runner = _LoopThread()
-        self._server = self._runner.run(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
+        self._server = self._runner.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -121,9 +119,7 @@ class TcpProxy:
             if self.mode == "hang":
                 await reader.read()  # until the client gives up
                 return
-            up_reader, up_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
             self._writers.add(up_writer)
             await asyncio.gather(
                 self._pipe(reader, up_writer, delayed=False),

@@ -27,13 +27,21 @@ class VaultTestServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.root_token = "root-" + secrets.token_hex(12)
         self.process: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(base_url=self.url, timeout=10.0,
-                                  headers={"X-Vault-Token": self.root_token})
+        self._http = httpx.Client(
+            base_url=self.url, timeout=10.0, headers={"X-Vault-Token": self.root_token}
+        )
 
     def start(self) -> VaultTestServer:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.vault_server.server", "--port", str(self.port),
-             "--root-token", self.root_token],
+            [
+                sys.executable,
+                "-m",
+                "tests.vault_server.server",
+                "--port",
+                str(self.port),
+                "--root-token",
+                self.root_token,
+            ],
             cwd=REPO_ROOT,
         )
         wait_for_port(self.port)
@@ -61,7 +69,11 @@ class VaultTestServer:
         self._http.delete(f"/v1/secret/metadata/{name}").raise_for_status()
 
     def create_approle(
-        self, role_name: str, *, token_ttl: int = 60, token_max_ttl: int = 3600,
+        self,
+        role_name: str,
+        *,
+        token_ttl: int = 60,
+        token_max_ttl: int = 3600,
         renewable: bool = True,
     ) -> tuple[str, str]:
         self._http.post(

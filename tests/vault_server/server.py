@@ -170,8 +170,18 @@ class Handler(BaseHTTPRequestHandler):
             self._health(sealed)
             return
         if path == "/v1/sys/seal-status":
-            self._send(200, {"type": "shamir", "initialized": True, "sealed": sealed,
-                             "t": 1, "n": 1, "progress": 0, "version": "1.17.0"})
+            self._send(
+                200,
+                {
+                    "type": "shamir",
+                    "initialized": True,
+                    "sealed": sealed,
+                    "t": 1,
+                    "n": 1,
+                    "progress": 0,
+                    "version": "1.17.0",
+                },
+            )
             return
         if path == "/v1/sys/unseal" and method in ("PUT", "POST"):
             with st.lock:
@@ -192,10 +202,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _health(self, sealed: bool) -> None:
         body = {
-            "initialized": True, "sealed": sealed, "standby": False,
-            "performance_standby": False, "replication_performance_mode": "disabled",
-            "replication_dr_mode": "disabled", "server_time_utc": int(time.time()),
-            "version": "1.17.0", "cluster_name": "vault-test", "cluster_id": "test",
+            "initialized": True,
+            "sealed": sealed,
+            "standby": False,
+            "performance_standby": False,
+            "replication_performance_mode": "disabled",
+            "replication_dr_mode": "disabled",
+            "server_time_utc": int(time.time()),
+            "version": "1.17.0",
+            "cluster_name": "vault-test",
+            "cluster_id": "test",
         }
         self._send(503 if sealed else 200, body)
 
@@ -210,9 +226,15 @@ class Handler(BaseHTTPRequestHandler):
                 return
             now = time.time()
             token = Token(
-                "hvs." + secrets.token_urlsafe(24), uuid.uuid4().hex, ["default", role.name],
-                role.token_ttl, role.token_max_ttl, role.renewable, issued=now,
-                expires=now + role.token_ttl, meta={"role_name": role.name},
+                "hvs." + secrets.token_urlsafe(24),
+                uuid.uuid4().hex,
+                ["default", role.name],
+                role.token_ttl,
+                role.token_max_ttl,
+                role.renewable,
+                issued=now,
+                expires=now + role.token_ttl,
+                meta={"role_name": role.name},
             )
             st.tokens[token.id] = token
         self._send(200, self._envelope(auth=self._auth_block(token, now)))
@@ -222,11 +244,17 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         if path == "/v1/auth/token/lookup-self" and method == "GET":
             data = {
-                "accessor": token.accessor, "id": token.id, "policies": token.policies,
-                "ttl": token.remaining(now), "creation_ttl": token.ttl,
-                "explicit_max_ttl": token.max_ttl, "renewable": token.renewable,
+                "accessor": token.accessor,
+                "id": token.id,
+                "policies": token.policies,
+                "ttl": token.remaining(now),
+                "creation_ttl": token.ttl,
+                "explicit_max_ttl": token.max_ttl,
+                "renewable": token.renewable,
                 "issue_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.issued)),
-                "meta": token.meta, "type": "service", "orphan": True,
+                "meta": token.meta,
+                "type": "service",
+                "orphan": True,
             }
             self._send(200, self._envelope(data=data))
             return
@@ -244,11 +272,11 @@ class Handler(BaseHTTPRequestHandler):
             self._approle_admin(method, path, token)
             return
         if path.startswith("/v1/secret/data/"):
-            self._kv(method, path[len("/v1/secret/data/"):])
+            self._kv(method, path[len("/v1/secret/data/") :])
             return
         if path.startswith("/v1/secret/metadata/") and method == "DELETE":
             with st.lock:
-                st.kv.pop(path[len("/v1/secret/metadata/"):], None)
+                st.kv.pop(path[len("/v1/secret/metadata/") :], None)
             self._send(204)
             return
         self._errors(404, f"no handler for route {path!r}")
@@ -257,7 +285,7 @@ class Handler(BaseHTTPRequestHandler):
         if "root" not in token.policies:
             self._errors(403, "permission denied")
             return
-        parts = path[len("/v1/auth/approle/role/"):].split("/")
+        parts = path[len("/v1/auth/approle/role/") :].split("/")
         st = self.state
         name = parts[0]
         with st.lock:
@@ -281,9 +309,17 @@ class Handler(BaseHTTPRequestHandler):
             if parts[1:] == ["secret-id"] and method in ("PUT", "POST"):
                 secret_id = str(uuid.uuid4())
                 role.secret_ids.add(secret_id)
-                self._send(200, self._envelope(
-                    data={"secret_id": secret_id, "secret_id_accessor": uuid.uuid4().hex,
-                          "secret_id_ttl": 0, "secret_id_num_uses": 0}))
+                self._send(
+                    200,
+                    self._envelope(
+                        data={
+                            "secret_id": secret_id,
+                            "secret_id_accessor": uuid.uuid4().hex,
+                            "secret_id_ttl": 0,
+                            "secret_id_num_uses": 0,
+                        }
+                    ),
+                )
                 return
             if parts[1:] == ["secret-id", "destroy"] and method in ("PUT", "POST"):
                 role.secret_ids.discard(self._body().get("secret_id"))
@@ -301,12 +337,21 @@ class Handler(BaseHTTPRequestHandler):
                     self._send(404, {"errors": []})
                     return
                 latest = versions[-1]
-                self._send(200, self._envelope(data={
-                    "data": latest["data"],
-                    "metadata": {"created_time": latest["created"], "custom_metadata": None,
-                                 "deletion_time": "", "destroyed": False,
-                                 "version": len(versions)},
-                }))
+                self._send(
+                    200,
+                    self._envelope(
+                        data={
+                            "data": latest["data"],
+                            "metadata": {
+                                "created_time": latest["created"],
+                                "custom_metadata": None,
+                                "deletion_time": "",
+                                "destroyed": False,
+                                "version": len(versions),
+                            },
+                        }
+                    ),
+                )
                 return
             if method in ("PUT", "POST"):
                 data = self._body().get("data")
@@ -315,9 +360,18 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 versions = st.kv.setdefault(name, [])
                 versions.append({"data": data, "created": now, "deleted": False})
-                self._send(200, self._envelope(data={
-                    "created_time": now, "custom_metadata": None, "deletion_time": "",
-                    "destroyed": False, "version": len(versions)}))
+                self._send(
+                    200,
+                    self._envelope(
+                        data={
+                            "created_time": now,
+                            "custom_metadata": None,
+                            "deletion_time": "",
+                            "destroyed": False,
+                            "version": len(versions),
+                        }
+                    ),
+                )
                 return
             if method == "DELETE":
                 if versions:

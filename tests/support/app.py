@@ -1,0 +1,55 @@
+"""Helpers to run an app in-process with its lifespan, and to capture its JSON logs."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from quartstack.app import create_app
+from quartstack.lifecycle import lifecycle
+from quartstack.logging_setup import JsonFormatter
+from quartstack.settings import load_settings
+
+
+@asynccontextmanager
+async def running_app(
+    wait_started: bool = True, **settings: Any
+) -> AsyncIterator[tuple[Quart, TestClientProtocol]]:
+    """An app built from ``settings`` with its lifespan running, and a test client."""
+    settings.setdefault("rate_limit_enabled", False)
+    app = create_app(load_settings(**settings))
+    async with app.test_app() as test_app:
+        if wait_started:
+            await lifecycle(app).wait_started()
+        yield app, test_app.test_client()
+
+
+@contextmanager
+def captured_json_logs(level: int = logging.DEBUG) -> Iterator[io.StringIO]:
+    """Every log line as the service would write it (JSON, secrets scrubbed)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def metric_value(name: str, **labels: str) -> float:
+    """Current value of one sample of the service's registry (0 if absent)."""
+    from quartstack.metrics import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
