@@ -40,7 +40,7 @@ async def test_approle_login_reads_and_masks_secret(vault, approle):
     role_dir = approle()
     with captured_json_logs() as logs:
         async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
-            app,
+            _app,
             client,
         ):
             assert (await client.get("/health/startup")).status_code == 200
