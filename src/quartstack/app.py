@@ -11,8 +11,12 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 from quartstack import NAME, __version__
-from quartstack.blueprints import health, metrics, root, vault
+from quartstack.blueprints import cache, health, metrics, redis_cluster, root, vault
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.redis.client import RedisClient
+from quartstack.integrations.redis.idempotency import init_idempotency
+from quartstack.integrations.redis.rate_limit import init_rate_limiting
+from quartstack.integrations.redis.response_cache import RESPONSE_CACHE_KEY, ResponseCache
 from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
@@ -65,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Quart:
         metrics.blueprint,
         health.blueprint,
         vault.blueprint,
+        cache.blueprint,
+        redis_cluster.blueprint,
     ):
         app.register_blueprint(blueprint)
     return app
@@ -75,6 +81,14 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     CredentialProvider(settings).init_app(app)
     if "vault" in settings.enabled_backends:
         VaultClient(settings).init_app(app)
+    redis = None
+    if "redis" in settings.enabled_backends:
+        redis = RedisClient(settings)
+        redis.init_app(app)
+        init_idempotency(app, settings, redis)
+        if settings.response_cache_enabled:
+            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(redis)
+    init_rate_limiting(app, settings, redis)
 
 
 def settings_of(app: Quart) -> Settings:

@@ -17,6 +17,7 @@ from quart_schema import validate_response
 
 from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import Backend, registry
+from quartstack.integrations.redis.response_cache import cached_response
 from quartstack.lifecycle import lifecycle
 from quartstack.metrics import BACKEND_UP, READINESS
 from quartstack.resilience import BackendError
@@ -146,6 +147,7 @@ async def all_backends_health() -> tuple[AllHealth, int]:
 
 
 @blueprint.get("/all")
+@cached_response(ttl=30, statuses=(200, 503))
 @validate_response(AllHealth, 200)
 @validate_response(AllHealth, 503)
 async def all_health() -> tuple[AllHealth, int]:

@@ -11,6 +11,7 @@ from quart_schema import validate_response
 from quartstack.blueprints.openapi import problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
+from quartstack.integrations.redis.response_cache import cached_response
 from quartstack.integrations.vault.client import SecretNotFound, VaultClient
 from quartstack.redaction import MASK, is_sensitive_field
 from quartstack.web.problems import Problem
@@ -56,6 +57,7 @@ async def _read(service_name: str) -> dict[str, Any]:
 
 
 @blueprint.get("/secret/<service_name>")
+@cached_response(ttl=300)
 @validate_response(SecretBody)
 @problems(404, 422, 503, 504)
 async def read_secret(service_name: str) -> SecretBody:
@@ -65,6 +67,7 @@ async def read_secret(service_name: str) -> SecretBody:
 
 
 @blueprint.get("/secret/<service_name>/<key>")
+@cached_response(ttl=300)
 @validate_response(SecretKeyBody)
 @problems(404, 422, 503, 504)
 async def read_secret_key(service_name: str, key: str) -> SecretKeyBody:

@@ -1,0 +1,1 @@
+"""Redis: the data client, cluster introspection, rate limiting, response cache, idempotency."""

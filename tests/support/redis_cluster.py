@@ -1,0 +1,137 @@
+"""A real Redis Cluster (3 masters, 3 replicas) of ``redis-server`` processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from tests.support.net import wait_for_port
+
+_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port whose cluster-bus port (+10000) is free and valid too."""
+    while True:
+        port = random.randint(20000, 50000)
+        if {port, port + _BUS_OFFSET} & taken:
+            continue
+        if _port_free(port) and _port_free(port + _BUS_OFFSET):
+            taken.update({port, port + _BUS_OFFSET})
+            return port
+
+
+class RedisClusterProcesses:
+    def __init__(self, nodes: int = 6, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        taken: set[int] = set()
+        self.ports = [free_cluster_port(taken) for _ in range(nodes)]
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
+
+    @property
+    def node_list(self) -> str:
+        """``REDIS_NODES`` value: ``redis-1=127.0.0.1:p1,...``."""
+        return ",".join(f"redis-{i}=127.0.0.1:{p}" for i, p in enumerate(self.ports, 1))
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        subprocess.run(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+             "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
+             "--save", "", "--appendonly", "no", "--daemonize", "yes",
+             "--logfile", str(node_dir / "log"), "--pidfile", str(node_dir / "pid")],
+            check=True,
+        )
+        wait_for_port(port)
+
+    def start(self) -> RedisClusterProcesses:
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        self.wait_ok()
+        return self
+
+    def cli(self, port: int, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10,
+        ).stdout
+
+    def wait_ok(self, timeout: float = 30.0, port: int | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        ports = [port] if port else [p for p in self.ports if self.alive(p)]
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in ports):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("cluster_state did not become ok")
+
+    def masters(self) -> list[int]:
+        ports = []
+        for port in self.ports:
+            if self.alive(port) and "role:master" in self.cli(port, "info", "replication"):
+                ports.append(port)
+        return ports
+
+    def pid(self, port: int) -> int | None:
+        path = self.dir / str(port) / "pid"
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self, port: int) -> bool:
+        pid = self.pid(port)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self, port: int) -> None:
+        pid = self.pid(port)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            (self.dir / str(port) / "pid").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for port in self.ports:
+            self.kill(port)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisClusterProcesses:
+        return self.start()
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.stop()
