@@ -55,11 +55,33 @@ class RedisClusterProcesses:
         node_dir = self.dir / str(port)
         node_dir.mkdir(exist_ok=True)
         subprocess.run(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
-             "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "yes",
-             "--logfile", str(node_dir / "log"), "--pidfile", str(node_dir / "pid")],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--dir",
+                str(node_dir),
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--logfile",
+                str(node_dir / "log"),
+                "--pidfile",
+                str(node_dir / "pid"),
+            ],
             check=True,
         )
         wait_for_port(port)
@@ -68,17 +90,42 @@ class RedisClusterProcesses:
         for port in self.ports:
             self.start_node(port)
         subprocess.run(
-            ["redis-cli", "--cluster", "create",
-             *[f"127.0.0.1:{p}" for p in self.ports],
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in self.ports],
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         self.wait_ok()
+        self.wait_replicas_linked()
         return self
+
+    def wait_replicas_linked(self, timeout: float = 30.0) -> None:
+        """Until every replica has synced with its master (only then can it fail over)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [self.cli(p, "info", "replication") for p in self.ports if self.alive(p)]
+            replicas = [i for i in infos if "role:slave" in i]
+            if len(replicas) >= len(self.ports) // 2 and all(
+                "master_link_status:up" in i for i in replicas
+            ):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("replicas did not link to their masters")
 
     def cli(self, port: int, *args: str) -> str:
         return subprocess.run(
-            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10,
+            ["redis-cli", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
 
     def wait_ok(self, timeout: float = 30.0, port: int | None = None) -> None:

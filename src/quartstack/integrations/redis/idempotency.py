@@ -50,12 +50,11 @@ class IdempotencyStore:
         record = json.dumps({"state": "running", "fingerprint": fingerprint})
         redis_key = self.redis_key(key)
 
-        async def claim_or_read(client: Any) -> Any:
-            if await client.set(redis_key, record, nx=True, ex=_RUNNING_TTL):
-                return None
-            return await client.get(redis_key)
-
-        stored = await self.redis.execute("idempotency_claim", claim_or_read)
+        # SET NX GET (Redis >= 7.0): claim and read the previous record in one atomic step.
+        stored = await self.redis.execute(
+            "idempotency_claim",
+            lambda c: c.set(redis_key, record, nx=True, get=True, ex=_RUNNING_TTL),
+        )
         if stored is None:
             return None
         result: dict[str, Any] = json.loads(stored)

@@ -1,0 +1,117 @@
+"""The cache API against the machine's Redis on :6379."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis as redis_sync
+from tests.support.app import running_app
+
+PROBLEM = "application/problem+json"
+REDIS = dict(redis_host="127.0.0.1", redis_port=6379)
+
+
+async def test_set_get_ttl_delete_and_expiry(prefix):
+    direct = redis_sync.Redis(port=6379, decode_responses=True)
+    async with running_app(**REDIS) as (_, c):
+        key = f"{prefix}:a"
+        written = await c.post(f"/examples/cache/{key}?value=hello&ttl=100")
+        assert written.status_code == 200
+        assert await written.get_json() == {
+            "key": key,
+            "value": "hello",
+            "ttl": 100,
+            "action": "set",
+        }
+        assert direct.get(key) == "hello" and 0 < direct.ttl(key) <= 100
+        read = await (await c.get(f"/examples/cache/{key}")).get_json()
+        assert read["value"] == "hello" and read["exists"] is True
+        assert 95 <= read["ttl"] <= 100
+
+        forever = f"{prefix}:b"
+        await c.post(f"/examples/cache/{forever}?value=x")
+        assert (await (await c.get(f"/examples/cache/{forever}")).get_json())["ttl"] == (
+            "no expiration"
+        )
+        missing = await (await c.get(f"/examples/cache/{prefix}:missing")).get_json()
+        assert missing == {"key": f"{prefix}:missing", "value": None, "exists": False, "ttl": None}
+
+        short = f"{prefix}:c"
+        await c.post(f"/examples/cache/{short}?value=gone&ttl=1")
+        await asyncio.sleep(1.3)
+        assert (await (await c.get(f"/examples/cache/{short}")).get_json())["exists"] is False
+
+        deleted = await c.delete(f"/examples/cache/{forever}")
+        assert await deleted.get_json() == {"key": forever, "deleted": True, "action": "delete"}
+        again = await c.delete(f"/examples/cache/{forever}")
+        assert (await again.get_json())["deleted"] is False
+        direct.delete(key)
+
+
+async def test_validation_problems(prefix):
+    async with running_app(**REDIS) as (_, c):
+        cases = [
+            ("GET", "/examples/cache/bad%20key", "path.key"),
+            ("GET", "/examples/cache/" + "k" * 201, "path.key"),
+            ("POST", f"/examples/cache/{prefix}?value=v&ttl=0", "ttl"),
+            ("POST", f"/examples/cache/{prefix}?value=v&ttl=86401", "ttl"),
+            ("POST", f"/examples/cache/{prefix}?value=v&ttl=abc", "ttl"),
+            ("POST", f"/examples/cache/{prefix}?value=" + "v" * 10001, "value"),
+            ("POST", f"/examples/cache/{prefix}", "value"),
+        ]
+        for method, path, field in cases:
+            response = await c.open(path, method=method)
+            assert response.status_code == 422, path
+            assert response.content_type == PROBLEM
+            body = await response.get_json()
+            assert body["type"] == "/problems/validation-error"
+            assert any(e["field"] == field for e in body["errors"]), body
+
+
+async def test_cluster_routes_are_409_on_standalone():
+    async with running_app(**REDIS) as (_, c):
+        for path in ["/redis/cluster/nodes", "/redis/cluster/slots", "/redis/cluster/info"]:
+            response = await c.get(path)
+            assert response.status_code == 409
+            assert response.content_type == PROBLEM
+            assert (await response.get_json())["type"] == "/problems/not-a-cluster"
+        info = await c.get("/redis/nodes/redis-1/info")
+        assert info.status_code == 200
+        assert (await info.get_json())["info"]["tcp_port"] == 6379
+        unknown = await c.get("/redis/nodes/redis-9/info")
+        assert unknown.status_code == 404 and unknown.content_type == PROBLEM
+        health = await (await c.get("/health/redis")).get_json()
+        assert health["cluster_enabled"] is False and health["total_nodes"] == 1
+        assert health["nodes"][0]["status"] == "healthy"
+
+
+async def test_redis_not_configured_is_503():
+    async with running_app() as (_, c):
+        response = await c.get("/examples/cache/k")
+        assert response.status_code == 503
+        assert response.content_type == PROBLEM
+        assert (await response.get_json())["type"] == "/problems/backend-not-configured"
+
+
+async def test_password_from_vault_and_rotation(private_redis, vault_server):
+    direct = redis_sync.Redis(port=private_redis, decode_responses=True)
+    direct.config_set("requirepass", "first-secret-pw")
+    vault_server.write_secret("redis-1", {"password": "first-secret-pw"})
+    settings = dict(
+        redis_host="127.0.0.1",
+        redis_port=private_redis,
+        vault_addr=vault_server.url,
+        vault_token=vault_server.root_token,
+    )
+    async with running_app(**settings) as (_, c):
+        assert (await c.post("/examples/cache/k?value=v1")).status_code == 200
+        authed = redis_sync.Redis(port=private_redis, password="first-secret-pw")
+        authed.config_set("requirepass", "second-secret-pw")
+        vault_server.write_secret("redis-1", {"password": "second-secret-pw"})
+        authed.close()
+        authed = redis_sync.Redis(port=private_redis, password="second-secret-pw")
+        authed.client_kill_filter(_type="normal", skipme=True)
+        response = await c.get("/examples/cache/k")
+        assert response.status_code == 200, await response.get_data()
+        assert (await response.get_json())["value"] == "v1"
+    vault_server.delete_secret("redis-1")

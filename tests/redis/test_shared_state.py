@@ -1,0 +1,209 @@
+"""Rate limiting, idempotency keys and the response cache, shared through real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+
+import redis as redis_sync
+from tests.support.app import metric_value, running_app
+from tests.support.net import TcpProxy
+
+PROBLEM = "application/problem+json"
+REDIS = dict(redis_host="127.0.0.1", redis_port=6379, rate_limit_enabled=True)
+
+
+def _as(ip):
+    return {"scope_base": {"client": (ip, 40000)}}
+
+
+async def test_one_limit_shared_by_two_app_instances(client_ip):
+    settings = dict(REDIS, rate_limit_default=10)
+    async with running_app(**settings) as (_, first), running_app(**settings) as (_, second):
+        statuses = []
+        for i in range(24):
+            client = first if i % 2 else second
+            statuses.append((await client.get("/", **_as(client_ip))).status_code)
+        assert statuses.count(200) == 10
+        assert statuses.count(429) == 14
+
+
+async def test_429_problem_with_retry_after_and_ratelimit_headers(client_ip):
+    async with running_app(**dict(REDIS, rate_limit_default=3)) as (_, c):
+        before = metric_value("rate_limit_hits_total", endpoint="/")
+        first = await c.get("/", **_as(client_ip))
+        assert first.headers["RateLimit-Limit"] == "3"
+        assert first.headers["RateLimit-Remaining"] == "2"
+        assert int(first.headers["RateLimit-Reset"]) >= 1
+        for _ in range(2):
+            assert (await c.get("/", **_as(client_ip))).status_code == 200
+        limited = await c.get("/", **_as(client_ip))
+        assert limited.status_code == 429
+        assert limited.content_type == PROBLEM
+        body = await limited.get_json()
+        assert body["type"] == "/problems/rate-limited" and body["status"] == 429
+        assert 1 <= int(limited.headers["Retry-After"]) <= 20
+        assert limited.headers["RateLimit-Remaining"] == "0"
+        assert metric_value("rate_limit_hits_total", endpoint="/") == before + 1
+        other = await c.get("/", **_as(client_ip + "1"))
+        assert other.status_code == 200  # another client has its own budget
+
+
+async def test_route_specific_limits_and_exempt_probes(client_ip):
+    settings = dict(REDIS, rate_limit_default=2, rate_limit_health=4, rate_limit_metrics=6)
+    async with running_app(**settings) as (_, c):
+        for path in ["/health/live", "/health/ready", "/health/startup"]:
+            for _ in range(10):
+                response = await c.get(path, **_as(client_ip))
+                assert response.status_code == 200
+                assert "RateLimit-Limit" not in response.headers
+        health = [(await c.get("/health/", **_as(client_ip))).status_code for _ in range(6)]
+        assert health == [200] * 4 + [429] * 2
+        metrics = [(await c.get("/metrics", **_as(client_ip))).status_code for _ in range(8)]
+        assert metrics == [200] * 6 + [429] * 2
+
+
+async def test_forwarded_for_only_from_trusted_proxies(client_ip):
+    settings = dict(REDIS, rate_limit_default=2, trusted_proxies=["192.0.2.0/24"])
+    async with running_app(**settings) as (_, c):
+        proxy = {"scope_base": {"client": ("192.0.2.7", 1)}}
+        statuses = []
+        for i in range(4):  # distinct forwarded clients behind the trusted proxy
+            response = await c.get("/", headers={"X-Forwarded-For": f"{client_ip}{i}"}, **proxy)
+            statuses.append(response.status_code)
+        assert statuses == [200] * 4
+        spoofed = []
+        for i in range(4):  # an untrusted peer cannot pick its address with the header
+            response = await c.get(
+                "/", headers={"X-Forwarded-For": f"{client_ip}{i}"}, **_as(client_ip)
+            )
+            spoofed.append(response.status_code)
+        assert spoofed == [200, 200, 429, 429]
+
+
+async def test_fails_open_when_redis_is_unreachable(client_ip):
+    with TcpProxy(6379) as proxy:
+        settings = dict(
+            REDIS, redis_port=proxy.port, rate_limit_default=2, circuit_failure_threshold=100
+        )
+        async with running_app(**settings) as (_, c):
+            assert (await c.get("/", **_as(client_ip))).status_code == 200
+            proxy.set_mode("refuse")
+            proxy.close_connections()
+            errors = metric_value("rate_limit_store_errors_total")
+            statuses = [(await c.get("/", **_as(client_ip))).status_code for _ in range(5)]
+            assert statuses == [200] * 5
+            assert metric_value("rate_limit_store_errors_total") == errors + 5
+            cache = await c.get("/examples/cache/anything", **_as(client_ip))
+            assert cache.status_code == 503 and cache.content_type == PROBLEM
+
+
+async def test_idempotent_replay_and_key_reuse(prefix):
+    key = f"idem-{uuid.uuid4().hex}"
+    async with running_app(**REDIS) as (_, c):
+        first = await c.post(
+            f"/examples/cache/{prefix}?value=one", headers={"Idempotency-Key": key}
+        )
+        assert first.status_code == 200 and "Idempotency-Replayed" not in first.headers
+        redis_sync.Redis(port=6379).set(prefix, "changed-behind-our-back")
+        replay = await c.post(
+            f"/examples/cache/{prefix}?value=one", headers={"Idempotency-Key": key}
+        )
+        assert replay.status_code == 200
+        assert replay.headers["Idempotency-Replayed"] == "true"
+        assert await replay.get_json() == await first.get_json()
+        assert redis_sync.Redis(port=6379).get(prefix) == b"changed-behind-our-back"
+        reused = await c.post(
+            f"/examples/cache/{prefix}?value=two", headers={"Idempotency-Key": key}
+        )
+        assert reused.status_code == 422 and reused.content_type == PROBLEM
+        assert (await reused.get_json())["type"] == "/problems/idempotency-key-reused"
+        bad = await c.post(
+            f"/examples/cache/{prefix}?value=one", headers={"Idempotency-Key": "x" * 300}
+        )
+        assert bad.status_code == 400 and bad.content_type == PROBLEM
+    redis_sync.Redis(port=6379).delete(prefix)
+
+
+async def test_idempotent_retry_while_running_is_409(prefix):
+    key = f"idem-{uuid.uuid4().hex}"
+    with TcpProxy(6379) as proxy:
+        settings = dict(REDIS, redis_port=proxy.port, rate_limit_enabled=False)
+        async with running_app(**settings) as (_, c):
+            proxy.set_mode("delay", 0.2)  # two overlapping reads leave two open connections
+            await asyncio.gather(*(c.get(f"/examples/cache/{prefix}") for _ in range(2)))
+            proxy.set_mode("delay", 0.5)
+            first = asyncio.create_task(
+                c.post(f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key})
+            )
+            await asyncio.sleep(0.7)  # the first request has claimed the key by now
+            second = await c.post(
+                f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}
+            )
+            assert second.status_code == 409, (second.headers, await second.get_data())
+            assert second.content_type == PROBLEM
+            assert (await second.get_json())["type"] == "/problems/idempotency-in-progress"
+            assert (await first).status_code == 200
+            proxy.set_mode("pass")
+    redis_sync.Redis(port=6379).delete(prefix)
+
+
+async def test_response_cache_for_vault_routes(vault_server):
+    name = f"cached-{uuid.uuid4().hex[:8]}"
+    vault_server.write_secret(name, {"user": "u1", "password": "p-" + uuid.uuid4().hex})
+    settings = dict(
+        REDIS,
+        vault_addr=vault_server.url,
+        vault_token=vault_server.root_token,
+        vault_cache_ttl_seconds=0,
+        rate_limit_enabled=False,
+    )
+    path = f"/examples/vault/secret/{name}"
+    async with running_app(**settings) as (_, c):
+        endpoint = "/examples/vault/secret/{service_name}"
+        hits, misses = (
+            metric_value("cache_hits_total", endpoint=endpoint),
+            metric_value("cache_misses_total", endpoint=endpoint),
+        )
+        first = await c.get(path)
+        assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+        assert first.headers["Cache-Control"] == "max-age=300"
+        etag = first.headers["ETag"]
+        vault_server.write_secret(name, {"user": "u2"})  # cached answer stays until invalidated
+        second = await c.get(path)
+        assert second.headers["X-Cache"] == "HIT" and second.headers["ETag"] == etag
+        assert await second.get_json() == await first.get_json()
+        assert 0 < int(second.headers["Cache-Control"].split("=")[1]) <= 300
+        not_modified = await c.get(path, headers={"If-None-Match": etag})
+        assert not_modified.status_code == 304 and await not_modified.get_data() == b""
+        assert metric_value("cache_hits_total", endpoint=endpoint) == hits + 2
+        assert metric_value("cache_misses_total", endpoint=endpoint) == misses + 1
+        stored = [k for k in redis_sync.Redis(port=6379).scan_iter(f"quartstack:resp:{path}*")]
+        assert stored, "the response is stored in Redis, shared by replicas"
+        dropped = await c.delete(f"/redis/cache/responses?pattern=/examples/vault/secret/{name}*")
+        assert (await dropped.get_json())["deleted"] >= 1
+        fresh = await c.get(path)
+        assert fresh.headers["X-Cache"] == "MISS"
+        assert (await fresh.get_json())["data"]["user"] == "u2"
+    vault_server.delete_secret(name)
+
+
+async def test_health_all_cached_and_served_when_redis_down():
+    with TcpProxy(6379) as proxy:
+        settings = dict(REDIS, redis_port=proxy.port, rate_limit_enabled=False)
+        async with running_app(**settings) as (_, c):
+            with contextlib.suppress(Exception):
+                redis_sync.Redis(port=6379).delete("quartstack:resp:/health/all")
+            first = await c.get("/health/all")
+            assert first.headers["X-Cache"] == "MISS"
+            assert (await c.get("/health/all")).headers["X-Cache"] == "HIT"
+            proxy.set_mode("refuse")
+            proxy.close_connections()
+            down = await c.get("/health/all")
+            assert down.status_code == 503
+            assert down.headers["X-Cache"] == "BYPASS"
+            body = json.loads(await down.get_data())
+            assert body["status"] == "degraded"
+            assert body["services"]["redis"]["status"] == "unhealthy"
