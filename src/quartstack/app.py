@@ -11,8 +11,21 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 from quartstack import NAME, __version__
-from quartstack.blueprints import cache, health, metrics, redis_cluster, root, vault
+from quartstack.blueprints import (
+    cache,
+    database,
+    health,
+    messaging,
+    metrics,
+    redis_cluster,
+    root,
+    vault,
+)
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.mongodb import MongoDatabase
+from quartstack.integrations.mysql import MySQLPool
+from quartstack.integrations.postgres import PostgresPool
+from quartstack.integrations.rabbitmq import RabbitMQClient
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.redis.idempotency import init_idempotency
 from quartstack.integrations.redis.rate_limit import init_rate_limiting
@@ -69,8 +82,10 @@ def create_app(settings: Settings | None = None) -> Quart:
         metrics.blueprint,
         health.blueprint,
         vault.blueprint,
+        database.blueprint,
         cache.blueprint,
         redis_cluster.blueprint,
+        messaging.blueprint,
     ):
         app.register_blueprint(blueprint)
     return app
@@ -81,6 +96,13 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     CredentialProvider(settings).init_app(app)
     if "vault" in settings.enabled_backends:
         VaultClient(settings).init_app(app)
+    for name, backend in (
+        ("postgres", PostgresPool),
+        ("mysql", MySQLPool),
+        ("mongodb", MongoDatabase),
+    ):
+        if name in settings.enabled_backends:
+            backend(settings).init_app(app)
     redis = None
     if "redis" in settings.enabled_backends:
         redis = RedisClient(settings)
@@ -89,6 +111,8 @@ def _init_backends(app: Quart, settings: Settings) -> None:
         if settings.response_cache_enabled:
             app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(redis)
     init_rate_limiting(app, settings, redis)
+    if "rabbitmq" in settings.enabled_backends:
+        RabbitMQClient(settings).init_app(app)
 
 
 def settings_of(app: Quart) -> Settings:

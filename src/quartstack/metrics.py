@@ -137,7 +137,8 @@ MESSAGES_PUBLISHED = Counter(
 )
 MESSAGE_PUBLISH_FAILURES = Counter(
     "message_publish_failures_total",
-    "Publishes not confirmed by the broker, by reason (nack, unroutable, error).",
+    "Publishes not confirmed by the broker, by reason "
+    "(nack, unroutable, unconfirmed, timeout, error).",
     ["reason"],
     registry=REGISTRY,
 )

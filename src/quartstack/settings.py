@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     vault_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     vault_cache_ttl_seconds: float = Field(default=60.0, ge=0, le=300)
     vault_login_attempts: int = Field(default=5, ge=1, le=100)
+    vault_cacert: str | None = None
 
     # --- PostgreSQL ----------------------------------------------------------------------
     postgres_host: str | None = None
@@ -131,6 +132,11 @@ class Settings(BaseSettings):
     rabbitmq_password: SecretStr | None = None
     rabbitmq_vhost: str | None = None
     rabbitmq_channel_pool_size: int = Field(default=10, ge=1, le=200)
+    rabbitmq_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    rabbitmq_reconnect_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="pause between reconnection attempts"
+    )
+    rabbitmq_max_message_bytes: int = Field(default=1024 * 1024, ge=1, le=128 * 1024 * 1024)
 
     _split = field_validator(
         "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
@@ -158,6 +164,7 @@ class Settings(BaseSettings):
         "redis_host",
         "rabbitmq_host",
         "vault_approle_dir",
+        "vault_cacert",
         mode="before",
     )
     @classmethod

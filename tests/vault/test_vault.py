@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
+import httpx
+import pytest
+
+from quartstack.integrations.vault.credentials import Credentials, credential_provider
+from quartstack.resilience import BackendUnavailable
 from tests.support.app import captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy, free_port
+from tests.support.process import ServiceProcess
+from tests.support.vault import VaultTestServer
 
 PROBLEM = "application/problem+json"
 SECRET = {
@@ -16,15 +24,27 @@ SECRET = {
     "api_key": "key-" + uuid.uuid4().hex,
     "client_secret": "cs-" + uuid.uuid4().hex,
     "auth_token": "tok-" + uuid.uuid4().hex,
+    "pin_secret": 918273645,
     "enabled": True,
     "port": 5432,
     "ratio": 0.5,
     "nothing": None,
+    "nested": {"db_password": "np-" + uuid.uuid4().hex, "host": "db.local"},
+    "replicas": [{"host": "r1", "token": "rt-" + uuid.uuid4().hex}],
 }
+SECRET_VALUES = [
+    SECRET["password"],
+    SECRET["api_key"],
+    SECRET["client_secret"],
+    SECRET["auth_token"],
+    str(SECRET["pin_secret"]),
+    SECRET["nested"]["db_password"],  # type: ignore[index]
+    SECRET["replicas"][0]["token"],  # type: ignore[index]
+]
 
 
-def _fast(**overrides):
-    settings = dict(
+def _fast(**overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = dict(
         vault_cache_ttl_seconds=0,
         vault_timeout_seconds=2,
         vault_login_attempts=2,
@@ -35,6 +55,25 @@ def _fast(**overrides):
     return settings
 
 
+async def assert_problem(
+    response: Any, status: int, kind: str | None = None, path: str | None = None
+) -> dict[str, Any]:
+    """Status, content type and the RFC 7807 fields every problem carries."""
+    assert response.status_code == status
+    assert response.content_type == PROBLEM
+    body: dict[str, Any] = await response.get_json()
+    if kind is not None:
+        assert body["type"] == f"/problems/{kind}"
+    assert body["type"].startswith("/problems/")
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["instance"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    if path is not None:
+        assert body["instance"] == path
+    return body
+
+
+# --- login, reads, masking ---------------------------------------------------------------
 async def test_approle_login_reads_and_masks_secret(vault, approle):
     vault.write_secret("billing", SECRET)
     role_dir = approle()
@@ -48,53 +87,71 @@ async def test_approle_login_reads_and_masks_secret(vault, approle):
             assert response.status_code == 200
             body = await response.get_json()
             assert body["service"] == "billing"
+            assert "masked" in body["note"]
             assert body["data"] == {
                 "user": "svc-user",
                 "password": "***",
                 "api_key": "***",
                 "client_secret": "***",
                 "auth_token": "***",
+                "pin_secret": "***",
                 "enabled": True,
                 "port": 5432,
                 "ratio": 0.5,
                 "nothing": None,
+                "nested": {"db_password": "***", "host": "db.local"},
+                "replicas": [{"host": "r1", "token": "***"}],
             }
             for key, expected in [
                 ("enabled", True),
                 ("port", 5432),
+                ("ratio", 0.5),
+                ("nothing", None),
                 ("user", "svc-user"),
                 ("password", "***"),
                 ("api_key", "***"),
+                ("pin_secret", "***"),
+                ("nested", {"db_password": "***", "host": "db.local"}),
             ]:
                 one = await client.get(f"/examples/vault/secret/billing/{key}")
                 assert one.status_code == 200
-                assert (await one.get_json())["value"] == expected
+                assert await one.get_json() == {
+                    "service": "billing",
+                    "key": key,
+                    "value": expected,
+                    "note": body["note"],
+                }
             health = await client.get("/health/vault")
             assert health.status_code == 200
-            assert (await health.get_json())["details"] == {
+            health_body = await health.get_json()
+            assert health_body["status"] == "healthy"
+            assert health_body["details"] == {
                 "initialized": True,
                 "sealed": False,
                 "standby": False,
             }
     text = logs.getvalue()
+    role_id = (role_dir / "role-id").read_text().strip()
     secret_id = (role_dir / "secret-id").read_text().strip()
-    for value in [
-        SECRET["password"],
-        SECRET["api_key"],
-        SECRET["client_secret"],
-        SECRET["auth_token"],
-        secret_id,
-    ]:
+    for value in [*SECRET_VALUES, role_id, secret_id]:
         assert value not in text
     assert "vault login succeeded" in text
 
 
-async def test_token_fallback(vault):
+async def test_token_fallback_with_a_short_ttl_token_is_renewed(vault):
     vault.write_secret("orders", {"user": "o"})
-    async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
-        response = await c.get("/examples/vault/secret/orders")
-        assert response.status_code == 200
-        assert (await response.get_json())["data"] == {"user": "o"}
+    token = vault.create_token(ttl=3)
+    before = metric_value("vault_token_renewals_total", result="renewed")
+    with captured_json_logs() as logs:
+        async with running_app(**_fast(vault_addr=vault.url, vault_token=token)) as (_, c):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                response = await c.get("/examples/vault/secret/orders")
+                assert response.status_code == 200
+                assert (await response.get_json())["data"] == {"user": "o"}
+                await asyncio.sleep(0.5)
+    assert metric_value("vault_token_renewals_total", result="renewed") - before >= 1
+    assert token not in logs.getvalue()
 
 
 async def test_missing_secret_and_key_are_404_problems(vault):
@@ -103,29 +160,40 @@ async def test_missing_secret_and_key_are_404_problems(vault):
         for path, kind in [
             ("/examples/vault/secret/absent", "secret-not-found"),
             ("/examples/vault/secret/present/b", "secret-key-not-found"),
+            ("/examples/vault/secret/absent/b", "secret-not-found"),
         ]:
-            response = await c.get(path)
-            assert response.status_code == 404
-            assert response.content_type == PROBLEM
-            body = await response.get_json()
-            assert body["type"] == f"/problems/{kind}"
-            assert body["status"] == 404 and body["instance"] == path and body["request_id"]
+            await assert_problem(await c.get(path), 404, kind, path)
 
 
 async def test_invalid_names_are_422_problems(vault):
     async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
         for path, field in [
             ("/examples/vault/secret/bad%20name", "path.service_name"),
+            ("/examples/vault/secret/bad.name", "path.service_name"),
             ("/examples/vault/secret/" + "a" * 51, "path.service_name"),
             ("/examples/vault/secret/ok/" + "k" * 101, "path.key"),
+            ("/examples/vault/secret/ok/k%24y", "path.key"),
         ]:
             response = await c.get(path)
-            assert response.status_code == 422, path
-            assert response.content_type == PROBLEM
-            body = await response.get_json()
-            assert body["errors"][0]["field"] == field
+            body = await assert_problem(response, 422, "validation-error")
+            assert body["errors"][0]["field"] == field, path
+        # the limits themselves are accepted (and simply not found)
+        ok = await c.get("/examples/vault/secret/" + "a" * 50 + "/" + "k" * 100)
+        assert ok.status_code == 404
 
 
+async def test_vault_mount_setting_selects_the_kv_mount(vault):
+    vault.enable_kv_v2("team")
+    vault.write_secret("app", {"user": "from-team"}, mount="team")
+    vault.write_secret("app", {"user": "from-secret"})
+    async with running_app(
+        **_fast(vault_addr=vault.url, vault_token=vault.root_token, vault_mount="team")
+    ) as (_, c):
+        response = await c.get("/examples/vault/secret/app/user")
+        assert (await response.get_json())["value"] == "from-team"
+
+
+# --- token lifecycle -----------------------------------------------------------------------
 async def test_short_ttl_token_stays_valid_through_renewal(vault, approle):
     vault.write_secret("renew", {"v": 1})
     role_dir = approle(token_ttl=3, token_max_ttl=600, renewable=True)
@@ -134,12 +202,16 @@ async def test_short_ttl_token_stays_valid_through_renewal(vault, approle):
         _,
         c,
     ):
+        vault.request_counts(reset=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             response = await c.get("/examples/vault/secret/renew")
             assert response.status_code == 200, await response.get_data()
             await asyncio.sleep(0.25)
+        counts = vault.request_counts()
     assert metric_value("vault_token_renewals_total", result="renewed") - before >= 3
+    # renewal kept the one token alive: no login was needed, no call was refused
+    assert counts.get("/v1/auth/approle/login", 0) == 0
 
 
 async def test_non_renewable_token_is_replaced_by_login(vault, approle):
@@ -157,22 +229,48 @@ async def test_non_renewable_token_is_replaced_by_login(vault, approle):
     assert metric_value("vault_token_renewals_total", result="relogin") - before >= 2
 
 
+async def test_token_near_its_max_ttl_is_replaced_by_login(vault, approle):
+    vault.write_secret("maxttl", {"v": 1})
+    role_dir = approle(token_ttl=3, token_max_ttl=5, renewable=True)
+    renewed = metric_value("vault_token_renewals_total", result="renewed")
+    relogin = metric_value("vault_token_renewals_total", result="relogin")
+    async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
+        _,
+        c,
+    ):
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert (await c.get("/examples/vault/secret/maxttl")).status_code == 200
+            await asyncio.sleep(0.25)
+    assert metric_value("vault_token_renewals_total", result="renewed") > renewed
+    assert metric_value("vault_token_renewals_total", result="relogin") > relogin
+
+
 async def test_forbidden_triggers_one_relogin_and_retry(vault, approle):
-    vault.write_secret("expired", {"v": 2})
+    names = [f"expired-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        vault.write_secret(name, {"v": i})
     role_dir = approle(token_ttl=3600)
     async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
         _,
         c,
     ):
-        assert (await c.get("/examples/vault/secret/expired")).status_code == 200
+        assert (await c.get("/examples/vault/secret/expired-0")).status_code == 200
         vault.expire_tokens()
-        response = await c.get("/examples/vault/secret/expired")
-        assert response.status_code == 200
-        assert (await response.get_json())["data"] == {"v": 2}
+        vault.request_counts(reset=True)
+        responses = await asyncio.gather(*(c.get(f"/examples/vault/secret/{n}") for n in names))
+        for i, response in enumerate(responses):
+            assert response.status_code == 200
+            assert (await response.get_json())["data"] == {"v": i}
+        # six reads of different secrets met the expired token; they shared one login
+        counts = vault.request_counts()
+        assert counts["/v1/auth/approle/login"] == 1
+        assert sum(counts.get(f"/v1/secret/data/{n}", 0) for n in names) == 2 * len(names)
 
 
 async def test_wrong_secret_id_keeps_service_up_with_startup_503(vault, approle):
     role_dir = approle()
+    role_id = (role_dir / "role-id").read_text().strip()
     bad_secret_id = "wrong-" + uuid.uuid4().hex
     (role_dir / "secret-id").write_text(bad_secret_id)
     with captured_json_logs() as logs:
@@ -186,13 +284,46 @@ async def test_wrong_secret_id_keeps_service_up_with_startup_503(vault, approle)
             assert (await c.get("/health/live")).status_code == 200
             ready = await c.get("/health/ready")
             assert ready.status_code == 503
+            assert (await ready.get_json())["checks"]["startup"] == "starting"
             response = await c.get("/examples/vault/secret/anything")
-            assert response.status_code == 503
-            assert response.content_type == PROBLEM
+            body = await assert_problem(response, 503, "backend-unavailable")
+            assert "rejected" in body["detail"]
             assert bad_secret_id not in (await response.get_data(as_text=True))
+            health = await c.get("/health/vault")
+            assert health.status_code == 503
     text = logs.getvalue()
     assert "vault rejected the service's credentials" in text
     assert bad_secret_id not in text
+    assert role_id not in text
+
+
+def test_wrong_secret_id_in_a_served_process(vault_server: VaultTestServer, tmp_path):
+    """The same through ``quartstack serve``: the process's own stderr is clean."""
+    role_dir = vault_server.approle_dir(tmp_path / "approle", f"bad-{uuid.uuid4().hex[:8]}")
+    role_id = (role_dir / "role-id").read_text().strip()
+    bad_secret_id = "wrong-" + uuid.uuid4().hex
+    (role_dir / "secret-id").write_text(bad_secret_id)
+    env = {
+        "VAULT_ADDR": vault_server.url,
+        "VAULT_APPROLE_DIR": str(role_dir),
+        "VAULT_LOGIN_ATTEMPTS": "2",
+        "RATE_LIMIT_ENABLED": "false",
+    }
+    with ServiceProcess(env) as service:
+        service.wait_live()
+        deadline = time.monotonic() + 20
+        while not any("login failed at startup" in line for line in service.log_lines()):
+            assert time.monotonic() < deadline, service.log_lines()
+            time.sleep(0.1)
+        startup = httpx.get(service.url + "/health/startup")
+        assert startup.status_code == 503
+        assert startup.json() == {"status": "starting"}
+        assert service.terminate() == 0
+    lines = service.log_lines()
+    failure = next(line for line in lines if "login failed at startup" in line)
+    assert "vault rejected the service's credentials" in failure
+    for line in lines:
+        assert bad_secret_id not in line and role_id not in line
 
 
 async def test_rotated_secret_id_file_is_used_at_next_login(vault, approle):
@@ -211,24 +342,49 @@ async def test_rotated_secret_id_file_is_used_at_next_login(vault, approle):
         assert (await c.get("/health/startup")).status_code == 200
 
 
-async def test_vault_unreachable_service_starts_degraded():
-    port = free_port()
-    async with running_app(
-        **_fast(
-            vault_addr=f"http://127.0.0.1:{port}",
-            vault_token="t-" + uuid.uuid4().hex,
-            required_backends=["vault"],
-        )
-    ) as (_, c):
-        assert (await c.get("/health/startup")).status_code == 200
-        ready = await c.get("/health/ready")
-        assert ready.status_code == 503
-        assert (await ready.get_json())["checks"]["vault"].startswith("unhealthy")
-        response = await c.get("/examples/vault/secret/x")
-        assert response.status_code == 503
-        assert response.content_type == PROBLEM
-        assert response.headers["Retry-After"]
-        assert (await c.get("/health/vault")).status_code == 503
+async def test_missing_approle_files_block_startup_with_a_clear_log(tmp_path, vault):
+    with captured_json_logs() as logs:
+        async with running_app(
+            **_fast(vault_addr=vault.url, vault_approle_dir=str(tmp_path / "absent"))
+        ) as (_, c):
+            assert (await c.get("/health/startup")).status_code == 503
+            response = await c.get("/examples/vault/secret/x")
+            await assert_problem(response, 503, "backend-unavailable")
+    assert "cannot read the AppRole files" in logs.getvalue()
+
+
+# --- Vault down, sealed, slow ------------------------------------------------------------
+async def test_vault_unreachable_service_starts_degraded_and_logs_in_later():
+    vault = VaultTestServer()  # its port is chosen, nothing listens yet
+    try:
+        async with running_app(
+            **_fast(
+                vault_addr=vault.url,
+                vault_token=vault.root_token,
+                required_backends=["vault"],
+                circuit_recovery_seconds=1,
+            )
+        ) as (_, c):
+            assert (await c.get("/health/startup")).status_code == 200
+            ready = await c.get("/health/ready")
+            assert ready.status_code == 503
+            assert (await ready.get_json())["checks"]["vault"].startswith("unhealthy")
+            response = await c.get("/examples/vault/secret/x")
+            await assert_problem(response, 503, "backend-unavailable")
+            assert int(response.headers["Retry-After"]) >= 1
+            health = await c.get("/health/vault")
+            assert health.status_code == 503
+            assert (await health.get_json())["error"]
+
+            vault.start()
+            vault.write_secret("x", {"v": 1})
+            deadline = time.monotonic() + 15
+            while (await c.get("/health/ready")).status_code != 200:
+                assert time.monotonic() < deadline, "the background login never succeeded"
+                await asyncio.sleep(0.2)
+            assert (await c.get("/examples/vault/secret/x")).status_code == 200
+    finally:
+        vault.stop()
 
 
 async def test_circuit_opens_half_opens_and_closes(vault):
@@ -248,11 +404,11 @@ async def test_circuit_opens_half_opens_and_closes(vault):
             kinds = []
             for _ in range(5):
                 response = await c.get("/examples/vault/secret/flaky")
-                assert response.status_code == 503
-                assert response.content_type == PROBLEM
-                kinds.append((await response.get_json())["type"])
-            assert kinds[-1] == "/problems/circuit-open"
-            assert "/problems/backend-unavailable" in kinds[:3]
+                body = await assert_problem(response, 503, path="/examples/vault/secret/flaky")
+                assert response.headers["Retry-After"]
+                kinds.append(body["type"])
+            assert kinds[:3] == ["/problems/backend-unavailable"] * 3
+            assert kinds[3:] == ["/problems/circuit-open"] * 2
             assert metric_value("circuit_breaker_state", service="vault") == 2
             assert metric_value("circuit_breaker_opened_total", service="vault") == opened + 1
             proxy.set_mode("pass")
@@ -265,20 +421,57 @@ async def test_circuit_opens_half_opens_and_closes(vault):
             assert metric_value("circuit_breaker_state", service="vault") == 0
 
 
+async def test_missing_secret_does_not_trip_the_circuit(vault):
+    async with running_app(
+        **_fast(vault_addr=vault.url, vault_token=vault.root_token, circuit_failure_threshold=2)
+    ) as (_, c):
+        for _ in range(4):
+            assert (await c.get("/examples/vault/secret/nowhere")).status_code == 404
+        assert metric_value("circuit_breaker_state", service="vault") == 0
+
+
+async def test_vault_failing_with_500_is_503_problem(vault):
+    vault.write_secret("broken", {"v": 1})
+    async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
+        vault.set_failure(500)
+        try:
+            response = await c.get("/examples/vault/secret/broken")
+            body = await assert_problem(response, 503, "backend-unavailable")
+            assert "vault" in body["detail"]
+            health = await c.get("/health/vault")
+            assert health.status_code == 503
+            assert (await health.get_json())["status"] == "unhealthy"
+        finally:
+            vault.set_failure(None)
+        assert (await c.get("/examples/vault/secret/broken")).status_code == 200
+
+
 async def test_sealed_vault_is_503(vault):
     vault.write_secret("sealed", {"v": 1})
     async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
         vault.set_sealed(True)
         try:
             response = await c.get("/examples/vault/secret/sealed")
-            assert response.status_code == 503
-            assert response.content_type == PROBLEM
+            await assert_problem(response, 503, "backend-unavailable")
             health = await c.get("/health/vault")
             assert health.status_code == 503
-            assert (await health.get_json())["status"] == "unhealthy"
+            body = await health.get_json()
+            assert body["status"] == "unhealthy"
+            assert "sealed" in body["error"]
         finally:
             vault.set_sealed(False)
         assert (await c.get("/examples/vault/secret/sealed")).status_code == 200
+
+
+async def test_standby_vault_is_healthy_with_standby_true(vault):
+    async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
+        vault.set_standby(True)
+        try:
+            health = await c.get("/health/vault")
+        finally:
+            vault.set_standby(False)
+        assert health.status_code == 200
+        assert (await health.get_json())["details"]["standby"] is True
 
 
 async def test_slow_vault_is_504(vault):
@@ -291,11 +484,17 @@ async def test_slow_vault_is_504(vault):
             response = await c.get("/examples/vault/secret/slow")
         finally:
             vault.set_latency(0)
-        assert response.status_code == 504
-        assert response.content_type == PROBLEM
-        assert (await response.get_json())["type"] == "/problems/backend-timeout"
+        body = await assert_problem(response, 504, "backend-timeout")
+        assert "0.5" in body["detail"]
 
 
+async def test_vault_not_configured_is_503_problem():
+    async with running_app() as (_, c):
+        response = await c.get("/examples/vault/secret/x")
+        await assert_problem(response, 503, "backend-not-configured")
+
+
+# --- cache -------------------------------------------------------------------------------
 async def test_cache_and_single_flight(vault):
     vault.write_secret("hot", {"v": 1})
     async with running_app(
@@ -315,21 +514,73 @@ async def test_cache_and_single_flight(vault):
         assert vault.request_counts().get("/v1/secret/data/hot") == 1
 
 
-async def test_credentials_come_from_vault(vault):
-    from quartstack.integrations.vault.credentials import credential_provider
+async def test_cache_expires_after_its_ttl(vault):
+    vault.write_secret("ttl", {"v": 1})
+    async with running_app(
+        vault_addr=vault.url, vault_token=vault.root_token, vault_cache_ttl_seconds=1
+    ) as (_, c):
+        assert (await (await c.get("/examples/vault/secret/ttl/v")).get_json())["value"] == 1
+        vault.write_secret("ttl", {"v": 2})
+        assert (await (await c.get("/examples/vault/secret/ttl/v")).get_json())["value"] == 1
+        await asyncio.sleep(1.1)
+        assert (await (await c.get("/examples/vault/secret/ttl/v")).get_json())["value"] == 2
 
+
+# --- credentials for the other backends ---------------------------------------------------
+async def test_credentials_come_from_vault(vault):
     password = "pg-" + uuid.uuid4().hex
     vault.write_secret("postgres", {"user": "app", "password": password, "database": "db1"})
     vault.write_secret(
         "rabbitmq", {"user": "r", "password": "rp-" + uuid.uuid4().hex, "vhost": "/v"}
     )
+    vault.write_secret("redis-1", {"password": 12345678})
     async with running_app(
-        **_fast(vault_addr=vault.url, vault_token=vault.root_token, postgres_user="env-user")
+        **_fast(
+            vault_addr=vault.url,
+            vault_token=vault.root_token,
+            vault_cache_ttl_seconds=60,
+            postgres_user="env-user",
+            postgres_password="env-password",
+            mysql_user="env-mysql",
+            mysql_password="env-mysql-password",
+        )
     ) as (app, _):
         provider = credential_provider(app)
         creds = await provider.get("postgres")
         assert (creds.user, creds.password, creds.database) == ("app", password, "db1")
         assert password not in repr(creds)
         assert (await provider.get("rabbitmq")).vhost == "/v"
-        vault.write_secret("postgres", {"user": "app", "password": "new-" + password})
-        assert (await provider.refresh("postgres")).password == "new-" + password
+        redis = await provider.get("redis")
+        assert (redis.user, redis.password) == (None, "12345678")
+
+        rotated = "new-" + password
+        vault.write_secret("postgres", {"user": "app", "password": rotated})
+        assert (await provider.get("postgres")).password == password  # cached
+        assert (await provider.refresh("postgres")).password == rotated
+        assert (await provider.get("postgres")).password == rotated  # the cache was refilled
+
+        # no secret in Vault: no credentials (never the environment's)
+        assert await provider.get("mysql") == Credentials()
+
+
+async def test_credentials_fall_back_to_environment_only_without_vault():
+    async with running_app(
+        postgres_user="dev", postgres_password="dev-password", postgres_database="devdb"
+    ) as (app, _):
+        creds = await credential_provider(app).get("postgres")
+        assert (creds.user, creds.password, creds.database) == ("dev", "dev-password", "devdb")
+        assert (await credential_provider(app).get("mysql")).password is None
+
+
+async def test_credentials_never_fall_back_when_vault_is_down():
+    port = free_port()
+    async with running_app(
+        **_fast(
+            vault_addr=f"http://127.0.0.1:{port}",
+            vault_token="t-" + uuid.uuid4().hex,
+            postgres_user="env-user",
+            postgres_password="env-password",
+        )
+    ) as (app, _):
+        with pytest.raises(BackendUnavailable):
+            await credential_provider(app).get("postgres")

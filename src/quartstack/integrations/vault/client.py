@@ -1,9 +1,10 @@
 """``VaultClient``: AppRole login, token renewal and cached KV v2 reads on hvac.
 
 hvac is synchronous, so every call runs on one dedicated thread: the event loop
-never blocks and calls are serialized on the single ``hvac.Client``. The token is
-renewed at about two thirds of its TTL, replaced by a fresh login when it cannot
-be renewed, and a 403 on any call triggers one re-login and one retry.
+never blocks and calls are serialized on the process's single ``hvac.Client``.
+The token is renewed at about two thirds of its TTL and replaced by a fresh login
+when it cannot be renewed or nears its max TTL; a 403 on any call triggers one
+re-login and one retry.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,17 +25,27 @@ import requests
 from quartstack.integrations.base import Backend
 from quartstack.metrics import VAULT_TOKEN_RENEWALS
 from quartstack.redaction import is_sensitive_field, register_secret
-from quartstack.resilience import BackendUnavailable, retry
+from quartstack.resilience import BackendError, BackendUnavailable, retry
 from quartstack.settings import Settings
 
 T = TypeVar("T")
 
 logger = logging.getLogger("quartstack.vault")
 
-#: Re-login instead of renewing when less than this share of the login TTL is left
-#: after a renewal: the token is close to its max TTL.
+#: After a renewal, a granted TTL below this share of the login TTL means the max TTL
+#: is near (Vault caps renewals at it): log in again instead of renewing further.
 _MAX_TTL_MARGIN = 0.5
 _BACKGROUND_LOGIN_MAX_DELAY = 30.0
+#: Vault answers that mean "your credentials are wrong", not "Vault is down".
+_REJECTIONS = (
+    hvac.exceptions.InvalidRequest,
+    hvac.exceptions.Unauthorized,
+    hvac.exceptions.Forbidden,
+    hvac.exceptions.InvalidPath,
+)
+#: sys/health status codes of an unsealed, initialized node (active, standby, DR
+#: secondary, performance standby).
+_HEALTHY_CODES = (200, 429, 472, 473)
 
 
 class SecretNotFound(Exception):
@@ -48,7 +59,7 @@ class SecretNotFound(Exception):
 
 
 class VaultLoginRejected(Exception):
-    """Vault refused our credentials (wrong role-id/secret-id or token)."""
+    """Vault refused our credentials (wrong role-id/secret-id or token), or we have none."""
 
 
 class VaultClient(Backend):
@@ -62,34 +73,38 @@ class VaultClient(Backend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault")
         self._client: hvac.Client | None = None
         self._login_lock = asyncio.Lock()
+        self._generation = 0  # bumped at every successful login
         self._token_ttl = 0.0  # seconds granted at the last login or renewal; 0 = never expires
         self._login_ttl = 0.0
         self._renewable = False
         self._authenticated = False
+        self._ever_authenticated = False
         self._login_rejected = False
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._inflight: dict[tuple[str, bool], asyncio.Task[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
-        # Vault answered: a missing path, a refused token or bad login input is not an outage.
-        return (
-            hvac.exceptions.InvalidPath,
-            hvac.exceptions.Forbidden,
-            hvac.exceptions.InvalidRequest,
-            VaultLoginRejected,
-        )
+        # Vault answered: a missing path, a refused token or bad input is not an outage.
+        return (*_REJECTIONS, VaultLoginRejected)
 
     @property
     def startup_blocked(self) -> bool:
-        """Startup is not done while Vault rejects our credentials: a misconfigured
-        pod should fail its startup probe rather than serve without secrets."""
-        return self._login_rejected and not self._authenticated
+        """Startup is not done while Vault rejects our credentials and no login ever
+        succeeded: a misconfigured pod fails its startup probe instead of serving
+        without secrets. An unreachable Vault does not block (the pod serves degraded)."""
+        return self._login_rejected and not self._ever_authenticated
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         self._client = hvac.Client(
-            url=self.settings.vault_addr, timeout=self.settings.vault_timeout_seconds
+            url=self.settings.vault_addr,
+            timeout=self.settings.vault_timeout_seconds,
+            verify=self.settings.vault_cacert or True,
         )
         try:
             await retry(
@@ -97,12 +112,12 @@ class VaultClient(Backend):
                 attempts=self.settings.vault_login_attempts,
                 base_delay=self.settings.retry_base_delay_seconds,
                 max_delay=self.settings.retry_max_delay_seconds,
-                retry_on=(BackendUnavailable, VaultLoginRejected),
+                retry_on=(BackendError, VaultLoginRejected),
             )
-        except (BackendUnavailable, VaultLoginRejected) as exc:
+        except (BackendError, VaultLoginRejected) as exc:
             logger.error(
                 "vault login failed at startup; serving degraded and retrying in background",
-                extra={"reason": str(exc)},
+                extra={"reason": str(exc), "method": self._method},
             )
             self._spawn(self._login_until_success())
         self._spawn(self._renew_forever())
@@ -111,9 +126,12 @@ class VaultClient(Backend):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        client = self._client
+        if client is not None:
+            self._executor.submit(client.adapter.close)  # after any call still running
+        self._executor.shutdown(wait=False)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -130,20 +148,23 @@ class VaultClient(Backend):
     async def call(self, operation: str, func: Callable[[hvac.Client], T]) -> T:
         """Run an authenticated hvac call; on 403 log in again once and retry once."""
         if not self._authenticated:
-            await self._login_for_call()
+            await self._login_for_call(self._generation)
+        generation = self._generation
         try:
             return await self._guarded(operation, func)
         except hvac.exceptions.Forbidden:
             logger.warning("vault answered 403; logging in again", extra={"operation": operation})
-        await self._login_for_call()
+        await self._login_for_call(generation)
         try:
             return await self._guarded(operation, func)
         except hvac.exceptions.Forbidden as exc:
             raise BackendUnavailable("vault", "vault denied access to the service") from exc
 
-    async def _login_for_call(self) -> None:
+    async def _login_for_call(self, seen_generation: int) -> None:
+        """Log in unless another caller already did since ``seen_generation``
+        (many requests hitting one expired token make one login, not many)."""
         try:
-            await self.login()
+            await self.login(unless_newer_than=seen_generation)
         except VaultLoginRejected as exc:
             raise BackendUnavailable("vault", "vault rejected the service's credentials") from exc
 
@@ -153,47 +174,62 @@ class VaultClient(Backend):
         return self._client
 
     # --- authentication ----------------------------------------------------------------
-    async def login(self) -> None:
+    async def login(self, *, unless_newer_than: int | None = None) -> None:
         """Log in with AppRole (files re-read every time) or adopt the configured token."""
         async with self._login_lock:
+            if unless_newer_than is not None and self._generation > unless_newer_than:
+                return
+            if self.settings.vault_approle_dir:
+                try:
+                    role_id, secret_id = await self._in_thread(self._read_approle_files)
+                except VaultLoginRejected:
+                    self._reject()
+                    raise
+                login = functools.partial(_approle_login, role_id=role_id, secret_id=secret_id)
+            elif self.settings.vault_token is not None:
+                token = self.settings.vault_token.get_secret_value()
+                register_secret(token)
+                login = functools.partial(_adopt_token, token=token)
+            else:
+                self._reject()
+                raise VaultLoginRejected("neither VAULT_APPROLE_DIR nor VAULT_TOKEN is set")
             try:
-                ttl, renewable = await self._guarded("login", self._login_sync)
-            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as exc:
-                self._login_rejected = True
+                ttl, renewable = await self._guarded("login", login)
+            except _REJECTIONS as exc:
+                self._reject()
                 raise VaultLoginRejected(
                     "vault rejected the service's credentials (check role-id/secret-id or token)"
                 ) from exc
             self._token_ttl = self._login_ttl = float(ttl)
             self._renewable = renewable
-            self._authenticated = True
+            self._authenticated = self._ever_authenticated = True
             self._login_rejected = False
+            self._generation += 1
             logger.info(
                 "vault login succeeded",
                 extra={"ttl_s": ttl, "renewable": renewable, "method": self._method},
             )
 
+    def _reject(self) -> None:
+        self._authenticated = False
+        self._login_rejected = True
+
     @property
     def _method(self) -> str:
         return "approle" if self.settings.vault_approle_dir else "token"
 
-    def _login_sync(self, client: hvac.Client) -> tuple[int, bool]:
-        approle_dir = self.settings.vault_approle_dir
-        if approle_dir:
-            directory = Path(approle_dir)
+    def _read_approle_files(self) -> tuple[str, str]:
+        directory = Path(self.settings.vault_approle_dir or "")
+        try:
             role_id = (directory / "role-id").read_text().strip()
             secret_id = (directory / "secret-id").read_text().strip()
-            register_secret(role_id)
-            register_secret(secret_id)
-            auth = client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
-            register_secret(auth["client_token"])
-            return int(auth["lease_duration"]), bool(auth["renewable"])
-        if self.settings.vault_token is None:
-            raise VaultLoginRejected("neither VAULT_APPROLE_DIR nor VAULT_TOKEN is set")
-        token = self.settings.vault_token.get_secret_value()
-        register_secret(token)
-        client.token = token
-        data = client.auth.token.lookup_self()["data"]
-        return int(data.get("ttl") or 0), bool(data.get("renewable"))
+        except OSError as exc:
+            raise VaultLoginRejected(
+                "cannot read the AppRole files role-id and secret-id in VAULT_APPROLE_DIR"
+            ) from exc
+        register_secret(role_id)
+        register_secret(secret_id)
+        return role_id, secret_id
 
     async def _login_until_success(self) -> None:
         delay = 1.0
@@ -201,7 +237,7 @@ class VaultClient(Backend):
             await asyncio.sleep(delay)
             try:
                 await self.login()
-            except (BackendUnavailable, VaultLoginRejected) as exc:
+            except (BackendError, VaultLoginRejected) as exc:
                 VAULT_TOKEN_RENEWALS.labels("failed").inc()
                 logger.warning("vault login retry failed", extra={"reason": str(exc)})
                 delay = min(_BACKGROUND_LOGIN_MAX_DELAY, delay * 2)
@@ -215,18 +251,22 @@ class VaultClient(Backend):
             await asyncio.sleep(max(0.2, self._token_ttl * 2 / 3))
             try:
                 await self._renew_or_relogin()
-            except (BackendUnavailable, VaultLoginRejected) as exc:
+            except (BackendError, VaultLoginRejected) as exc:
                 VAULT_TOKEN_RENEWALS.labels("failed").inc()
                 logger.warning("vault token renewal failed", extra={"reason": str(exc)})
                 self._token_ttl = max(1.0, self._token_ttl / 3)  # try again sooner
+            except Exception:  # the loop must survive anything, or the token expires
+                VAULT_TOKEN_RENEWALS.labels("failed").inc()
+                logger.exception("vault token renewal failed unexpectedly")
+                self._token_ttl = max(1.0, self._token_ttl / 3)
 
     async def _renew_or_relogin(self) -> None:
         near_max = self._token_ttl < self._login_ttl * _MAX_TTL_MARGIN
         if self._renewable and not near_max:
             try:
-                auth = await self._guarded("renew", lambda c: c.auth.token.renew_self()["auth"])
-            except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
-                pass  # expired or not renewable after all: log in again below
+                auth = await self._guarded("renew", _renew_self)
+            except _REJECTIONS:
+                pass  # expired, revoked or not renewable after all: log in again below
             else:
                 self._token_ttl = float(auth["lease_duration"])
                 VAULT_TOKEN_RENEWALS.labels("renewed").inc()
@@ -237,22 +277,26 @@ class VaultClient(Backend):
 
     # --- KV v2 -----------------------------------------------------------------------
     async def read_secret(self, name: str, *, fresh: bool = False) -> dict[str, Any]:
-        """The data of KV v2 secret ``name``: cached briefly, one Vault call per miss
-        even when many requests miss together."""
+        """The data of KV v2 secret ``name``: cached for ``VAULT_CACHE_TTL_SECONDS``,
+        one Vault call per miss even when many requests miss together. ``fresh``
+        skips the cache (and refills it) after a credential was rotated."""
         if not fresh:
             cached = self._cache.get(name)
             if cached is not None and cached[0] > time.monotonic():
                 return cached[1]
-        task = self._inflight.get(name)
+        key = (name, fresh)
+        task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._fetch_secret(name))
-            self._inflight[name] = task
-            task.add_done_callback(functools.partial(self._forget_inflight, name))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._forget_inflight, key))
         return await asyncio.shield(task)
 
-    def _forget_inflight(self, name: str, task: asyncio.Task[dict[str, Any]]) -> None:
-        if self._inflight.get(name) is task:
-            del self._inflight[name]
+    def _forget_inflight(self, key: tuple[str, bool], task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone away
 
     async def _fetch_secret(self, name: str) -> dict[str, Any]:
         mount = self.settings.vault_mount
@@ -266,39 +310,67 @@ class VaultClient(Backend):
         except hvac.exceptions.InvalidPath:
             raise SecretNotFound(name) from None
         data: dict[str, Any] = response["data"]["data"]
-        _register_values(data)
+        register_sensitive_values(data)
         ttl = self.settings.vault_cache_ttl_seconds
         if ttl > 0:
             self._cache[name] = (time.monotonic() + ttl, data)
         return data
 
     async def health(self) -> dict[str, Any]:
-        status = await self._guarded("health", _read_health)
-        details = {key: status.get(key) for key in ("initialized", "sealed", "standby")}
-        if status.get("sealed") or not status.get("initialized"):
-            raise BackendUnavailable("vault", "vault is sealed or not initialized")
+        status, body = await self._guarded("health", _read_health)
+        details = {key: body.get(key) for key in ("initialized", "sealed", "standby")}
+        if body.get("sealed"):
+            raise BackendUnavailable("vault", "vault is sealed")
+        if status not in _HEALTHY_CODES or not body.get("initialized"):
+            raise BackendUnavailable("vault", f"vault health check answered {status}")
         if not self._authenticated:
-            raise BackendUnavailable("vault", "vault login has not succeeded yet")
-        return {"details": details, "version": status.get("version")}
+            raise BackendUnavailable("vault", "vault login has not succeeded")
+        return {"details": details, "version": body.get("version")}
 
 
-def _read_health(client: hvac.Client) -> dict[str, Any]:
-    # Vault answers sys/health with 503 when sealed and 429 on a standby; read the body anyway.
+def _approle_login(client: hvac.Client, *, role_id: str, secret_id: str) -> tuple[int, bool]:
+    auth = client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
+    register_secret(auth["client_token"])
+    return int(auth["lease_duration"]), bool(auth["renewable"])
+
+
+def _adopt_token(client: hvac.Client, *, token: str) -> tuple[int, bool]:
+    client.token = token
+    data = client.auth.token.lookup_self()["data"]
+    return int(data.get("ttl") or 0), bool(data.get("renewable"))
+
+
+def _renew_self(client: hvac.Client) -> dict[str, Any]:
+    auth: dict[str, Any] = client.auth.token.renew_self()["auth"]
+    return auth
+
+
+def _read_health(client: hvac.Client) -> tuple[int, dict[str, Any]]:
+    """sys/health's status code and body; Vault answers 429 on a standby, 503 when
+    sealed, 501 uninitialized, and hvac hands those back as a raw response."""
     response = client.sys.read_health_status(method="GET")
     if isinstance(response, requests.Response):
-        body: dict[str, Any] = response.json()
-        return body
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        return response.status_code, body if isinstance(body, dict) else {}
     result: dict[str, Any] = response
-    return result
+    return 200, result
 
 
-def _register_values(data: Any, sensitive: bool = False) -> None:
-    """Register the values of sensitive fields (and everything nested under them)."""
+def register_sensitive_values(data: Any, sensitive: bool = False) -> None:
+    """Register for log scrubbing the values of sensitive fields (any depth, and
+    everything nested under them); numbers count too, as their text.
+
+    Only sensitive fields: registering user names or database names such as
+    ``postgres`` would scrub those words from every log line.
+    """
     if isinstance(data, dict):
         for key, value in data.items():
-            _register_values(value, sensitive or is_sensitive_field(str(key)))
+            register_sensitive_values(value, sensitive or is_sensitive_field(str(key)))
     elif isinstance(data, list):
         for value in data:
-            _register_values(value, sensitive)
-    elif sensitive and isinstance(data, str):
-        register_secret(data)
+            register_sensitive_values(value, sensitive)
+    elif sensitive and data is not None and not isinstance(data, bool):
+        register_secret(str(data))

@@ -7,6 +7,7 @@ rejects them (the secret was rotated in Vault).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from quart import Quart, current_app
@@ -17,6 +18,8 @@ from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
 
 CREDENTIALS_KEY = "quartstack.credentials"
+
+logger = logging.getLogger("quartstack.credentials")
 
 #: Vault secret name per backend; the env fallback uses the backend's settings prefix.
 SECRET_NAMES = {
@@ -39,7 +42,8 @@ class Credentials:
 
 
 class CredentialProvider:
-    """Hands out backend credentials: Vault when configured, else the environment."""
+    """Hands out backend credentials: Vault when ``VAULT_ADDR`` is set, else the
+    environment (local development only)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -47,7 +51,8 @@ class CredentialProvider:
 
     async def get(self, service: str) -> Credentials:
         """Current credentials for ``service`` (``postgres``, ``mysql``, ``mongodb``,
-        ``rabbitmq``, ``redis``). Raises BackendUnavailable if Vault cannot be read."""
+        ``rabbitmq``, ``redis``). Raises BackendUnavailable if Vault cannot be read;
+        a missing secret means "no credentials"."""
         return await self._read(service, fresh=False)
 
     async def refresh(self, service: str) -> Credentials:
@@ -55,26 +60,36 @@ class CredentialProvider:
         return await self._read(service, fresh=True)
 
     async def _read(self, service: str, *, fresh: bool) -> Credentials:
-        vault = self._vault()
-        if vault is None:
+        if service not in SECRET_NAMES:
+            raise ValueError(f"no credentials are defined for {service!r}")
+        if self.settings.vault_addr is None:
             return self._from_environment(service)
+        vault = self._vault()
         try:
             data = await vault.read_secret(SECRET_NAMES[service], fresh=fresh)
-        except SecretNotFound as exc:
-            raise BackendUnavailable(service, f"no credentials for {service} in Vault") from exc
-        password = data.get("password")
+        except SecretNotFound:
+            # Optional auth (a Redis without a password): the backend connects without
+            # credentials and its server says clearly if it needs them.
+            logger.warning(
+                "no vault secret for this backend; connecting without credentials",
+                extra={"service": service, "vault_path": SECRET_NAMES[service]},
+            )
+            return Credentials()
+        password = _text(data.get("password"))
+        register_secret(password)  # a numeric password is registered as text too
         return Credentials(
             user=_text(data.get("user")),
-            password=None if password is None else str(password),
+            password=password,
             database=_text(data.get("database")),
             vhost=_text(data.get("vhost")),
         )
 
-    def _vault(self) -> VaultClient | None:
-        if self.app is None or self.settings.vault_addr is None:
-            return None
-        vault = self.app.extensions.get("vault")
-        return vault if isinstance(vault, VaultClient) else None
+    def _vault(self) -> VaultClient:
+        """The app's Vault client; with Vault configured there is no silent fallback."""
+        vault = self.app.extensions.get("vault") if self.app is not None else None
+        if not isinstance(vault, VaultClient):
+            raise BackendUnavailable("vault", "the vault client is not initialized")
+        return vault
 
     def _from_environment(self, service: str) -> Credentials:
         """Local development only: ``<NAME>_USER``, ``<NAME>_PASSWORD``, ``<NAME>_DATABASE``."""

@@ -1,0 +1,142 @@
+"""``/examples/messaging``: publish JSON messages to durable queues, inspect queues."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, RootModel, field_validator
+from quart import Blueprint, g, request
+from quart_schema import document_request, validate_querystring, validate_response
+
+from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.validation import check_path_param
+from quartstack.integrations.base import get_backend
+from quartstack.integrations.rabbitmq.client import RabbitMQClient
+from quartstack.web.problems import Problem
+from quartstack.web.request_body import json_object_body
+
+blueprint = Blueprint("messaging", __name__, url_prefix="/examples/messaging")
+
+_QUEUE_PATTERN = r"^[a-zA-Z0-9_.-]+$"
+#: Message ids derived from an Idempotency-Key live in this namespace.
+_MESSAGE_ID_NAMESPACE = uuid.UUID("5d0c3e8a-3f7e-4c1b-9a59-2f1a8c6a7e10")
+
+
+class PublishQuery(BaseModel):
+    queue_name: str = Field(min_length=1, max_length=100, pattern=_QUEUE_PATTERN)
+
+    @field_validator("queue_name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("amq."):
+            raise ValueError("queue names starting with 'amq.' are reserved by the broker")
+        return value
+
+
+class MessageBody(RootModel[dict[str, Any]]):
+    """Any non-empty JSON object (at most RABBITMQ_MAX_MESSAGE_BYTES, 1 MiB by default)."""
+
+    root: dict[str, Any] = Field(min_length=1)
+
+
+class Published(BaseModel):
+    queue: str
+    message: dict[str, Any]
+    action: Literal["published"]
+    message_id: str = Field(
+        description="AMQP message-id; stable across retries with the same Idempotency-Key"
+    )
+
+
+class QueueStatus(BaseModel):
+    queue: str
+    exists: bool
+    message_count: int | None = Field(description="null when the queue does not exist")
+    consumer_count: int | None = Field(description="null when the queue does not exist")
+
+
+@blueprint.post("/publish")
+@validate_querystring(PublishQuery)
+@document_request(MessageBody)
+@validate_response(Published)
+@problems(400, 409, 413, 415, 422, 429, 503, 504)
+async def publish(query_args: PublishQuery) -> Published:
+    """Publish the JSON object body, persistent, to durable queue ``queue_name``.
+
+    A 200 means the broker confirmed the message; a 503 means it may not have it
+    (retry with the same ``Idempotency-Key`` to keep the message id).
+    """
+    rabbitmq = get_backend("rabbitmq", RabbitMQClient)
+    message = await _message_object(rabbitmq.settings.rabbitmq_max_message_bytes)
+    queue = query_args.queue_name
+    message_id = _message_id(queue)
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    await rabbitmq.publish(
+        queue, body, message_id=message_id, correlation_id=getattr(g, "request_id", None)
+    )
+    return Published(queue=queue, message=message, action="published", message_id=message_id)
+
+
+@blueprint.get("/queue/<queue_name>/info")
+@validate_response(QueueStatus)
+@problems(422, 429, 503, 504)
+async def queue_info(queue_name: str) -> QueueStatus:
+    """Message and consumer counts by a passive declare; a missing queue is not created."""
+    check_path_param("queue_name", queue_name, _QUEUE_PATTERN, 100)
+    info = await get_backend("rabbitmq", RabbitMQClient).queue_info(queue_name)
+    return QueueStatus(
+        queue=queue_name,
+        exists=info.exists,
+        message_count=info.message_count,
+        consumer_count=info.consumer_count,
+    )
+
+
+async def _message_object(limit: int) -> dict[str, Any]:
+    """The request body as a non-empty JSON object of at most ``limit`` bytes.
+
+    Checked here because this route's limit is below the app-wide one, and the
+    body may already have been read (the idempotency fingerprint) or be chunked.
+    """
+    if (request.content_length or 0) > limit:
+        raise _too_large(limit)
+    data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not data:
+        raise _invalid_body("a non-empty JSON object is required", "missing")
+    if not request.is_json:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Messages are JSON: send the body as application/json.",
+        )
+    message = json_object_body(await request.get_json())
+    if not message:
+        raise _invalid_body("must not be an empty object", "too_short")
+    return message
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "payload-too-large", f"A message may be at most {limit} bytes.")
+
+
+def _invalid_body(message: str, kind: str) -> Problem:
+    return Problem(
+        422,
+        "validation-error",
+        "The request body is invalid.",
+        title="Validation failed",
+        errors=[{"field": "body", "message": message, "type": kind}],
+    )
+
+
+def _message_id(queue: str) -> str:
+    """A new id, or one derived from ``Idempotency-Key`` so a client's retry of an
+    unconfirmed publish carries the same id and consumers can drop the duplicate."""
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        return str(uuid.uuid5(_MESSAGE_ID_NAMESPACE, f"{queue}\n{key}"))
+    return str(uuid.uuid4())

@@ -1,0 +1,409 @@
+"""``RabbitMQClient``: confirmed publishing and passive queue inspection.
+
+A 200 from the publish route must mean the broker has the message. So every
+publish goes out persistent, ``mandatory`` (an unroutable message comes back as
+an error instead of being dropped) on a channel in publisher-confirm mode, and
+returns only after the broker's ack. Anything short of an ack is an error. A
+failure before the message was sent is a plain 503 (not published); a connection
+lost after the send and before the ack is a 503 of kind ``publish-unconfirmed``
+(the broker may have it). Publishes are never retried here; ``Idempotency-Key``
+keeps the message id stable across client retries, so consumers can drop a
+duplicate.
+
+One robust connection (aio-pika re-establishes it after a broker restart)
+carries a bounded pool of plain channels. Plain rather than robust channels: a
+channel closed by a connection loss is dropped and replaced, so requests during
+an outage fail fast with 503 instead of waiting for the reconnection, and no
+channel keeps re-declaring every queue it ever saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika import Channel, DeliveryMode, Message, RobustConnection, connect_robust
+from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import (
+    AuthenticationError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    InvalidFrameError,
+    ProbableAuthenticationError,
+    PublishError,
+)
+from aiormq.exceptions import ChannelLockedResource
+from pamqp.commands import Basic
+
+from quartstack import NAME
+from quartstack.integrations.base import Backend
+from quartstack.integrations.rabbitmq.channel_pool import ChannelPool
+from quartstack.integrations.vault.credentials import Credentials, credential_provider
+from quartstack.metrics import MESSAGE_PUBLISH_FAILURES, MESSAGES_PUBLISHED
+from quartstack.resilience import BackendError, BackendTimeout, BackendUnavailable
+from quartstack.settings import Settings
+
+logger = logging.getLogger("quartstack.rabbitmq")
+
+SERVICE = "rabbitmq"
+#: How many declared queue names are remembered (least recently used are forgotten).
+_DECLARED_QUEUES_KEPT = 10_000
+#: The broker refused the login or the virtual host: maybe the secret was rotated.
+_LOGIN_REFUSED = (ProbableAuthenticationError, AuthenticationError, InvalidFrameError)
+
+
+class QueueConflict(BackendError):
+    """The queue exists but cannot take our messages as declared (409)."""
+
+    status = 409
+    kind = "queue-conflict"
+
+    def __init__(self, queue: str, reason: str) -> None:
+        super().__init__(SERVICE, f"queue {queue!r} {reason}")
+
+
+class MessageUnroutable(BackendUnavailable):
+    """The broker returned the message: no queue took it (503)."""
+
+    kind = "message-unroutable"
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(SERVICE, f"rabbitmq could not route the message to queue {queue!r}")
+
+
+class MessageRejected(BackendUnavailable):
+    """The broker nacked the message: it did not take responsibility for it (503)."""
+
+    kind = "message-rejected"
+
+    def __init__(self) -> None:
+        super().__init__(SERVICE, "rabbitmq did not confirm the message")
+
+
+class PublishUnconfirmed(BackendUnavailable):
+    """The connection failed after the message was sent and before the broker's
+    answer: it may or may not be queued (503, but not a clean 'not published')."""
+
+    kind = "publish-unconfirmed"
+
+    def __init__(self) -> None:
+        super().__init__(
+            SERVICE,
+            "rabbitmq did not confirm the message before the connection failed; it may have "
+            "been queued. Retry with the same Idempotency-Key (same message id) so consumers "
+            "can drop a duplicate",
+        )
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    exists: bool
+    message_count: int | None = None
+    consumer_count: int | None = None
+
+
+class RabbitMQClient(Backend):
+    """The app's RabbitMQ connection: publish with confirms, inspect queues, health."""
+
+    name = SERVICE
+    depends_on = ("vault",)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._connection: RobustConnection | None = None
+        self._connecting: asyncio.Task[RobustConnection] | None = None
+        self._pool: ChannelPool | None = None
+        self._lost_at: float | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._declared: OrderedDict[str, None] = OrderedDict()
+        self._declaring: dict[str, asyncio.Future[None]] = {}
+        # Throwaway channels (inspection, health) are bounded like the pool.
+        self._spare_channels = asyncio.Semaphore(settings.rabbitmq_channel_pool_size)
+
+    def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
+        # The broker answered; these say something about the queue, not its health.
+        return (QueueConflict, MessageUnroutable)
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.guard.call("connect", self._ready_connection)
+        except BackendError as exc:
+            logger.warning(
+                "rabbitmq unavailable at startup; will connect on first use",
+                extra={"reason": str(exc)},
+            )
+
+    async def stop(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await _close_connection(connection, pool)
+        await asyncio.gather(*self._retiring)
+
+    # --- connection ------------------------------------------------------------------
+    async def _ready_connection(self) -> RobustConnection:
+        """The open connection; connect first if there is none. While aio-pika is
+        re-establishing a lost connection this fails at once rather than wait."""
+        connection = self._connection
+        if connection is not None and self._given_up(connection):
+            self._retire(connection)
+            connection = None
+        if connection is None or connection.is_closed:
+            if self._connecting is None or self._connecting.done():
+                self._connecting = asyncio.create_task(self._connect(), name="rabbitmq-connect")
+                self._connecting.add_done_callback(_consume_exception)
+            # Shielded: a caller giving up must not leave a half-open connection behind.
+            connection = await asyncio.shield(self._connecting)
+        if not connection.connected.is_set():
+            raise BackendUnavailable(SERVICE, "rabbitmq connection lost; reconnecting")
+        return connection
+
+    def _given_up(self, connection: RobustConnection) -> bool:
+        """Lost for long: aio-pika keeps retrying with the credentials it started
+        with, which fails forever if they were rotated meanwhile."""
+        if connection.connected.is_set() or self._lost_at is None:
+            return False
+        patience = max(2.0, 5 * self.settings.rabbitmq_reconnect_seconds)
+        return time.monotonic() - self._lost_at > patience
+
+    def _retire(self, connection: RobustConnection) -> None:
+        """Drop ``connection`` so the next call connects afresh (credentials read
+        again); close it in the background."""
+        logger.warning("rabbitmq reconnection keeps failing; starting a new connection")
+        pool, self._pool = self._pool, None
+        self._connection = None
+        self._lost_at = None
+        task = asyncio.get_running_loop().create_task(_close_connection(connection, pool))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _connect(self) -> RobustConnection:
+        provider = credential_provider(self.app)
+        try:
+            connection = await self._open(await provider.get(SERVICE))
+        except _LOGIN_REFUSED:
+            logger.warning("rabbitmq refused the login; retrying with fresh credentials")
+            try:
+                connection = await self._open(await provider.refresh(SERVICE))
+            except _LOGIN_REFUSED as exc:
+                raise BackendUnavailable(
+                    SERVICE, "rabbitmq refused the login or the virtual host"
+                ) from exc
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        connection.close_callbacks.add(self._on_connection_lost)
+        self._pool = ChannelPool(
+            lambda: self._open_channel(connection, confirms=True),
+            self.settings.rabbitmq_channel_pool_size,
+            SERVICE,
+        )
+        self._connection = connection
+        self._lost_at = None
+        self._declared.clear()
+        logger.info("rabbitmq connected", extra={"version": server_version(connection)})
+        return connection
+
+    async def _open(self, credentials: Credentials) -> RobustConnection:
+        settings = self.settings
+        user = credentials.user or "guest"
+        password = credentials.password if credentials.user else "guest"
+        connection: RobustConnection = await connect_robust(
+            host=settings.rabbitmq_host or "localhost",
+            port=settings.rabbitmq_port,
+            login=user,
+            password=password or "",
+            virtualhost=credentials.vhost or "/",
+            timeout=settings.rabbitmq_connect_timeout_seconds,
+            reconnect_interval=settings.rabbitmq_reconnect_seconds,
+            client_properties={"connection_name": NAME},
+            connection_class=RobustConnection,
+        )
+        return connection
+
+    def _on_reconnected(self, *_args: Any) -> None:
+        # A queue may have been deleted meanwhile (a non-durable broker restart,
+        # an operator): declare again before the next publish to each.
+        self._declared.clear()
+        self._lost_at = None
+        logger.info("rabbitmq connection re-established")
+
+    def _on_connection_lost(self, connection: Any, *_args: Any) -> None:
+        current = self._connection
+        if current is None or connection is not current or current.close_called:
+            return
+        if self._lost_at is None:  # failed reconnection attempts close it again
+            self._lost_at = time.monotonic()
+            logger.warning("rabbitmq connection lost; reconnecting in the background")
+
+    @staticmethod
+    async def _open_channel(connection: RobustConnection, *, confirms: bool) -> AbstractChannel:
+        channel = Channel(connection, publisher_confirms=confirms, on_return_raises=confirms)
+        await channel.initialize()
+        return channel
+
+    # --- publishing ------------------------------------------------------------------
+    async def publish(
+        self, queue: str, body: bytes, *, message_id: str, correlation_id: str | None = None
+    ) -> None:
+        """Publish ``body`` (JSON) to durable ``queue``; return once the broker confirmed it."""
+        message = Message(
+            body,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            timestamp=datetime.now(UTC),
+            app_id=NAME,
+        )
+        try:
+            await self.guard.call("publish", lambda: self._publish(queue, message))
+        except BackendError as exc:
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc()
+            raise
+        MESSAGES_PUBLISHED.inc()
+
+    async def _publish(self, queue: str, message: Message) -> None:
+        await self._ready_connection()
+        pool = self._pool
+        if pool is None:  # closed meanwhile (the app is stopping)
+            raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
+        async with pool.acquire() as channel:
+            await self._declare_once(channel, queue)
+            try:
+                await _confirmed_publish(channel, queue, message)
+            except PublishError:
+                # Returned unroutable although we declared the queue: it was deleted
+                # since. The broker kept nothing, so declaring and resending is safe.
+                self._declared.pop(queue, None)
+                await self._declare_once(channel, queue)
+                try:
+                    await _confirmed_publish(channel, queue, message)
+                except PublishError as exc:
+                    raise MessageUnroutable(queue) from exc
+
+    async def _declare_once(self, channel: AbstractChannel, queue: str) -> None:
+        """Declare durable ``queue`` unless this connection already did; concurrent
+        first publishes to one queue share a single declaration."""
+        while queue not in self._declared and queue in self._declaring:
+            await asyncio.shield(self._declaring[queue])
+        if queue in self._declared:
+            self._declared.move_to_end(queue)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._declaring[queue] = done
+        try:
+            await channel.declare_queue(queue, durable=True)
+        except ChannelPreconditionFailed as exc:
+            raise QueueConflict(queue, "exists with other properties (not durable)") from exc
+        except ChannelLockedResource as exc:
+            raise QueueConflict(queue, "is exclusive to another connection") from exc
+        else:
+            self._declared[queue] = None
+            if len(self._declared) > _DECLARED_QUEUES_KEPT:
+                self._declared.popitem(last=False)
+        finally:
+            del self._declaring[queue]
+            done.set_result(None)
+
+    # --- inspection and health ----------------------------------------------------------
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """Counts of ``queue`` by a passive declare: never creates it."""
+        return await self.guard.call("queue_info", lambda: self._inspect(queue))
+
+    async def _inspect(self, queue: str) -> QueueInfo:
+        connection = await self._ready_connection()
+        # Its own channel: a passive declare of a missing queue closes the channel
+        # (404), which must not hit a pooled one.
+        async with self._spare_channels, self._spare_channel(connection) as channel:
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return QueueInfo(exists=False)
+            except ChannelLockedResource:  # exclusive to another connection
+                return QueueInfo(exists=True)
+        result = declared.declaration_result
+        return QueueInfo(True, result.message_count, result.consumer_count)
+
+    @contextlib.asynccontextmanager
+    async def _spare_channel(self, connection: RobustConnection) -> Any:
+        channel = await self._open_channel(connection, confirms=False)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    async def health(self) -> dict[str, Any]:
+        async def check() -> dict[str, Any]:
+            connection = await self._ready_connection()
+            async with self._spare_channels, self._spare_channel(connection):
+                pass  # opening a channel is a round trip to the broker
+            return {"version": server_version(connection)}
+
+        return await self.guard.call("health", check)
+
+
+async def _confirmed_publish(channel: AbstractChannel, queue: str, message: Message) -> None:
+    """Send and wait for the broker's answer. Failing before the send is a plain 503
+    (not published); failing after it is :class:`PublishUnconfirmed`."""
+    if channel.is_closed:
+        raise BackendUnavailable(SERVICE, "rabbitmq channel closed; message not sent")
+    try:
+        confirmation = await channel.default_exchange.publish(
+            message, routing_key=queue, mandatory=True
+        )
+    except PublishError:
+        raise
+    except DeliveryError as exc:  # Basic.Nack
+        raise MessageRejected() from exc
+    except Exception as exc:  # the connection or channel died around the send
+        raise PublishUnconfirmed() from exc
+    if not isinstance(confirmation, Basic.Ack):
+        raise MessageRejected()
+
+
+def _failure_reason(exc: BackendError) -> str:
+    if isinstance(exc, MessageRejected):
+        return "nack"
+    if isinstance(exc, MessageUnroutable):
+        return "unroutable"
+    if isinstance(exc, PublishUnconfirmed):
+        return "unconfirmed"
+    if isinstance(exc, BackendTimeout):
+        return "timeout"
+    return "error"
+
+
+def server_version(connection: RobustConnection) -> str | None:
+    transport = connection.transport
+    if transport is None:
+        return None
+    version = transport.connection.server_properties.get("version")
+    if isinstance(version, bytes):
+        return version.decode(errors="replace")
+    return None if version is None else str(version)
+
+
+async def _close_connection(connection: RobustConnection, pool: ChannelPool | None) -> None:
+    if pool is not None:
+        await pool.close()
+    with contextlib.suppress(Exception):
+        await connection.close()
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    """Mark a failed connect as seen when every waiter gave up on it."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,99 @@
+"""Helpers for the RabbitMQ suite: broker administration with ``rabbitmqctl`` and an
+independent AMQP client to check what the app really put in the broker."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from tests.support.net import wait_for_port
+from tests.support.vault import VaultTestServer
+
+BROKER_HOST = "127.0.0.1"
+BROKER_PORT = 5672
+PROBLEM = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class BrokerAccount:
+    vhost: str
+    user: str
+    password: str
+
+
+def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def start_broker_app() -> None:
+    """``start_app`` (a no-op when running) and wait until AMQP answers."""
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    wait_for_port(BROKER_PORT, timeout=60)
+    time.sleep(0.2)
+
+
+def write_rabbitmq_secret(
+    vault: VaultTestServer, mount: str, account: BrokerAccount, *, password: str | None = None
+) -> None:
+    vault.write_secret(
+        "rabbitmq",
+        {
+            "user": account.user,
+            "password": account.password if password is None else password,
+            "vhost": account.vhost,
+        },
+        mount=mount,
+    )
+
+
+async def independent_connection(account: BrokerAccount) -> aio_pika.abc.AbstractConnection:
+    return await aio_pika.connect(
+        host=BROKER_HOST,
+        port=BROKER_PORT,
+        login=account.user,
+        password=account.password,
+        virtualhost=account.vhost,
+    )
+
+
+async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
+    """Every message now in ``queue``, acknowledged: each is consumed exactly once."""
+    declared = await channel.declare_queue(queue, passive=True)
+    messages = []
+    while (message := await declared.get(fail=False, no_ack=False)) is not None:
+        await message.ack()
+        messages.append(message)
+    return messages
+
+
+async def queue_exists(connection: aio_pika.abc.AbstractConnection, queue: str) -> bool:
+    """Passive declare on a channel of its own (the 404 closes that channel)."""
+    probe = await connection.channel()
+    try:
+        await probe.declare_queue(queue, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    await probe.close()
+    return True
+
+
+async def assert_problem(response: Any, status: int, kind: str) -> dict[str, Any]:
+    text = await response.get_data(as_text=True)
+    assert response.status_code == status, text
+    assert response.content_type == PROBLEM
+    body: dict[str, Any] = await response.get_json()
+    assert body["status"] == status
+    assert body["type"] == f"/problems/{kind}"
+    assert body["request_id"] and body["instance"] and body["title"] and body["detail"]
+    return body
