@@ -17,6 +17,9 @@ _LOST = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # asyncpg's pool can trip over its own holder state while a dead connection is
+    # being replaced under concurrent acquires; a fresh acquire succeeds.
+    asyncpg.exceptions.InternalClientError,
     ConnectionResetError,
 )
 

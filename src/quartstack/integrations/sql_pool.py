@@ -131,14 +131,18 @@ class SqlPool(Backend, Generic[P, C], abc.ABC):
 
         async def call() -> T:
             pool = await self._ensure_pool()
+            rebuilt = reconnected = False
             try:
-                return await self._once(pool, func)
-            except Exception as exc:
-                if self._is_auth_error(exc):
-                    pool = await self._rebuild(pool)
-                elif not self._is_lost_connection(exc):
-                    raise
-                return await self._once(pool, func)
+                while True:
+                    try:
+                        return await self._once(pool, func)
+                    except Exception as exc:
+                        if self._is_auth_error(exc) and not rebuilt:
+                            pool, rebuilt = await self._rebuild(pool), True
+                        elif self._is_lost_connection(exc) and not reconnected:
+                            reconnected = True
+                        else:
+                            raise
             finally:
                 self.observe_pool()
 
