@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Stage 1: build the wheel (and wheels of every dependency) with the full toolchain.
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir --upgrade pip build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN python -m build --wheel --outdir /dist \
+ && pip wheel --no-cache-dir --wheel-dir /dist "$(ls /dist/quartstack-*.whl)[uvloop]"
+
+# Stage 2: a slim runtime with only the installed wheels, running as a non-root user.
+FROM python:3.11-slim AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="quartstack" \
+      org.opencontainers.image.description="Async Quart service integrating Vault, PostgreSQL, MySQL, MongoDB, Redis and RabbitMQ" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/quartstack/quartstack"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    PORT=8000
+RUN --mount=type=bind,from=build,source=/dist,target=/dist \
+    pip install --no-cache-dir --no-index --find-links=/dist "quartstack[uvloop]" \
+ && groupadd --system --gid 10001 quartstack \
+ && useradd --system --uid 10001 --gid quartstack --no-create-home --shell /usr/sbin/nologin quartstack
+# Nothing is written outside /tmp, so the root filesystem can be mounted read-only.
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/live\", timeout=2)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["quartstack"]
+CMD ["serve", "--bind", "0.0.0.0:8000"]
