@@ -8,7 +8,7 @@ COPY src ./src
 RUN python -m build --wheel --outdir /dist \
  && pip wheel --no-cache-dir --wheel-dir /dist "$(ls /dist/quartstack-*.whl)[uvloop]"
 
-# Stage 2: a slim runtime with only the installed wheels, running as a non-root user.
+# Stage 2 (the default target): a slim runtime with only the installed wheels, running as a non-root user.
 FROM python:3.11-slim AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="quartstack" \
@@ -35,3 +35,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["quartstack"]
 CMD ["serve", "--bind", "0.0.0.0:8000"]
+
+# Stage 3 (skaffold's dev profile only): the sources on PYTHONPATH, owned by the app user,
+# so file sync can replace them and `--reload` restarts the server.
+FROM runtime AS dev
+COPY --chown=10001:10001 src /app/src
+ENV PYTHONPATH=/app/src
+CMD ["serve", "--bind", "0.0.0.0:8000", "--reload"]
+
+# The default target: the production runtime.
+FROM runtime AS release

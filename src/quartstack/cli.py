@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--bind", help="HOST:PORT to listen on (default from HOST and PORT)")
     serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve_cmd.add_argument("--no-uvloop", action="store_true", help="use the asyncio event loop")
+    serve_cmd.add_argument(
+        "--reload", action="store_true", help="restart when source files change (development)"
+    )
     return parser
 
 
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             "version": __version__,
         },
     )
-    if workers > 1:
+    if args.reload:
+        config.use_reloader = True
+    if workers > 1 or args.reload:
         if loop_factory is not None:
             config.worker_class = "uvloop"
         _serve_many(config)

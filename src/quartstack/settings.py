@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     vault_addr: str | None = None
     vault_approle_dir: str | None = None
     vault_token: SecretStr | None = None
+    vault_token_file: str | None = None
     vault_mount: str = "secret"
     vault_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     vault_cache_ttl_seconds: float = Field(default=60.0, ge=0, le=300)
@@ -165,6 +166,7 @@ class Settings(BaseSettings):
         "rabbitmq_host",
         "vault_approle_dir",
         "vault_cacert",
+        "vault_token_file",
         mode="before",
     )
     @classmethod

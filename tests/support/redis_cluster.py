@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -164,10 +165,8 @@ class RedisClusterProcesses:
     def kill(self, port: int) -> None:
         pid = self.pid(port)
         if pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             (self.dir / str(port) / "pid").unlink(missing_ok=True)
 
     def stop(self) -> None:

@@ -584,3 +584,19 @@ async def test_credentials_never_fall_back_when_vault_is_down():
     ) as (app, _):
         with pytest.raises(BackendUnavailable):
             await credential_provider(app).get("postgres")
+
+
+async def test_token_file_is_read_at_every_login(vault, tmp_path):
+    """Vault Agent keeps a token in a file; the service re-reads it when it logs in."""
+    vault.write_secret("agent", {"v": 1})
+    token_file = tmp_path / "token"
+    token_file.write_text(vault.create_token(ttl=3600) + "\n")
+    async with running_app(
+        vault_addr=vault.url, vault_token_file=str(token_file), vault_cache_ttl_seconds=0
+    ) as (_, c):
+        assert (await c.get("/examples/vault/secret/agent")).status_code == 200
+        vault.expire_tokens()  # the first token dies; the agent writes a new one
+        token_file.write_text(vault.create_token(ttl=3600))
+        response = await c.get("/examples/vault/secret/agent")
+        assert response.status_code == 200
+        assert (await response.get_json())["data"] == {"v": 1}

@@ -186,13 +186,19 @@ class VaultClient(Backend):
                     self._reject()
                     raise
                 login = functools.partial(_approle_login, role_id=role_id, secret_id=secret_id)
-            elif self.settings.vault_token is not None:
-                token = self.settings.vault_token.get_secret_value()
+            elif self.settings.vault_token_file or self.settings.vault_token is not None:
+                try:
+                    token = await self._in_thread(self._read_token)
+                except VaultLoginRejected:
+                    self._reject()
+                    raise
                 register_secret(token)
                 login = functools.partial(_adopt_token, token=token)
             else:
                 self._reject()
-                raise VaultLoginRejected("neither VAULT_APPROLE_DIR nor VAULT_TOKEN is set")
+                raise VaultLoginRejected(
+                    "none of VAULT_APPROLE_DIR, VAULT_TOKEN_FILE or VAULT_TOKEN is set"
+                )
             try:
                 ttl, renewable = await self._guarded("login", login)
             except _REJECTIONS as exc:
@@ -209,6 +215,21 @@ class VaultClient(Backend):
                 "vault login succeeded",
                 extra={"ttl_s": ttl, "renewable": renewable, "method": self._method},
             )
+
+    def _read_token(self) -> str:
+        """The token: from VAULT_TOKEN_FILE (re-read at every login, so a token kept
+        fresh by Vault Agent is picked up) or VAULT_TOKEN."""
+        path = self.settings.vault_token_file
+        if path:
+            try:
+                token = Path(path).read_text().strip()
+            except OSError as exc:
+                raise VaultLoginRejected(f"cannot read VAULT_TOKEN_FILE ({exc.strerror})") from None
+            if token:
+                return token
+            raise VaultLoginRejected("VAULT_TOKEN_FILE is empty")
+        assert self.settings.vault_token is not None
+        return self.settings.vault_token.get_secret_value()
 
     def _reject(self) -> None:
         self._authenticated = False
