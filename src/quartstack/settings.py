@@ -99,7 +99,11 @@ class Settings(BaseSettings):
     postgres_database: str | None = None
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=100)
-    postgres_statement_cache_size: int = Field(default=100, ge=0)
+    postgres_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        description="asyncpg prepared statements per connection; 0 behind PgBouncer",
+    )
 
     # --- MySQL ---------------------------------------------------------------------------
     mysql_host: str | None = None
@@ -109,7 +113,12 @@ class Settings(BaseSettings):
     mysql_database: str | None = None
     mysql_pool_min: int = Field(default=1, ge=0, le=100)
     mysql_pool_max: int = Field(default=10, ge=1, le=100)
-    mysql_pool_recycle_seconds: int = Field(default=3600, ge=-1)
+    mysql_pool_recycle_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="replace pooled connections idle this long; keep below the server's "
+        "wait_timeout (default 28800)",
+    )
 
     # --- MongoDB -------------------------------------------------------------------------
     mongodb_host: str | None = None
@@ -118,6 +127,9 @@ class Settings(BaseSettings):
     mongodb_password: SecretStr | None = None
     mongodb_database: str | None = None
     mongodb_pool_max: int = Field(default=10, ge=1, le=500)
+    mongodb_auth_source: str | None = Field(
+        default=None, description="database holding the user; default: the credentials' database"
+    )
 
     # --- Redis ---------------------------------------------------------------------------
     redis_host: str | None = None

@@ -37,9 +37,7 @@ class Collections(BaseModel):
 @problems(429, 503, 504)
 async def postgres_query() -> QueryResult:
     """``SELECT current_timestamp`` over the asyncpg pool."""
-    value = await get_backend("postgres", PostgresPool).run(
-        "query", lambda c: c.fetchval(_PG_QUERY)
-    )
+    value = await get_backend("postgres", PostgresPool).fetchval("query", _PG_QUERY)
     return QueryResult(database="PostgreSQL", query=_PG_QUERY, result=value.isoformat())
 
 
@@ -57,7 +55,5 @@ async def mysql_query() -> QueryResult:
 @problems(429, 503, 504)
 async def mongodb_query() -> Collections:
     """The collections of the configured MongoDB database."""
-    names = await get_backend("mongodb", MongoDatabase).run(
-        "list_collections", lambda db: db.list_collection_names()
-    )
-    return Collections(database="MongoDB", collections=sorted(names), count=len(names))
+    names = await get_backend("mongodb", MongoDatabase).collection_names()
+    return Collections(database="MongoDB", collections=names, count=len(names))

@@ -1,107 +1,176 @@
-"""``MongoDatabase``: PyMongo's native async client behind the ``mongodb`` breaker.
+"""``MongoDatabase``: PyMongo's native async client behind the ``mongodb`` circuit breaker.
 
-PyMongo's ``AsyncMongoClient`` replaces Motor (deprecated, end of life
-2026-05-14). The client owns its own connection pool and connects lazily; it
-authenticates with the Vault credentials when a user is set (SCRAM against the
-credential's database), and is rebuilt once with fresh credentials when the
-server rejects them.
+``pymongo.AsyncMongoClient`` replaces Motor (deprecated, end of life 2026-05-14).
+The client owns its connection pool (``MONGODB_POOL_MAX``). It authenticates with
+the Vault credentials when they carry a user (SCRAM, against
+``MONGODB_AUTH_SOURCE``, by default the credentials' database) and connects
+without credentials otherwise; the client is rebuilt once with fresh credentials
+when the server rejects them, like the SQL pools.
+
+PyMongo waits for a reachable server for ``serverSelectionTimeoutMS`` instead of
+failing, so that wait is kept below the backend timeout, and its outcome is
+classified: a server that accepted connections but never answered is a timeout
+(504), anything else (refused, reset) is unavailable (503).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+from pymongo.errors import NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
+from pymongo.monitoring import (
+    ConnectionCheckedInEvent,
+    ConnectionCheckedOutEvent,
+    ConnectionCheckOutFailedEvent,
+    ConnectionCheckOutStartedEvent,
+    ConnectionClosedEvent,
+    ConnectionCreatedEvent,
+    ConnectionPoolListener,
+    ConnectionReadyEvent,
+    PoolClearedEvent,
+    PoolClosedEvent,
+    PoolCreatedEvent,
+    PoolReadyEvent,
+)
 
-from quartstack.integrations.base import Backend
-from quartstack.integrations.vault.credentials import Credentials, credential_provider
-from quartstack.metrics import BACKEND_POOL_CONNECTIONS
+from quartstack.integrations.pooled import PooledBackend
+from quartstack.integrations.vault.credentials import Credentials
+from quartstack.resilience import BackendTimeout
+
+SERVICE = "mongodb"
+DEFAULT_DATABASE = "quartstack"
 
 T = TypeVar("T")
+Document = dict[str, Any]
 
-logger = logging.getLogger("quartstack.mongodb")
-
-_AUTH_FAILED = 18
-_DEFAULT_DATABASE = "quartstack"
+_AUTHENTICATION_FAILED = 18  # MongoDB's error code for rejected credentials
 
 
-class MongoDatabase(Backend):
-    name = "mongodb"
-    depends_on = ("vault",)
+class ConnectionCounter(ConnectionPoolListener):
+    """Counts open and checked-out connections from PyMongo's pool events (the
+    driver has no public pool statistics)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._client: AsyncMongoClient[dict[str, Any]] | None = None
-        self._database_name = _DEFAULT_DATABASE
-        self._lock = asyncio.Lock()
+    def __init__(self) -> None:
+        self.open = 0
+        self.in_use = 0
 
-    async def start(self) -> None:
-        await self._ensure_client()  # no I/O: PyMongo connects on first use
-        BACKEND_POOL_CONNECTIONS.labels(self.name, "max").set(self.settings.mongodb_pool_max)
+    def connection_created(self, event: ConnectionCreatedEvent) -> None:
+        self.open += 1
 
-    async def stop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+    def connection_closed(self, event: ConnectionClosedEvent) -> None:
+        self.open = max(0, self.open - 1)
 
-    def _create(self, credentials: Credentials) -> AsyncMongoClient[dict[str, Any]]:
+    def connection_checked_out(self, event: ConnectionCheckedOutEvent) -> None:
+        self.in_use += 1
+
+    def connection_checked_in(self, event: ConnectionCheckedInEvent) -> None:
+        self.in_use = max(0, self.in_use - 1)
+
+    def pool_created(self, event: PoolCreatedEvent) -> None: ...
+    def pool_ready(self, event: PoolReadyEvent) -> None: ...
+    def pool_cleared(self, event: PoolClearedEvent) -> None: ...
+    def pool_closed(self, event: PoolClosedEvent) -> None: ...
+    def connection_ready(self, event: ConnectionReadyEvent) -> None: ...
+    def connection_check_out_started(self, event: ConnectionCheckOutStartedEvent) -> None: ...
+    def connection_check_out_failed(self, event: ConnectionCheckOutFailedEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class MongoPool:
+    """One client (with its pool), the database the app uses, and its connection counts."""
+
+    client: AsyncMongoClient[Document]
+    database: str
+    connections: ConnectionCounter
+
+
+class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
+    """The app's MongoDB database: queries, health (server version)."""
+
+    name = SERVICE
+
+    @property
+    def max_connections(self) -> int:
+        return self.settings.mongodb_pool_max
+
+    async def _create(self, credentials: Credentials) -> MongoPool:
         settings = self.settings
-        timeout_ms = int(settings.backend_timeout_seconds * 1000)
+        timeout_ms = settings.backend_timeout_seconds * 1000
+        database = credentials.database or settings.mongodb_database or DEFAULT_DATABASE
         auth: dict[str, Any] = {}
         if credentials.user:
             auth = {
                 "username": credentials.user,
-                "password": credentials.password,
-                "authSource": credentials.database or settings.mongodb_database or "admin",
+                "password": credentials.password or "",
+                "authSource": settings.mongodb_auth_source or database,
             }
-        self._database_name = credentials.database or settings.mongodb_database or _DEFAULT_DATABASE
-        return AsyncMongoClient(
+        connections = ConnectionCounter()
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
             host=settings.mongodb_host,
             port=settings.mongodb_port,
             maxPoolSize=settings.mongodb_pool_max,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=min(timeout_ms, 2000),
-            socketTimeoutMS=timeout_ms,
+            serverSelectionTimeoutMS=int(timeout_ms * 0.8),
+            connectTimeoutMS=int(min(timeout_ms / 2, 2000)),
+            socketTimeoutMS=int(timeout_ms),
             appname="quartstack",
+            event_listeners=[connections],
             **auth,
         )
+        pool = MongoPool(client, database, connections)
+        try:
+            async with self._connection(pool):
+                await client.admin.command("ping")  # checks out a connection: authenticates
+        except BaseException:
+            await client.close()
+            raise
+        return pool
 
-    async def _ensure_client(self, *, fresh: bool = False) -> AsyncMongoClient[dict[str, Any]]:
-        async with self._lock:
-            if self._client is None or fresh:
-                provider = credential_provider(self.app)
-                credentials = await (provider.refresh if fresh else provider.get)(self.name)
-                old, self._client = self._client, self._create(credentials)
-                if old is not None:
-                    await old.close()
-            return self._client
+    @asynccontextmanager
+    async def _borrow(self, pool: MongoPool) -> AsyncIterator[AsyncDatabase[Document]]:
+        try:
+            yield pool.client[pool.database]
+        except ServerSelectionTimeoutError as exc:
+            if self._server_timed_out(pool.client):
+                raise BackendTimeout(self.name, self.settings.backend_timeout_seconds) from exc
+            raise
 
-    async def run(self, operation: str, func: Callable[[AsyncDatabase[Any]], Awaitable[T]]) -> T:
-        """Run ``func(database)`` under the breaker and timeout (idempotent reads only:
-        after an authentication failure it runs once more with fresh credentials)."""
+    def _connection(self, pool: MongoPool) -> AbstractAsyncContextManager[AsyncDatabase[Document]]:
+        return self._borrow(pool)
 
-        async def call() -> T:
-            client = self._client or await self._ensure_client()
-            try:
-                return await func(client[self._database_name])
-            except OperationFailure as exc:
-                if exc.code != _AUTH_FAILED:
-                    raise
-                logger.warning("credentials rejected; fetching fresh ones")
-                client = await self._ensure_client(fresh=True)
-                return await func(client[self._database_name])
+    @staticmethod
+    def _server_timed_out(client: AsyncMongoClient[Document]) -> bool:
+        """The server accepted connections and then said nothing (a hung server)."""
+        servers = client.topology_description.server_descriptions().values()
+        return any(isinstance(server.error, NetworkTimeout) for server in servers)
 
-        return await self.guard.call(operation, call)
+    async def _close(self, pool: MongoPool) -> None:
+        await pool.client.close()
 
-    @property
-    def database_name(self) -> str:
-        return self._database_name
+    async def _terminate(self, pool: MongoPool) -> None:
+        await pool.client.close()
+
+    def _is_auth_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, OperationFailure) and exc.code == _AUTHENTICATION_FAILED
+
+    def _pool_usage(self, pool: MongoPool) -> tuple[int, int]:
+        counts = pool.connections
+        return counts.in_use, max(0, counts.open - counts.in_use)
+
+    async def query(
+        self, operation: str, func: Callable[[AsyncDatabase[Document]], Awaitable[T]]
+    ) -> T:
+        """Run a read-only ``func(database)`` (PyMongo retries a failed read itself)."""
+        return await self.run(operation, func)
+
+    async def collection_names(self) -> list[str]:
+        names = await self.query("list_collections", lambda db: db.list_collection_names())
+        return sorted(names)
 
     async def health(self) -> dict[str, Any]:
-        info = await self.run("health", lambda db: db.client.admin.command("buildInfo"))
+        info = await self.query("health", lambda db: db.client.admin.command("buildInfo"))
         return {"version": str(info.get("version"))}

@@ -1,13 +1,25 @@
-"""``PostgresPool``: an asyncpg pool behind the ``postgres`` circuit breaker."""
+"""``PostgresPool``: an asyncpg pool behind the ``postgres`` circuit breaker.
+
+The pool keeps ``POSTGRES_POOL_MIN``..``POSTGRES_POOL_MAX`` connections. Besides
+the guard's timeout, every statement has asyncpg's ``command_timeout`` (the
+backend timeout), so a query abandoned by its caller is also cancelled on the
+server rather than left running. ``POSTGRES_STATEMENT_CACHE_SIZE`` is
+asyncpg's per-connection prepared-statement cache: keep the default against
+PostgreSQL itself, set ``0`` behind PgBouncer in transaction or statement pooling
+mode (prepared statements do not survive a server-connection switch there).
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 
-from quartstack.integrations.sql_pool import SqlPool
+from quartstack.integrations.pooled import PooledBackend
 from quartstack.integrations.vault.credentials import Credentials
+
+SERVICE = "postgres"
 
 _AUTH_ERRORS = (
     asyncpg.exceptions.InvalidPasswordError,
@@ -24,8 +36,14 @@ _LOST = (
 )
 
 
-class PostgresPool(SqlPool[asyncpg.Pool, asyncpg.Connection]):
-    name = "postgres"
+class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
+    """The app's PostgreSQL: queries over the pool, and health (server version)."""
+
+    name = SERVICE
+
+    @property
+    def max_connections(self) -> int:
+        return self.settings.postgres_pool_max
 
     async def _create(self, credentials: Credentials) -> asyncpg.Pool:
         settings = self.settings
@@ -44,11 +62,15 @@ class PostgresPool(SqlPool[asyncpg.Pool, asyncpg.Connection]):
         )
         return pool
 
-    def _acquire(self, pool: asyncpg.Pool) -> Any:
-        return pool.acquire()
+    def _connection(self, pool: asyncpg.Pool) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        acquire: AbstractAsyncContextManager[asyncpg.Connection] = pool.acquire()
+        return acquire
 
     async def _close(self, pool: asyncpg.Pool) -> None:
-        await pool.close()
+        await pool.close()  # waits for borrowed connections to be released
+
+    async def _terminate(self, pool: asyncpg.Pool) -> None:
+        pool.terminate()
 
     def _is_auth_error(self, exc: BaseException) -> bool:
         return isinstance(exc, _AUTH_ERRORS)
@@ -56,10 +78,14 @@ class PostgresPool(SqlPool[asyncpg.Pool, asyncpg.Connection]):
     def _is_lost_connection(self, exc: BaseException) -> bool:
         return isinstance(exc, _LOST)
 
-    def _pool_sizes(self, pool: asyncpg.Pool) -> tuple[int, int, int]:
+    def _pool_usage(self, pool: asyncpg.Pool) -> tuple[int, int]:
         size, idle = pool.get_size(), pool.get_idle_size()
-        return size - idle, idle, pool.get_max_size()
+        return size - idle, idle
+
+    async def fetchval(self, operation: str, query: str) -> Any:
+        """The first column of the first row of a read-only ``query``."""
+        return await self.run(operation, lambda connection: connection.fetchval(query))
 
     async def health(self) -> dict[str, Any]:
-        version = await self.run("health", lambda c: c.fetchval("SHOW server_version"))
+        version = await self.fetchval("health", "SHOW server_version")
         return {"version": str(version)}
