@@ -1,10 +1,9 @@
-"""Dedicated databases and users for a test run, and stand-in servers.
+"""Dedicated databases and users for a test run on the machine's SQL servers.
 
 PostgreSQL and MariaDB are the machine's real servers (a unique database and
 user per run, dropped afterwards). The machine's PostgreSQL trusts every local
-login, so the credential-rotation test runs a private PostgreSQL cluster with
-SCRAM authentication. MongoDB is ``nx-27017``, a wire-protocol server, because
-no mongod can be installed here.
+login, so tests that need a password to matter (credential rotation) run a
+private PostgreSQL cluster with SCRAM authentication. MongoDB: tests/support/mongo.py.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -97,6 +95,10 @@ class PostgresDatabase:
         return int(
             self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{self.db.user}'")
         )
+
+    def set_connection_limit(self, limit: int) -> None:
+        """The server refuses the role's connection number ``limit + 1`` (-1: no limit)."""
+        self.sql(f"ALTER ROLE {self.db.user} CONNECTION LIMIT {limit}")
 
     def drop(self) -> None:
         self.terminate_connections()
@@ -204,6 +206,12 @@ class MySQLDatabase:
         self.sql(*[f"ALTER USER {a} IDENTIFIED BY '{password}'" for a in self._accounts()])
         self.db.password = password
 
+    def set_connection_limit(self, limit: int) -> None:
+        """The server refuses the user's connection number ``limit + 1`` (0: no limit)."""
+        self.sql(
+            *[f"ALTER USER {a} WITH MAX_USER_CONNECTIONS {limit}" for a in self._accounts()]
+        )
+
     def connection_ids(self) -> list[int]:
         rows = self.sql(
             f"SELECT id FROM information_schema.processlist WHERE user = '{self.db.user}'"
@@ -221,44 +229,3 @@ class MySQLDatabase:
             f"DROP DATABASE IF EXISTS {self.db.database}",
             *[f"DROP USER IF EXISTS {a}" for a in self._accounts()],
         )
-
-
-class MongoStandIn:
-    """An ``nx-27017`` process (MongoDB wire protocol, in-memory) on a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="qs-nx-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MongoStandIn:
-        executable = Path(sys.executable).with_name("nx-27017")
-        self.process = subprocess.Popen(
-            [
-                str(executable),
-                "--data-dir",
-                "memory",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--log-file",
-                str(self.dir / "log"),
-                "--pid-file",
-                str(self.dir / "pid"),
-            ],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, timeout=20)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)

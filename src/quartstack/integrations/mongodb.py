@@ -109,13 +109,16 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
                 "password": credentials.password or "",
                 "authSource": settings.mongodb_auth_source or database,
             }
+        # PyMongo re-checks a server every 0.5 s while selecting one, so its wait can
+        # overrun by that much: it must end before the guard's timeout does.
+        selection_ms = max(timeout_ms - 600, 200)
         connections = ConnectionCounter()
         client: AsyncMongoClient[Document] = AsyncMongoClient(
             host=settings.mongodb_host,
             port=settings.mongodb_port,
             maxPoolSize=settings.mongodb_pool_max,
-            serverSelectionTimeoutMS=int(timeout_ms * 0.8),
-            connectTimeoutMS=int(min(timeout_ms / 2, 2000)),
+            serverSelectionTimeoutMS=int(selection_ms),
+            connectTimeoutMS=int(min(selection_ms / 2, 2000)),
             socketTimeoutMS=int(timeout_ms),
             appname="quartstack",
             event_listeners=[connections],

@@ -107,7 +107,8 @@ def _etag(body: bytes) -> str:
 def _respond(entry: dict[str, Any], max_age: int, state: str) -> Response:
     etag = entry["etag"]
     headers = {"ETag": etag, "Cache-Control": f"max-age={max_age}", "X-Cache": state}
-    if etag in request.if_none_match:
+    # If-None-Match uses the weak comparison (RFC 9110 13.1.2); werkzeug stores tags unquoted.
+    if request.if_none_match.contains_weak(etag.strip('"')):
         return Response(b"", status=304, headers=headers)
     return Response(
         entry["body"], status=entry["status"], headers=headers, content_type=entry["content_type"]
