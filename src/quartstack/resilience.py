@@ -137,6 +137,10 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         return state
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> Literal[False]:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Cancelled from outside (client gone, an outer timeout): the call proved
+            # nothing, so it is neither a success (the package would reset) nor a failure.
+            return False
         if exc_type is not None and self.is_failure(exc_type, exc_value):
             CIRCUIT_FAILURES.labels(self.service).inc()
         super().__exit__(exc_type, exc_value, traceback)
