@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from quart import Blueprint, Response
 
 from quartstack.metrics import REGISTRY
@@ -13,4 +14,4 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text exposition (format 0.0.4)."""
-    return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_PLAIN_0_0_4)

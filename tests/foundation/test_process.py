@@ -1,0 +1,191 @@
+"""A real ``quartstack serve`` process: startup, /metrics, bad settings, SIGTERM drain,
+and hostile input over raw sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.support.net import TcpProxy
+from tests.support.process import ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def server():
+    env = {"RATE_LIMIT_ENABLED": "false", "RABBITMQ_HOST": "127.0.0.1"}
+    with ServiceProcess(env) as process:
+        process.wait_live().wait_started()
+        yield process
+
+
+def test_startup_and_a_real_metrics_scrape(server):
+    assert httpx.get(server.url + "/health/startup").json() == {"status": "started"}
+    httpx.get(server.url + "/")
+    response = httpx.get(server.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert 'app_info{name="quartstack"' in text
+    assert 'http_requests_total{endpoint="/",method="GET",status="200"}' in text
+    assert "# TYPE circuit_breaker_state gauge" in text
+    assert "server" not in {k.lower() for k in response.headers}
+    lines = [line for line in server.log_lines() if '"quartstack.access"' in line]
+    assert lines and all(line.startswith("{") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("PORT", "not-a-port", "PORT"),
+        ("REQUIRED_BACKENDS", "postgres,oracle", "REQUIRED_BACKENDS"),
+        ("POSTGRES_PORT", "s3cr3t-looking-value", "POSTGRES_PORT"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+    ],
+)
+def test_bad_setting_stops_startup_with_one_clear_line(name, value, reason):
+    env = {**os.environ, name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "quartstack", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert reason in lines[0] and lines[0].startswith("quartstack: invalid setting")
+    assert value not in lines[0]
+
+
+def test_sigterm_drains_in_flight_requests():
+    with TcpProxy(6379) as proxy:
+        env = {
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(proxy.port),
+            "RATE_LIMIT_ENABLED": "false",
+            "SHUTDOWN_GRACE_SECONDS": "15",
+            "SHUTDOWN_DRAIN_SECONDS": "0.5",
+        }
+        process = ServiceProcess(env).start()
+        try:
+            process.wait_started()
+            assert httpx.get(process.url + "/examples/cache/drain-key").status_code == 200
+            proxy.set_mode("delay", 2.5)
+            slow: dict[str, object] = {}
+
+            def call_slow() -> None:
+                slow["response"] = httpx.get(process.url + "/examples/cache/drain-key", timeout=30)
+
+            thread = threading.Thread(target=call_slow)
+            thread.start()
+            time.sleep(0.8)  # the slow request is now waiting on Redis
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            ready = httpx.get(process.url + "/health/ready", timeout=5)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["shutdown"] == "draining"
+            thread.join(20)
+            response = slow["response"]
+            assert isinstance(response, httpx.Response)
+            assert response.status_code == 200
+            assert response.json()["key"] == "drain-key"
+            assert process.process is not None
+            assert process.process.wait(20) == 0
+        finally:
+            process.terminate()
+        logs = "\n".join(process.log_lines())
+        assert "draining: readiness is now 503" in logs and "drain finished" in logs
+
+
+def _raw(server: ServiceProcess, payload: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"server hung on {payload[:60]!r}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks) and b"Connection: close" not in payload:
+                data = b"".join(chunks)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    None,
+                )
+                if length is not None and len(body) >= length:
+                    break
+    return b"".join(chunks)
+
+
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (b"GET /examples/cache/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", {422, 400, 404}),
+        (b"GET /examples/cache/%zz HTTP/1.1\r\nHost: x\r\n\r\n", {422, 400, 404}),
+        (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", {405}),
+        (
+            b"POST /examples/cache/k?value=v HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 5\r\n\r\n{bad}",
+            {503, 400},
+        ),
+        (
+            b"POST /examples/messaging/publish?queue_name=q HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{bad}",
+            {400},
+        ),
+        (
+            b"POST /examples/messaging/publish?queue_name=q HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/xml\r\nContent-Length: 4\r\n\r\n<a/>",
+            {415},
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 99999999\r\n\r\n",
+            {413},
+        ),
+    ],
+)
+def test_hostile_requests_get_a_4xx_problem_never_500(server, request_bytes, expected):
+    response = _raw(server, request_bytes)
+    status = _status(response)
+    assert status in expected, response[:300]
+    assert b"application/problem+json" in response.split(b"\r\n\r\n")[0].lower()
+
+
+def test_protocol_errors_are_rejected_by_the_server_without_a_hang(server):
+    """Requests HTTP/1.1 itself forbids (a non-ASCII request target, headers past
+    Hypercorn's 16 KiB limit, TLS to a plain port) are refused by Hypercorn's h11 layer
+    with an empty 400 before the app sees them: no problem body is possible there."""
+    for payload in (b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",):
+        response = _raw(server, payload)
+        assert _status(response) == 400
+
+
+def test_huge_headers_and_garbage_are_rejected_without_a_hang(server):
+    huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+    response = _raw(server, huge)
+    assert response == b"" or 400 <= _status(response) < 500
+    garbage = _raw(server, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n")
+    assert garbage == b"" or 400 <= _status(garbage) < 500
+    assert httpx.get(server.url + "/health/live").status_code == 200  # still serving
