@@ -15,10 +15,12 @@ have their own limits, everything else the default; ``@rate_limit`` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import (
@@ -28,6 +30,7 @@ from quart_rate_limiter import (
     RateLimitExceeded,
 )
 from quart_rate_limiter.store import RateLimiterStoreABC
+from redis.exceptions import NoScriptError
 
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.metrics import RATE_LIMIT_HITS, RATE_LIMIT_STORE_ERRORS
@@ -60,6 +63,9 @@ return {1, new_tat - now, 0}
 """
 
 
+_GCRA_SHA = hashlib.sha1(_GCRA.encode(), usedforsecurity=False).hexdigest()
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -76,9 +82,17 @@ class RedisRateLimitStore(RateLimiterStoreABC):
     async def consume(self, key: str, limit: RateLimit) -> Decision:
         period_ms = int(limit.period.total_seconds() * 1000)
         interval_ms = max(1, period_ms // limit.count)
-        reply: list[int] = await self.redis.execute(
-            "rate_limit", lambda c: c.eval(_GCRA, 1, key, interval_ms, period_ms)
-        )
+
+        async def gcra(client: Any) -> list[int]:
+            # EVALSHA sends 40 bytes instead of the script; a node that lacks the script
+            # (fresh, restarted, failed over) gets it once through EVAL.
+            try:
+                reply: list[int] = await client.evalsha(_GCRA_SHA, 1, key, interval_ms, period_ms)
+            except NoScriptError:
+                reply = await client.eval(_GCRA, 1, key, interval_ms, period_ms)
+            return reply
+
+        reply = await self.redis.execute("rate_limit", gcra)
         allowed, reset_ms, retry_ms = (int(v) for v in reply)
         return Decision(bool(allowed), reset_ms, retry_ms)
 
