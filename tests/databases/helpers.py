@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ class DatabaseAccounts:
 
     def publish(self, name: str, secret: dict[str, str]) -> None:
         self.vault.write_secret(name, secret, mount=self.mount)
+
+
+def log_messages(text: str, service: str) -> list[str]:
+    """The messages of ``service``'s JSON log lines (as the service writes them)."""
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [r["message"] for r in records if r.get("service") == service]
 
 
 async def assert_problem(response: Any, status: int, kind: str, path: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+import asyncpg
 from pymongo import AsyncMongoClient
 
 from quartstack.integrations.postgres import PostgresPool
@@ -13,9 +14,7 @@ from tests.databases.helpers import QUERY
 from tests.support.app import metric_value, running_app
 
 
-async def test_postgres_query_runs_over_the_pool_as_the_vault_user(
-    db_settings, postgres_account
-):
+async def test_postgres_query_runs_over_the_pool_as_the_vault_user(db_settings, postgres_account):
     async with running_app(**db_settings) as (_, client):
         response = await client.get(QUERY.format("postgres"))
         assert response.status_code == 200
@@ -43,8 +42,7 @@ async def test_mysql_query_runs_over_the_pool_as_the_vault_user(db_settings, mys
         assert body["query"] == "SELECT NOW()"
         datetime.fromisoformat(body["result"])
         rows = mysql_account.sql(
-            "SELECT db FROM information_schema.processlist WHERE user = "
-            f"'{mysql_account.db.user}'"
+            f"SELECT db FROM information_schema.processlist WHERE user = '{mysql_account.db.user}'"
         )
         assert (mysql_account.db.database,) in rows
 
@@ -109,7 +107,7 @@ async def test_health_reports_each_server_version(db_settings, postgres_account,
             assert everything["services"][name]["status"] == "healthy"
 
 
-async def test_pool_gauges_are_current_at_scrape_time(db_settings):
+async def test_pool_gauges_are_current_at_scrape_time(db_settings, postgres_account):
     settings = dict(db_settings, postgres_pool_max=7, mysql_pool_max=6, mongodb_pool_max=5)
     async with running_app(**settings) as (app, client):
         for name in ("postgres", "mysql", "mongodb"):
@@ -119,24 +117,36 @@ async def test_pool_gauges_are_current_at_scrape_time(db_settings):
             assert metric_value("backend_pool_connections", service=name, state="in_use") == 0
             assert metric_value("backend_pool_connections", service=name, state="idle") >= 1
 
+        # A query waiting for a lock our own session holds borrows one connection for as
+        # long as we like; /metrics (what Prometheus reads) must show it, then not.
         postgres: PostgresPool = app.extensions["postgres"]
-        slow = asyncio.create_task(postgres.fetchval("slow", "SELECT pg_sleep(0.5)::text"))
-        seen = 0.0
-        while not slow.done() and seen == 0:
-            # /metrics is what Prometheus reads: the gauge must show the borrowed connection.
-            text = await (await client.get("/metrics")).get_data(as_text=True)
-            seen = max(
-                (
-                    float(line.rsplit(" ", 1)[1])
-                    for line in text.splitlines()
-                    if line.startswith('backend_pool_connections{service="postgres",state="in_use"}')
-                ),
-                default=0.0,
+        db = postgres_account.db
+        holder = await asyncpg.connect(
+            host="127.0.0.1", port=db.port, user="postgres", database=db.database
+        )
+        try:
+            await holder.execute("SELECT pg_advisory_lock(77)")
+            waiting = asyncio.create_task(
+                postgres.fetchval(
+                    "wait", "SELECT 'got it' FROM (SELECT pg_advisory_xact_lock(77)) l"
+                )
             )
-            await asyncio.sleep(0.01)
-        await slow
-        assert seen == 1
-        assert metric_value("backend_pool_connections", service="postgres", state="in_use") == 0
+            async with asyncio.timeout(10):
+                while await scraped(client, "postgres", "in_use") != 1:
+                    await asyncio.sleep(0.01)
+        finally:
+            await holder.close()  # ends our session, and its lock
+        assert await waiting == "got it"
+        assert await scraped(client, "postgres", "in_use") == 0
+
+
+async def scraped(client, service: str, state: str) -> float:
+    """One ``backend_pool_connections`` sample as ``/metrics`` shows it."""
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    prefix = f'backend_pool_connections{{service="{service}",state="{state}"}} '
+    values = [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    assert len(values) == 1, values
+    return values[0]
 
 
 async def test_environment_credentials_work_without_vault(postgres_account, mysql_account):
@@ -168,3 +178,43 @@ async def test_openapi_documents_the_database_routes(db_settings):
         assert "ProblemDetails" in str(responses["503"]) and "ProblemDetails" in str(
             responses["504"]
         )
+
+
+async def test_every_query_is_measured(db_settings):
+    async with running_app(**db_settings) as (_, client):
+        for name, operation in (
+            ("postgres", "query"),
+            ("mysql", "query"),
+            ("mongodb", "list_collections"),
+        ):
+            before = metric_value(
+                "backend_call_duration_seconds_count", service=name, operation=operation
+            )
+            for _ in range(3):
+                assert (await client.get(QUERY.format(name))).status_code == 200
+            after = metric_value(
+                "backend_call_duration_seconds_count", service=name, operation=operation
+            )
+            assert after == before + 3, name
+
+
+async def test_pools_close_when_the_app_stops(
+    db_settings, accounts, postgres_account, mysql_account, mongo_front
+):
+    accounts.publish(
+        "mongodb", {"user": mongo_front.user, "password": mongo_front.password, "database": "qs"}
+    )
+    settings = dict(db_settings, mongodb_port=mongo_front.port)
+    async with running_app(**settings) as (_, client):
+        for name in ("postgres", "mysql", "mongodb"):
+            assert (await client.get(QUERY.format(name))).status_code == 200
+        assert postgres_account.connection_count() >= 1
+        assert mysql_account.connection_ids()
+        assert mongo_front.authenticated_now >= 1
+    async with asyncio.timeout(10):  # the servers notice the closed sockets
+        while (
+            postgres_account.connection_count()
+            or mysql_account.connection_ids()
+            or mongo_front.authenticated_now
+        ):
+            await asyncio.sleep(0.05)

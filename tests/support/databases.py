@@ -208,9 +208,7 @@ class MySQLDatabase:
 
     def set_connection_limit(self, limit: int) -> None:
         """The server refuses the user's connection number ``limit + 1`` (0: no limit)."""
-        self.sql(
-            *[f"ALTER USER {a} WITH MAX_USER_CONNECTIONS {limit}" for a in self._accounts()]
-        )
+        self.sql(*[f"ALTER USER {a} WITH MAX_USER_CONNECTIONS {limit}" for a in self._accounts()])
 
     def connection_ids(self) -> list[int]:
         rows = self.sql(

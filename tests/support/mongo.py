@@ -250,4 +250,6 @@ def _op_msg_command(header: bytes, body: bytes) -> dict[str, Any] | None:
 
 
 def _scram_fields(message: bytes) -> dict[bytes, bytes]:
-    return {part[:1]: part[2:] for part in message.split(b",") if len(part) > 1 and part[1:2] == b"="}
+    return {
+        part[:1]: part[2:] for part in message.split(b",") if len(part) > 1 and part[1:2] == b"="
+    }

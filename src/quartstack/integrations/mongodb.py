@@ -5,7 +5,9 @@ The client owns its connection pool (``MONGODB_POOL_MAX``). It authenticates wit
 the Vault credentials when they carry a user (SCRAM, against
 ``MONGODB_AUTH_SOURCE``, by default the credentials' database) and connects
 without credentials otherwise; the client is rebuilt once with fresh credentials
-when the server rejects them, like the SQL pools.
+when the server rejects them, like the SQL pools. Only the standard MongoDB API is
+used: the tests run against nx-27017 (a wire-protocol stand-in, as no mongod can be
+installed on our machines), production against a real MongoDB.
 
 PyMongo waits for a reachable server for ``serverSelectionTimeoutMS`` instead of
 failing, so that wait is kept below the backend timeout, and its outcome is
@@ -22,7 +24,12 @@ from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 from pymongo.monitoring import (
     ConnectionCheckedInEvent,
     ConnectionCheckedOutEvent,
@@ -49,6 +56,13 @@ T = TypeVar("T")
 Document = dict[str, Any]
 
 _AUTHENTICATION_FAILED = 18  # MongoDB's error code for rejected credentials
+
+
+class LoginRejected(Exception):
+    """A call failed because the server had just rejected this client's login."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"{service} rejected the login")
 
 
 class ConnectionCounter(ConnectionPoolListener):
@@ -137,19 +151,24 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
     async def _borrow(self, pool: MongoPool) -> AsyncIterator[AsyncDatabase[Document]]:
         try:
             yield pool.client[pool.database]
-        except ServerSelectionTimeoutError as exc:
-            if self._server_timed_out(pool.client):
+        except AutoReconnect as exc:
+            errors = [
+                server.error
+                for server in pool.client.topology_description.server_descriptions().values()
+            ]
+            # A rejected login marks the server unknown and clears the pool, so calls
+            # running alongside fail with connection errors: same cause, same remedy.
+            if any(self._is_auth_error(error) for error in errors if error is not None):
+                raise LoginRejected(self.name) from exc
+            # The server accepted connections and then said nothing: a hung server.
+            if isinstance(exc, ServerSelectionTimeoutError) and any(
+                isinstance(error, NetworkTimeout) for error in errors
+            ):
                 raise BackendTimeout(self.name, self.settings.backend_timeout_seconds) from exc
             raise
 
     def _connection(self, pool: MongoPool) -> AbstractAsyncContextManager[AsyncDatabase[Document]]:
         return self._borrow(pool)
-
-    @staticmethod
-    def _server_timed_out(client: AsyncMongoClient[Document]) -> bool:
-        """The server accepted connections and then said nothing (a hung server)."""
-        servers = client.topology_description.server_descriptions().values()
-        return any(isinstance(server.error, NetworkTimeout) for server in servers)
 
     async def _close(self, pool: MongoPool) -> None:
         await pool.client.close()
@@ -158,6 +177,8 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
         await pool.client.close()
 
     def _is_auth_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, LoginRejected):
+            return True
         return isinstance(exc, OperationFailure) and exc.code == _AUTHENTICATION_FAILED
 
     def _pool_usage(self, pool: MongoPool) -> tuple[int, int]:
@@ -168,7 +189,7 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
         self, operation: str, func: Callable[[AsyncDatabase[Document]], Awaitable[T]]
     ) -> T:
         """Run a read-only ``func(database)`` (PyMongo retries a failed read itself)."""
-        return await self.run(operation, func)
+        return await self.run(operation, func, idempotent=True)
 
     async def collection_names(self) -> list[str]:
         names = await self.query("list_collections", lambda db: db.list_collection_names())

@@ -111,7 +111,7 @@ class MySQLPool(PooledBackend[aiomysql.Pool, aiomysql.Connection]):
                 row = await cursor.fetchone()
             return row[0] if row else None
 
-        return await self.run(operation, fetch)
+        return await self.run(operation, fetch, idempotent=True)
 
     async def health(self) -> dict[str, Any]:
         return {"version": str(await self.scalar("health", "SELECT VERSION()"))}

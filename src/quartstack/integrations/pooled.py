@@ -205,7 +205,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
 
     # --- calls -----------------------------------------------------------------------
     async def run(
-        self, operation: str, func: Callable[[C], Awaitable[T]], *, idempotent: bool = True
+        self, operation: str, func: Callable[[C], Awaitable[T]], *, idempotent: bool = False
     ) -> T:
         """Run ``func(connection)`` under the breaker, the timeout and the metrics.
 

@@ -36,6 +36,16 @@ _LOST = (
 )
 
 
+async def _rollback_only(connection: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query (``RESET ALL``, ``UNLISTEN *``,
+    ``CLOSE ALL``, advisory unlock), which costs one more round trip per request.
+
+    asyncpg still rolls back an open transaction on release, as SQLAlchemy's pools
+    do. Code that changes session state (``SET``, ``LISTEN``, advisory locks) must
+    undo it before giving the connection back.
+    """
+
+
 class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
     """The app's PostgreSQL: queries over the pool, and health (server version)."""
 
@@ -59,6 +69,7 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
             timeout=settings.backend_timeout_seconds,
             statement_cache_size=settings.postgres_statement_cache_size,
             server_settings={"application_name": "quartstack"},
+            reset=_rollback_only,
         )
         return pool
 
@@ -84,7 +95,9 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
 
     async def fetchval(self, operation: str, query: str) -> Any:
         """The first column of the first row of a read-only ``query``."""
-        return await self.run(operation, lambda connection: connection.fetchval(query))
+        return await self.run(
+            operation, lambda connection: connection.fetchval(query), idempotent=True
+        )
 
     async def health(self) -> dict[str, Any]:
         version = await self.fetchval("health", "SHOW server_version")
