@@ -1,19 +1,24 @@
 # syntax=docker/dockerfile:1
-# Stage 1: build the wheel (and wheels of every dependency) with the full toolchain.
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# Stage 1: build the quartstack wheel and the wheels of every dependency.
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-RUN pip install --no-cache-dir --upgrade pip build
+RUN pip install --no-cache-dir --disable-pip-version-check --upgrade pip build
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m build --wheel --outdir /dist \
- && pip wheel --no-cache-dir --wheel-dir /dist "$(ls /dist/quartstack-*.whl)[uvloop]"
+ && pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /dist \
+      "$(ls /dist/quartstack-*.whl)[uvloop]"
 
-# Stage 2 (the default target): a slim runtime with only the installed wheels, running as a non-root user.
-FROM python:3.11-slim AS runtime
+# Stage 2: a slim runtime with only the installed wheels, running as a non-root user.
+FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="quartstack" \
       org.opencontainers.image.description="Async Quart service integrating Vault, PostgreSQL, MySQL, MongoDB, Redis and RabbitMQ" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/quartstack/quartstack"
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,12 +27,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
     PORT=8000
+# pip compiles the bytecode at install time, so nothing is written at run time.
 RUN --mount=type=bind,from=build,source=/dist,target=/dist \
     pip install --no-cache-dir --no-index --find-links=/dist "quartstack[uvloop]" \
  && groupadd --system --gid 10001 quartstack \
- && useradd --system --uid 10001 --gid quartstack --no-create-home --shell /usr/sbin/nologin quartstack
-# Nothing is written outside /tmp, so the root filesystem can be mounted read-only.
-WORKDIR /tmp
+ && useradd --system --uid 10001 --gid quartstack --no-create-home --shell /usr/sbin/nologin quartstack \
+ && mkdir -p /app
+# /app belongs to root and the app user cannot write it; only /tmp is writable, so
+# the root filesystem can be mounted read-only (the chart mounts an emptyDir on /tmp).
+WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
@@ -36,12 +44,12 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["quartstack"]
 CMD ["serve", "--bind", "0.0.0.0:8000"]
 
-# Stage 3 (skaffold's dev profile only): the sources on PYTHONPATH, owned by the app user,
-# so file sync can replace them and `--reload` restarts the server.
+# Stage 3 (skaffold's dev profile only): the sources on PYTHONPATH, owned by the app
+# user, so file sync can replace them and `--reload` restarts the server.
 FROM runtime AS dev
 COPY --chown=10001:10001 src /app/src
 ENV PYTHONPATH=/app/src
 CMD ["serve", "--bind", "0.0.0.0:8000", "--reload"]
 
-# The default target: the production runtime.
+# The default target (last stage): the production runtime.
 FROM runtime AS release

@@ -1,42 +1,69 @@
 """The container as the Dockerfile builds it, emulated without a Docker engine.
 
 The wheel is built and installed into a fresh virtualenv the way the Dockerfile's
-runtime stage installs it, then the image's command runs from /tmp with the image's
-environment; its probes, HEALTHCHECK and /metrics are checked for real. Every
-metric that an alert or the dashboard uses must be exported by that process.
+runtime stage installs it; then the image's ENTRYPOINT + CMD run with the image's
+environment plus the chart's rendered ConfigMap, from an empty working directory, with
+HOME and TMPDIR on a private directory standing in for the pod's /tmp emptyDir. The
+probes, the HEALTHCHECK and /metrics are checked for real, and every metric that an
+alert or the dashboard uses must be exported by that process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.chart.conftest import CHART, ROOT, render
+from tests.chart.conftest import ROOT, VALUES_FILES, find, render
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-PROMQL_NAME = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(?=\{|\[)")
+TARGET_LABELS = {"job", "namespace", "instance", "pod", "service_name", "le"}
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "inf", "nan",
+}  # fmt: skip
+
+
+# --- reading the Dockerfile ------------------------------------------------------------------
+def _stage(name: str) -> str:
+    match = re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", DOCKERFILE, re.M | re.S)
+    assert match, name
+    return match.group(1)
+
+
+def _instruction_json(text: str, instruction: str) -> list[str]:
+    match = re.search(rf"^{instruction}\s+(\[.*\])\s*$", text, re.MULTILINE)
+    assert match, instruction
+    return json.loads(match.group(1))
+
+
+def _image_env() -> dict[str, str]:
+    """The ENV of the runtime stage (``KEY=value`` pairs, backslash continuations)."""
+    text = _stage("runtime").replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.*)$", text, re.MULTILINE):
+        env.update(pair.split("=", 1) for pair in line.split())
+    return env
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _dockerfile_json(instruction: str) -> list[str]:
-    match = re.search(rf"^{instruction}\s+(\[.*\])\s*$", DOCKERFILE, re.MULTILINE)
-    assert match, instruction
-    return json.loads(match.group(1))
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -47,134 +74,339 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-@pytest.fixture(scope="module")
-def image_process(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    work = tmp_path_factory.mktemp("image")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--wheel-dir",
-            str(work / "dist"),
-            str(ROOT),
-        ],
-        check=True,
-    )
-    wheel = next((work / "dist").glob("quartstack-*.whl"))
-    venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[uvloop]"], check=True
-    )
-    port = _free_port()
-    entrypoint = _dockerfile_json("ENTRYPOINT")
-    command = _dockerfile_json("CMD")
-    command = [c.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for c in command]
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PORT": str(port),
-    }
-    cwd = work / "workdir"
-    cwd.mkdir()
-    process = subprocess.Popen(
-        [str(venv / "bin" / entrypoint[0]), *entrypoint[1:], *command],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if _get(url + "/health/live")[0] == 200:
-                break
-        except OSError:
+def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    files = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            stat = path.lstat()
+            files[str(path)] = (stat.st_mtime_ns, stat.st_size)
+    return files
+
+
+# --- the emulated image ------------------------------------------------------------------------
+@dataclass
+class Image:
+    root: Path  # stands in for the image's filesystem
+    venv: Path
+    workdir: Path  # WORKDIR
+
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def env(self, port: int, tmp: Path, config: dict[str, str] | None = None) -> dict[str, str]:
+        env = {"PATH": f"{self.venv / 'bin'}:/usr/bin:/bin"}
+        env.update(_image_env())  # the pod's envFrom ConfigMap overrides the image's ENV
+        env.update(config if config is not None else _chart_config())
+        env.update(HOME=str(tmp), TMPDIR=str(tmp), PORT=str(port))
+        return env
+
+    def start(self, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+        entrypoint = _instruction_json(_stage("runtime"), "ENTRYPOINT")
+        command = _instruction_json(_stage("runtime"), "CMD")
+        command = [c.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for c in command]
+        log = self.root / f"serve-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [str(self.venv / "bin" / entrypoint[0]), *entrypoint[1:], *command],
+                cwd=self.workdir,
+                env=self.env(port, tmp),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        process.log = log  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if _get(f"http://127.0.0.1:{port}/health/live")[0] == 200:
+                    return process
+            except OSError:
+                pass
             time.sleep(0.2)
-    yield url, process, venv
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.kill()
+        raise AssertionError("the image command did not answer /health/live in 60 s")
 
 
-def test_image_command_serves_and_probes_answer(image_process):
-    url, process, _ = image_process
-    assert process.poll() is None
-    for path in ("/health/live", "/health/startup", "/health/ready", "/"):
-        status, _ = _get(url + path)
+def _chart_config(*values: Path) -> dict[str, str]:
+    return find(render(*values), "ConfigMap", "quartstack")["data"]
+
+
+@pytest.fixture(scope="session")
+def image() -> Iterator[Image]:
+    """Build the wheel and install it into a fresh venv as the runtime stage does."""
+    root = Path(tempfile.mkdtemp(prefix="quartstack-image-"))
+    try:
+        dist = root / "dist"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+             "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
+            check=True,
+        )  # fmt: skip
+        wheel = next(dist.glob("quartstack-*.whl"))
+        venv = root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = re.search(r'pip install [^"]*"quartstack(\[[a-z,]+\])"', _stage("runtime"))
+        assert install, "the runtime stage installs quartstack with its extras"
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+             f"{wheel}{install.group(1)}"],
+            check=True,
+        )  # fmt: skip
+        workdir = root / "app"
+        workdir.mkdir()
+        yield Image(root, venv, workdir)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def running(image: Image) -> Iterator[str]:
+    tmp = image.root / "tmp"
+    tmp.mkdir()
+    port = _free_port()
+    process = image.start(port, tmp)
+    yield f"http://127.0.0.1:{port}"
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+
+
+# --- the Dockerfile ------------------------------------------------------------------------------
+def test_dockerfile_shape():
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", DOCKERFILE, re.MULTILINE)
+    assert [name for _, name in stages] == ["build", "runtime", "dev", "release"]
+    assert "python:3.11-slim" in DOCKERFILE
+    runtime = _stage("runtime")
+    assert "pip wheel" in _stage("build") and "--mount=type=bind,from=build" in runtime
+    assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
+    assert re.search(r"useradd --system --uid 10001", runtime)
+    assert _instruction_json(runtime, "ENTRYPOINT") == ["quartstack"]
+    assert _instruction_json(runtime, "CMD") == ["serve", "--bind", "0.0.0.0:8000"]
+    assert re.search(r"^EXPOSE 8000$", runtime, re.MULTILINE)
+    env = _image_env()
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
+    workdir = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)[-1]
+    assert workdir != "/tmp" and not workdir.startswith("/tmp/")
+    for label in ("title", "description", "version", "revision", "licenses", "source"):
+        assert f"org.opencontainers.image.{label}=" in runtime, label
+    assert "/health/live" in re.search(r"^HEALTHCHECK .*?\n\s*CMD .*$", runtime, re.M).group(0)
+    assert DOCKERFILE.rstrip().splitlines()[-1] == "FROM runtime AS release"
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".git", ".venv", ".tox", "tests", "charts"} <= set(ignored)
+    assert not {"src", "pyproject.toml", "README.md"} & set(ignored)
+
+
+def test_chart_runs_the_image_as_its_user():
+    deployment = find(render(), "Deployment")["spec"]["template"]["spec"]
+    user = re.search(r"^USER (\d+):(\d+)$", _stage("runtime"), re.MULTILINE)
+    assert deployment["securityContext"]["runAsUser"] == int(user.group(1))
+    assert deployment["securityContext"]["runAsGroup"] == int(user.group(2))
+    port = int(_image_env()["PORT"])
+    assert deployment["containers"][0]["ports"][0]["containerPort"] == port
+
+
+# --- the running image -------------------------------------------------------------------------
+@pytest.mark.timeout(900)
+def test_image_command_serves_and_probes_answer(running):
+    for path in ("/health/live", "/health/startup", "/health/ready", "/", "/openapi.json"):
+        status, _ = _get(running + path)
         assert status == 200, path
-    deployment = next(d for d in render() if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert json.loads(_get(running + "/")[1])["name"] == "quartstack"
+    container = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert _get(url + container[probe]["httpGet"]["path"])[0] == 200
+        assert _get(running + container[probe]["httpGet"]["path"])[0] == 200, probe
+    # The helm test pod's script, against the running app.
+    script = find(render(), "Pod")["spec"]["containers"][0]["command"][-1]
+    script = re.sub(r'base = "http://[^"]+"', f'base = "{running}"', script)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
-def test_dockerfile_healthcheck_command_passes(image_process):
-    url, _, venv = image_process
-    match = re.search(r"HEALTHCHECK [^\n]*\\\n\s*CMD (\[[^\n]*\])", DOCKERFILE)
-    assert match
-    command = json.loads(match.group(1))
-    port = url.rsplit(":", 1)[1]
+@pytest.mark.timeout(900)
+def test_dockerfile_healthcheck_command_passes(image, running):
+    command = _instruction_json(
+        re.search(r"^HEALTHCHECK .*?\n\s*(CMD .*)$", _stage("runtime"), re.M).group(1), "CMD"
+    )
+    port = running.rsplit(":", 1)[1]
     result = subprocess.run(
-        [str(venv / "bin" / command[0]), *command[1:]],
+        [str(image.venv / "bin" / command[0]), *command[1:]],
         env={"PORT": port},
         capture_output=True,
         timeout=10,
     )
     assert result.returncode == 0, result.stderr
-
-
-def test_dockerfile_shape():
-    assert DOCKERFILE.count("FROM ") >= 2  # multi-stage
-    assert re.search(r"^USER 10001", DOCKERFILE, re.MULTILINE)
-    assert _dockerfile_json("ENTRYPOINT") == ["quartstack"]
-    assert _dockerfile_json("CMD")[0] == "serve"
-    assert "org.opencontainers.image.source" in DOCKERFILE
-    assert DOCKERFILE.rstrip().splitlines()[-1].startswith("FROM runtime AS release")
-
-
-def _alert_and_dashboard_metrics() -> set[str]:
-    rule = next(
-        d for d in render(sets=("prometheusRule.enabled=true",)) if d["kind"] == "PrometheusRule"
+    dead = subprocess.run(
+        [str(image.venv / "bin" / command[0]), *command[1:]],
+        env={"PORT": str(_free_port())},
+        capture_output=True,
+        timeout=10,
     )
-    expressions = [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
-    dashboard = json.loads((CHART / "dashboards" / "quartstack.json").read_text())
-    expressions += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    expressions += [
-        v["query"]
-        for v in dashboard["templating"]["list"]
-        if "query" in v and "label_values" in str(v["query"])
-    ]
+    assert dead.returncode != 0
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", ["defaults", "prod", "dev", "everything-on", "vault-agent"])
+def test_chart_settings_are_accepted_by_the_app(image, name):
+    """The ConfigMap each values file renders (plus extraEnv) passes the app's settings
+    validation, so no pod crash-loops on a setting the chart wrote."""
+    documents = render(*VALUES_FILES[name])
+    env = dict(find(documents, "ConfigMap", "quartstack")["data"])
+    container = find(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    check = (
+        "from quartstack.settings import load_settings\n"
+        "s = load_settings()\n"
+        "print(s.port, s.shutdown_grace_seconds, sorted(s.enabled_backends))\n"
+    )
+    result = subprocess.run(
+        [image.python(), "-c", check],
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", **env},
+        capture_output=True,
+        text=True,
+        cwd=image.workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    port, grace, _ = result.stdout.split(" ", 2)
+    assert int(port) == container["ports"][0]["containerPort"]
+    assert float(grace) == float(env["SHUTDOWN_GRACE_SECONDS"])
+
+
+@pytest.mark.timeout(900)
+def test_sigterm_drains_and_writes_only_to_tmp(image):
+    """One more instance: it writes nothing outside its /tmp, turns unready on SIGTERM
+    and exits cleanly well inside the pod's terminationGracePeriodSeconds."""
+    before = _snapshot(image.venv, image.workdir)
+    tmp = image.root / "tmp-sigterm"
+    tmp.mkdir()
+    port = _free_port()
+    process = image.start(port, tmp)
+    url = f"http://127.0.0.1:{port}"
+    for path in ("/", "/health/ready", "/metrics", "/docs", "/no-such-route"):
+        _get(url + path)
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    statuses = []
+    while process.poll() is None and time.monotonic() - began < 60:
+        with contextlib.suppress(OSError):
+            statuses.append(_get(url + "/health/ready")[0])
+        time.sleep(0.05)
+    returncode = process.wait(60)
+    elapsed = time.monotonic() - began
+    assert returncode == 0, process.log.read_text()[-3000:]
+    assert 503 in statuses, statuses
+    assert 200 not in statuses[statuses.index(503) :], statuses
+    spec = find(render(), "Deployment")["spec"]["template"]["spec"]
+    prestop = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert prestop + elapsed < spec["terminationGracePeriodSeconds"]
+    assert _snapshot(image.venv, image.workdir) == before
+
+
+# --- metrics used by the alerts and the dashboard ---------------------------------------------
+def _promql_metrics(expression: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
+    labels, strings, durations or Grafana variables."""
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expression)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"(\boffset\s+|@\s*)-?[\w.]+", " ", text)
     names = set()
-    for expression in expressions:
-        names.update(PROMQL_NAME.findall(expression))
-        names.update(re.findall(r"label_values\(([a-z_]+)", expression))
-    functions = {"rate", "sum", "max", "min", "histogram_quantile", "increase", "by", "up"}
-    return {n for n in names if n not in functions}
+    for match in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function
+        if match.group(0).lower() not in PROMQL_WORDS:
+            names.add(match.group(0))
+    return names
 
 
-def test_every_metric_used_by_alerts_and_dashboard_is_exported(image_process):
-    url, _, _ = image_process
-    status, text = _get(url + "/metrics")
+def _promql_labels(expression: str) -> dict[str, set[str]]:
+    """Label names each metric is filtered on, plus '*' for grouping labels."""
+    used: dict[str, set[str]] = {}
+    for metric, matchers in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expression):
+        used.setdefault(metric, set()).update(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expression):
+        used.setdefault("*", set()).update(x.strip() for x in grouping.split(",") if x.strip())
+    return used
+
+
+def _shipped_expressions() -> list[str]:
+    documents = render(sets=("prometheusRule.enabled=true", "grafanaDashboard.enabled=true"))
+    rule = find(documents, "PrometheusRule")
+    expressions = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    dashboard = json.loads(find(documents, "ConfigMap", "-dashboard")["data"]["quartstack.json"])
+    expressions += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, str) and query.startswith("label_values("):
+            metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query).groups()
+            expressions.append(f"max by ({label}) ({metric})")
+    return expressions
+
+
+def _exposition(text: str) -> tuple[set[str], dict[str, set[str]]]:
+    families = set(re.findall(r"^# TYPE (\S+) \S+$", text, re.MULTILINE))
+    labels: dict[str, set[str]] = {}
+    for name, body in re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? ", text, re.MULTILINE):
+        labels.setdefault(name, set()).update(re.findall(r'(\w+)="', body or ""))
+    return families, labels
+
+
+def test_promql_parsing():
+    assert _promql_metrics(
+        'histogram_quantile(0.95, sum by (le, job) (rate(x_bucket{job="$job",a=~"b{1}"}[5m])))'
+        " / on (job) group_left sum(y_total offset 5m) > bool 2e3 and up == 0"
+    ) == {"x_bucket", "y_total", "up"}
+    assert _promql_labels('sum by (service) (z{status=~"5..", job="j"})') == {
+        "z": {"status", "job"},
+        "*": {"service"},
+    }
+
+
+@pytest.mark.timeout(900)
+def test_every_metric_used_by_alerts_and_dashboard_is_exported(running):
+    for path in ("/", "/health/ready", "/no-such-route"):
+        _get(running + path)  # so the HTTP metrics have samples with their labels
+    status, text = _get(running + "/metrics")
     assert status == 200
-    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
-    used = _alert_and_dashboard_metrics()
-    assert {"http_requests_total", "circuit_breaker_state", "backend_up"} <= used
+    families, sample_labels = _exposition(text)
+    expressions = _shipped_expressions()
+    used = set().union(*(_promql_metrics(e) for e in expressions)) - {"up"}  # Prometheus's own
+    assert {
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "circuit_breaker_state",
+        "backend_up",
+        "rate_limit_hits_total",
+        "vault_token_renewals_total",
+        "cache_hits_total",
+    } <= used
     missing = []
-    for name in used:
+    for name in sorted(used):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
-        if (
-            name not in exported
-            and base not in exported
-            and base.removesuffix("_total") not in exported
-        ):
+        if not {name, base, name.removesuffix("_total")} & families:
             missing.append(name)
-    assert not missing, missing
+    assert not missing, f"used by alerts/dashboard but not exported: {missing}"
+    # Label names the expressions filter or group on exist on the exported samples.
+    wrong = []
+    for expression in expressions:
+        labels = _promql_labels(expression)
+        metrics = _promql_metrics(expression) - {"up"}
+        for metric in metrics:
+            have = sample_labels.get(metric)
+            if have is None:
+                continue  # no samples yet (e.g. no backend configured)
+            for label in labels.get(metric, set()) - TARGET_LABELS:
+                if label not in have:
+                    wrong.append((metric, label))
+        grouping = labels.get("*", set()) - TARGET_LABELS
+        sampled = [sample_labels[m] for m in metrics if m in sample_labels]
+        if sampled and len(sampled) == len(metrics):
+            for label in grouping - set().union(*sampled):
+                wrong.append((expression, label))
+    assert not wrong, wrong
+    assert sample_labels["http_requests_total"] >= {"method", "endpoint", "status"}

@@ -48,13 +48,58 @@ app.kubernetes.io/part-of: quartstack
 {{- default (printf "%s-approle" (include "quartstack.fullname" .)) .Values.vault.approle.existingSecret }}
 {{- end }}
 
-{{/* Refuse settings that would cut in-flight requests at shutdown. */}}
+{{/* Labels of the helm test pod: never the selector labels, so the Service, the PDB and
+the NetworkPolicy do not take it for an application pod. */}}
+{{- define "quartstack.testLabels" -}}
+helm.sh/chart: {{ include "quartstack.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: quartstack
+{{- end }}
+
+{{/* TCP ports the pod connects to: Vault (from its address) and every configured backend
+(Redis Cluster ports from backends.redis.nodes), one per line, sorted and unique. */}}
+{{- define "quartstack.egressPorts" -}}
+{{- $ports := dict }}
+{{- with .Values.vault.address }}
+{{- $url := urlParse . }}
+{{- $hostport := splitList ":" $url.host }}
+{{- if gt (len $hostport) 1 }}
+{{- $_ := set $ports (last $hostport) true }}
+{{- else }}
+{{- $_ := set $ports (ternary "443" "80" (eq $url.scheme "https")) true }}
+{{- end }}
+{{- end }}
+{{- range $name, $backend := .Values.backends }}
+{{- if $backend.host }}
+{{- $_ := set $ports (toString $backend.port) true }}
+{{- end }}
+{{- end }}
+{{- range splitList "," .Values.backends.redis.nodes }}
+{{- with trim . }}
+{{- $_ := set $ports (last (splitList ":" .)) true }}
+{{- end }}
+{{- end }}
+{{- range $port := keys $ports | sortAlpha }}
+{{ $port }}
+{{- end }}
+{{- end }}
+
+{{/* Refuse values that would cut in-flight requests at shutdown or kill pods that are
+still starting. */}}
 {{- define "quartstack.validate" -}}
 {{- $s := .Values.shutdown }}
 {{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (int $s.shutdownGraceSeconds)) }}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be larger than preStopSleepSeconds + shutdownGraceSeconds (%v)" $s.terminationGracePeriodSeconds (add $s.preStopSleepSeconds $s.shutdownGraceSeconds)) }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be larger than shutdown.preStopSleepSeconds + shutdown.shutdownGraceSeconds (%v)" $s.terminationGracePeriodSeconds (add $s.preStopSleepSeconds $s.shutdownGraceSeconds)) }}
 {{- end }}
-{{- if and (eq .Values.vault.auth "approle") .Values.vault.address (not .Values.vault.approle.existingSecret) (not .Values.vault.approle.roleId) }}
-{{- fail "vault.auth=approle needs vault.approle.existingSecret or vault.approle.roleId/secretId" }}
+{{- $startup := .Values.probes.startup }}
+{{- $budget := mul $startup.periodSeconds $startup.failureThreshold }}
+{{- $timeout := float64 (default 60 .Values.config.STARTUP_TIMEOUT_SECONDS) }}
+{{- if le (float64 $budget) $timeout }}
+{{- fail (printf "probes.startup allows %vs (periodSeconds x failureThreshold), which must be longer than the app's STARTUP_TIMEOUT_SECONDS (%v)" $budget $timeout) }}
+{{- end }}
+{{- if and (eq .Values.vault.auth "approle") .Values.vault.address (not .Values.vault.approle.existingSecret) (not (and .Values.vault.approle.roleId .Values.vault.approle.secretId)) }}
+{{- fail "vault.auth=approle needs vault.approle.existingSecret, or both vault.approle.roleId and vault.approle.secretId" }}
 {{- end }}
 {{- end }}
