@@ -59,6 +59,8 @@ class Target:
     path: str = "/"
     script: Path | None = None
     body: str | None = None
+    #: Server process whose CPU time to charge to this target (default: measure()'s).
+    pid: int | None = None
 
     def url(self, base_url: str) -> str:
         return self.path if "://" in self.path else base_url.rstrip("/") + self.path
@@ -71,6 +73,9 @@ class WrkResult:
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p75, p90, p99
     non_2xx: int = 0
     socket_errors: int = 0
+    #: Server CPU time (user + system) per request, when the server's pid is known.
+    #: Steadier than req/s on a shared machine: other load steals wall time, not CPU.
+    cpu_us_per_request: float | None = None
 
     @property
     def p50(self) -> float:
@@ -111,6 +116,13 @@ def _generated_script(target: Target, directory: Path) -> Path:
     path = directory / f"{re.sub(r'[^A-Za-z0-9_-]', '_', target.name)}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def run_wrk(
@@ -154,8 +166,13 @@ def measure(
     connections: int = 32,
     threads: int = 1,
     warmup: float = 2,
+    server_pid: int | None = None,
 ) -> list[tuple[Target, WrkResult]]:
-    """Warm every target up, then measure each in turn (the first is the baseline)."""
+    """Warm every target up, then measure each in turn (the first is the baseline).
+
+    With ``server_pid`` (or a target's own ``pid``) the server's CPU time per
+    request is measured too.
+    """
     rows = []
     with tempfile.TemporaryDirectory(prefix="wrkbench-") as tmp:
         scripts = {
@@ -174,6 +191,8 @@ def measure(
                     script=scripts[target.name],
                 )
         for target in targets:
+            pid = target.pid or server_pid
+            cpu_before = process_cpu_seconds(pid) if pid else 0.0
             result = run_wrk(
                 target.url(base_url),
                 duration=duration,
@@ -181,6 +200,9 @@ def measure(
                 threads=threads,
                 script=scripts[target.name],
             )
+            if pid and result.requests:
+                cpu = process_cpu_seconds(pid) - cpu_before
+                result.cpu_us_per_request = cpu / result.requests * 1e6
             rows.append((target, result))
     return rows
 
@@ -190,19 +212,27 @@ def format_table(rows: Sequence[tuple[Target, WrkResult]]) -> str:
     if not rows:
         return "(no targets)"
     base = rows[0][1]
+    with_cpu = all(r.cpu_us_per_request for _, r in rows)
     header = (
         f"{'target':<24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'p99 ratio':>9} {'non-2xx':>8} {'sock err':>8}"
     )
+    if with_cpu:
+        header += f" {'cpu us/req':>10} {'cpu ratio':>9}"
     lines = [header]
     for target, result in rows:
         ratio = result.requests_per_second / base.requests_per_second
         p99_ratio = result.p99 / base.p99 if base.p99 else float("nan")
-        lines.append(
+        line = (
             f"{target.name:<24} {result.requests_per_second:>9.0f} {ratio:>6.2f} "
             f"{result.p50:>8.2f} {result.p99:>8.2f} {p99_ratio:>9.2f} "
             f"{result.non_2xx:>8} {result.socket_errors:>8}"
         )
+        if with_cpu:
+            # base CPU / this CPU: the throughput ratio if both were CPU-bound alone
+            cpu_ratio = (base.cpu_us_per_request or 0) / (result.cpu_us_per_request or 1)
+            line += f" {result.cpu_us_per_request:>10.0f} {cpu_ratio:>9.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -234,7 +264,9 @@ class BenchServer:
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **DEFAULT_SERVER_ENV, **(env or {})}
-        self.command = list(command or [sys.executable, "-m", "quartstack", "serve", "--bind", "{bind}"])
+        self.command = list(
+            command or [sys.executable, "-m", "quartstack", "serve", "--bind", "{bind}"]
+        )
         self.ready_path = ready_path
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
@@ -254,7 +286,9 @@ class BenchServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
                     return self
@@ -262,8 +296,16 @@ class BenchServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"{self.ready_path} not 200 after {timeout} s:\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"{self.ready_path} not 200 after {timeout} s:\n{self.log_tail()}"
+                )
             time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("server not started")
+        return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -336,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             connections=args.connections,
             threads=args.threads,
             warmup=args.warmup,
+            server_pid=server.pid,
         )
     print(
         f"wrk: {args.duration:g} s per target, {args.connections} connections, "

@@ -26,10 +26,7 @@ from quartstack.integrations.mongodb import MongoDatabase
 from quartstack.integrations.mysql import MySQLPool
 from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.rabbitmq import RabbitMQClient
-from quartstack.integrations.redis.client import RedisClient
-from quartstack.integrations.redis.idempotency import init_idempotency
-from quartstack.integrations.redis.rate_limit import init_rate_limiting
-from quartstack.integrations.redis.response_cache import RESPONSE_CACHE_KEY, ResponseCache
+from quartstack.integrations.redis.extension import init_redis
 from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
@@ -103,14 +100,7 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     ):
         if name in settings.enabled_backends:
             backend(settings).init_app(app)
-    redis = None
-    if "redis" in settings.enabled_backends:
-        redis = RedisClient(settings)
-        redis.init_app(app)
-        init_idempotency(app, settings, redis)
-        if settings.response_cache_enabled:
-            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(redis)
-    init_rate_limiting(app, settings, redis)
+    init_redis(app, settings)
     if "rabbitmq" in settings.enabled_backends:
         RabbitMQClient(settings).init_app(app)
 

@@ -11,24 +11,37 @@ import logging
 import sys
 import time
 from contextvars import ContextVar
+from itertools import islice
 from typing import Any
 
 from quartstack.redaction import redact
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
-)
+_FRESH_RECORD_ATTRS = vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+_STANDARD_ATTRS = frozenset(_FRESH_RECORD_ATTRS | {"message", "asctime"})
+# ``makeRecord`` sets the standard attributes first and the ``extra`` fields after them,
+# so the extras are found without walking every attribute of every record.
+_FIRST_EXTRA = len(_FRESH_RECORD_ATTRS)
+_encode = json.JSONEncoder(default=str).encode
 
 
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object; extra fields become top-level keys."""
 
+    _second = -1
+    _second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # formatting the date is the costly part; once a second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "timestamp": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -36,12 +49,12 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        for key, value in record.__dict__.items():
+        for key, value in islice(record.__dict__.items(), _FIRST_EXTRA, None):
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        return redact(_encode(entry))
 
 
 def configure_logging(level: str) -> None:
@@ -55,5 +68,11 @@ def configure_logging(level: str) -> None:
         named = logging.getLogger(name)
         named.handlers[:] = []
         named.propagate = True
+    # The formatter prints none of these record fields; skip collecting them on every
+    # record (the "Optimization" section of the logging HOWTO).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Hypercorn's own access log duplicates our request line.
     logging.getLogger("hypercorn.access").disabled = True

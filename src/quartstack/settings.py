@@ -7,6 +7,7 @@ A bad value stops startup with one line naming the variable and the reason, see
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -154,6 +155,23 @@ class Settings(BaseSettings):
     _split = field_validator(
         "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
     )(_split_commas)
+
+    @field_validator("redis_nodes")
+    @classmethod
+    def _redis_node_addresses(cls, value: list[str]) -> list[str]:
+        names = []
+        for index, entry in enumerate(value, 1):
+            name, _, address = entry.rpartition("=")
+            host, _, port = address.rpartition(":")
+            valid_name = (not name and "=" not in entry) or re.fullmatch(r"[\w.-]{1,100}", name)
+            valid_host = re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", host)  # IPv6 in brackets
+            if not (valid_host and port.isdigit() and 1 <= int(port) <= 65535 and valid_name):
+                # the entry is not echoed: a mistyped value could be a URL with a password
+                raise ValueError(f"entry {index} is not host:port or name=host:port")
+            names.append(name or f"redis-{index}")
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import uuid
@@ -7,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+import redis as redis_sync
 from tests.support.net import free_port, wait_for_port
-from tests.support.redis_cluster import RedisClusterProcesses
+from tests.support.redis_cluster import RedisClusterProcesses, die_with_parent
 
 
 @pytest.fixture(scope="session")
@@ -24,29 +26,39 @@ def client_ip() -> str:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def prefix() -> Iterator[str]:
+    """A unique key prefix; whatever the test left under it on :6379 is removed."""
+    value = f"t{uuid.uuid4().hex[:10]}"
+    yield value
+    shared = redis_sync.Redis(port=6379)
+    with contextlib.suppress(redis_sync.RedisError):
+        keys = list(shared.scan_iter(f"{value}*"))
+        if keys:
+            shared.delete(*keys)
+    shared.close()
+
+
+@contextlib.contextmanager
+def private_redis_server(*extra_args: str) -> Iterator[int]:
+    """A redis-server of our own on a free port (tests may stop it or set a password)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", *extra_args),
+        ],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture
 def private_redis() -> Iterator[int]:
-    """A redis-server of our own (tests may stop it or set a password on it)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    yield port
-    process.kill()
-    process.wait()
+    with private_redis_server() as port:
+        yield port

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
 
 import redis as redis_sync
-from tests.support.app import running_app
+from quartstack.settings import SettingsError, load_settings
+from tests.redis.conftest import private_redis_server
+from tests.support.app import captured_json_logs, running_app
 
 PROBLEM = "application/problem+json"
 REDIS = dict(redis_host="127.0.0.1", redis_port=6379)
@@ -80,6 +85,7 @@ async def test_cluster_routes_are_409_on_standalone():
         assert (await info.get_json())["info"]["tcp_port"] == 6379
         unknown = await c.get("/redis/nodes/redis-9/info")
         assert unknown.status_code == 404 and unknown.content_type == PROBLEM
+        assert (await unknown.get_json())["type"] == "/problems/unknown-node"
         health = await (await c.get("/health/redis")).get_json()
         assert health["cluster_enabled"] is False and health["total_nodes"] == 1
         assert health["nodes"][0]["status"] == "healthy"
@@ -93,25 +99,103 @@ async def test_redis_not_configured_is_503():
         assert (await response.get_json())["type"] == "/problems/backend-not-configured"
 
 
+async def test_non_string_key_is_409(prefix):
+    key = f"{prefix}:list"
+    redis_sync.Redis(port=6379).rpush(key, "a", "b")
+    async with running_app(**REDIS) as (_, c):
+        response = await c.get(f"/examples/cache/{key}")
+        assert response.status_code == 409
+        assert response.content_type == PROBLEM
+        body = await response.get_json()
+        assert body["type"] == "/problems/wrong-type" and body["status"] == 409
+        assert body["instance"] == f"/examples/cache/{key}"
+        overwritten = await c.post(f"/examples/cache/{key}?value=now-a-string")
+        assert overwritten.status_code == 200
+        assert (await (await c.get(f"/examples/cache/{key}")).get_json())["value"] == (
+            "now-a-string"
+        )
+
+
+def test_redis_nodes_setting_is_checked():
+    assert load_settings(redis_nodes="a=10.0.0.1:7000,10.0.0.2:7001").redis_nodes == [
+        "a=10.0.0.1:7000",
+        "10.0.0.2:7001",
+    ]
+    for bad in ("10.0.0.1", "a=h:0", "a=h:x", "redis://:pw@h:1", "a=h:1,a=h:2"):
+        with pytest.raises(SettingsError) as raised:
+            load_settings(redis_nodes=bad)
+        assert "REDIS_NODES" in str(raised.value)
+        assert "pw" not in str(raised.value)
+
+
 async def test_password_from_vault_and_rotation(private_redis, vault_server):
     direct = redis_sync.Redis(port=private_redis, decode_responses=True)
     direct.config_set("requirepass", "first-secret-pw")
-    vault_server.write_secret("redis-1", {"password": "first-secret-pw"})
     settings = dict(
         redis_host="127.0.0.1",
         redis_port=private_redis,
         vault_addr=vault_server.url,
         vault_token=vault_server.root_token,
     )
-    async with running_app(**settings) as (_, c):
-        assert (await c.post("/examples/cache/k?value=v1")).status_code == 200
-        authed = redis_sync.Redis(port=private_redis, password="first-secret-pw")
-        authed.config_set("requirepass", "second-secret-pw")
-        vault_server.write_secret("redis-1", {"password": "second-secret-pw"})
-        authed.close()
-        authed = redis_sync.Redis(port=private_redis, password="second-secret-pw")
-        authed.client_kill_filter(_type="normal", skipme=True)
-        response = await c.get("/examples/cache/k")
-        assert response.status_code == 200, await response.get_data()
-        assert (await response.get_json())["value"] == "v1"
-    vault_server.delete_secret("redis-1")
+    try:
+        vault_server.write_secret("redis-1", {"password": "first-secret-pw"})
+        with captured_json_logs() as logs:
+            async with running_app(**settings) as (_, c):
+                assert (await c.post("/examples/cache/k?value=v1")).status_code == 200
+                authed = redis_sync.Redis(port=private_redis, password="first-secret-pw")
+                authed.config_set("requirepass", "second-secret-pw")
+                vault_server.write_secret("redis-1", {"password": "second-secret-pw"})
+                authed.close()
+                authed = redis_sync.Redis(port=private_redis, password="second-secret-pw")
+                authed.client_kill_filter(_type="normal", skipme=True)
+                response = await c.get("/examples/cache/k")
+                assert response.status_code == 200, await response.get_data()
+                assert (await response.get_json())["value"] == "v1"
+                assert (await c.get("/health/redis")).status_code == 200
+        text = logs.getvalue()
+        assert "first-secret-pw" not in text and "second-secret-pw" not in text
+    finally:
+        vault_server.delete_secret("redis-1")
+
+
+async def test_wrong_password_is_503_without_the_secret(private_redis, vault_server):
+    redis_sync.Redis(port=private_redis).config_set("requirepass", "the-right-pw")
+    settings = dict(
+        redis_host="127.0.0.1",
+        redis_port=private_redis,
+        vault_addr=vault_server.url,
+        vault_token=vault_server.root_token,
+    )
+    try:
+        vault_server.write_secret("redis-1", {"password": "a-wrong-pw-123"})
+        with captured_json_logs() as logs:
+            async with running_app(**settings) as (_, c):
+                response = await c.get("/examples/cache/k")
+                assert response.status_code == 503
+                assert response.content_type == PROBLEM
+                body = await response.get_json()
+                assert body["type"] == "/problems/backend-unavailable"
+                assert "Retry-After" in response.headers
+                health = await c.get("/health/redis")
+                assert health.status_code == 503
+                health_text = (await health.get_data()).decode()
+        for text in (json.dumps(body), health_text, logs.getvalue()):
+            assert "a-wrong-pw-123" not in text and "the-right-pw" not in text
+    finally:
+        vault_server.delete_secret("redis-1")
+
+
+async def test_error_replies_that_mean_not_serving_are_503_not_500():
+    """A replica refuses writes (READONLY), as a demoted master does after a failover."""
+    with private_redis_server() as master, private_redis_server() as replica:
+        redis_sync.Redis(port=replica).replicaof("127.0.0.1", master)
+        settings = dict(redis_host="127.0.0.1", redis_port=replica, circuit_failure_threshold=2)
+        async with running_app(**settings) as (_, c):
+            for _ in range(2):
+                response = await c.post("/examples/cache/k?value=v")
+                assert response.status_code == 503, await response.get_data()
+                assert response.content_type == PROBLEM
+                assert (await response.get_json())["type"] == "/problems/backend-unavailable"
+            opened = await c.get("/examples/cache/k")  # a failure for the breaker, too
+            assert opened.status_code == 503
+            assert (await opened.get_json())["type"] == "/problems/circuit-open"

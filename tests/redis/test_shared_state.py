@@ -6,9 +6,16 @@ import asyncio
 import contextlib
 import json
 import uuid
+from datetime import timedelta
+
+from quart_rate_limiter import RateLimit, rate_exempt, rate_limit
 
 import redis as redis_sync
-from tests.support.app import metric_value, running_app
+from quartstack.app import create_app
+from quartstack.integrations.redis.idempotency import IdempotencyStore
+from quartstack.settings import load_settings
+from tests.redis.conftest import private_redis_server
+from tests.support.app import captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy
 
 PROBLEM = "application/problem+json"
@@ -93,11 +100,17 @@ async def test_fails_open_when_redis_is_unreachable(client_ip):
             proxy.set_mode("refuse")
             proxy.close_connections()
             errors = metric_value("rate_limit_store_errors_total")
-            statuses = [(await c.get("/", **_as(client_ip))).status_code for _ in range(5)]
+            with captured_json_logs() as logs:
+                statuses = [(await c.get("/", **_as(client_ip))).status_code for _ in range(5)]
             assert statuses == [200] * 5
             assert metric_value("rate_limit_store_errors_total") == errors + 5
+            assert logs.getvalue().count("rate limiting fails open") == 1
             cache = await c.get("/examples/cache/anything", **_as(client_ip))
             assert cache.status_code == 503 and cache.content_type == PROBLEM
+            proxy.set_mode("pass")
+            assert (await c.get("/", **_as(client_ip))).status_code == 200
+            limited = await c.get("/", **_as(client_ip))
+            assert limited.status_code == 429  # limiting is back once Redis answers
 
 
 async def test_idempotent_replay_and_key_reuse(prefix):
@@ -169,12 +182,13 @@ async def test_response_cache_for_vault_routes(vault_server):
         )
         first = await c.get(path)
         assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
-        assert first.headers["Cache-Control"] == "max-age=300"
+        assert first.headers["Cache-Control"] == "private, max-age=300"
         etag = first.headers["ETag"]
         vault_server.write_secret(name, {"user": "u2"})  # cached answer stays until invalidated
         second = await c.get(path)
         assert second.headers["X-Cache"] == "HIT" and second.headers["ETag"] == etag
         assert await second.get_json() == await first.get_json()
+        assert second.headers["Cache-Control"].startswith("private, max-age=")
         assert 0 < int(second.headers["Cache-Control"].split("=")[1]) <= 300
         not_modified = await c.get(path, headers={"If-None-Match": etag})
         assert not_modified.status_code == 304 and await not_modified.get_data() == b""
@@ -182,8 +196,11 @@ async def test_response_cache_for_vault_routes(vault_server):
         assert metric_value("cache_misses_total", endpoint=endpoint) == misses + 1
         stored = [k for k in redis_sync.Redis(port=6379).scan_iter(f"quartstack:resp:{path}*")]
         assert stored, "the response is stored in Redis, shared by replicas"
+        label = "/examples/vault/secret/*"
+        invalidated = metric_value("cache_invalidations_total", pattern=label)
         dropped = await c.delete(f"/redis/cache/responses?pattern=/examples/vault/secret/{name}*")
-        assert (await dropped.get_json())["deleted"] >= 1
+        assert (await dropped.get_json())["deleted"] == 1
+        assert metric_value("cache_invalidations_total", pattern=label) == invalidated + 1
         fresh = await c.get(path)
         assert fresh.headers["X-Cache"] == "MISS"
         assert (await fresh.get_json())["data"]["user"] == "u2"
@@ -203,7 +220,103 @@ async def test_health_all_cached_and_served_when_redis_down():
             proxy.close_connections()
             down = await c.get("/health/all")
             assert down.status_code == 503
-            assert down.headers["X-Cache"] == "BYPASS"
+            assert down.headers["X-Cache"] == "MISS"
             body = json.loads(await down.get_data())
             assert body["status"] == "degraded"
             assert body["services"]["redis"]["status"] == "unhealthy"
+
+
+async def test_several_limits_are_checked_and_counted_atomically(client_ip):
+    """A refused request consumes none of its limits (checked and counted in one script)."""
+    app = create_app(load_settings(**REDIS, rate_limit_default=1))
+
+    @app.get("/test/limited")
+    @rate_limit(limits=[RateLimit(2, timedelta(seconds=10)), RateLimit(4, timedelta(minutes=1))])
+    async def limited() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/test/exempt")
+    @rate_exempt
+    async def exempt() -> dict[str, bool]:
+        return {"ok": True}
+
+    async with app.test_app() as test_app:
+        c = test_app.test_client()
+        first = await c.get("/test/limited", **_as(client_ip))
+        assert first.headers["RateLimit-Limit"] == "2"  # the limit closest to exhaustion
+        assert first.headers["RateLimit-Remaining"] == "1"
+        assert (await c.get("/test/limited", **_as(client_ip))).status_code == 200
+        refused = [(await c.get("/test/limited", **_as(client_ip))) for _ in range(3)]
+        assert [r.status_code for r in refused] == [429] * 3
+        assert refused[0].headers["RateLimit-Limit"] == "2"
+        minute_key = f"quartstack:rl:{{{client_ip}}}:/test/limited:4/60s:"
+        # two counted requests at 15 s each: the refused ones left the minute limit alone
+        assert 25_000 < redis_sync.Redis(port=6379).pttl(minute_key) <= 30_000
+        for _ in range(3):
+            response = await c.get("/test/exempt", **_as(client_ip))
+            assert response.status_code == 200 and "RateLimit-Limit" not in response.headers
+
+
+async def test_refused_request_does_not_claim_its_idempotency_key(client_ip, prefix):
+    key = f"idem-{uuid.uuid4().hex}"
+    async with running_app(**dict(REDIS, rate_limit_default=1)) as (_, c):
+        assert (await c.get(f"/examples/cache/{prefix}", **_as(client_ip))).status_code == 200
+        refused = await c.post(
+            f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}, **_as(client_ip)
+        )
+        assert refused.status_code == 429
+        assert redis_sync.Redis(port=6379).exists(IdempotencyStore.redis_key(key)) == 0
+        other = client_ip + "9"
+        accepted = await c.post(
+            f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}, **_as(other)
+        )
+        assert accepted.status_code == 200 and "Idempotency-Replayed" not in accepted.headers
+    redis_sync.Redis(port=6379).delete(IdempotencyStore.redis_key(key))
+
+
+async def test_response_cache_is_shared_by_two_app_instances():
+    redis_sync.Redis(port=6379).delete("quartstack:resp:/health/all")
+    async with running_app(**REDIS) as (_, first), running_app(**REDIS) as (_, second):
+        miss = await first.get("/health/all")
+        assert miss.headers["X-Cache"] == "MISS"
+        assert miss.headers["Cache-Control"] == "public, max-age=30"
+        hit = await second.get("/health/all")
+        assert hit.headers["X-Cache"] == "HIT" and hit.headers["ETag"] == miss.headers["ETag"]
+        assert await hit.get_data() == await miss.get_data()
+        not_modified = await second.get(
+            "/health/all", headers={"If-None-Match": miss.headers["ETag"]}
+        )
+        assert not_modified.status_code == 304
+
+
+async def test_invalidation_scans_in_batches_without_keys():
+    """KEYS is disabled on this server: invalidation must use SCAN."""
+    with private_redis_server("--rename-command", "KEYS", '""') as port:
+        direct = redis_sync.Redis(port=port)
+        with contextlib.suppress(redis_sync.ResponseError):
+            direct.execute_command("KEYS", "*")
+            raise AssertionError("KEYS should be disabled on this server")
+        with direct.pipeline(transaction=False) as pipe:
+            for i in range(1200):
+                pipe.set(f"quartstack:resp:/examples/vault/secret/s{i}", "{}", ex=300)
+            pipe.set("quartstack:resp:/health/all", "{}", ex=300)
+            pipe.execute()
+        async with running_app(redis_host="127.0.0.1", redis_port=port) as (_, c):
+            before = metric_value("cache_invalidations_total", pattern="/examples/vault/secret/*")
+            response = await c.delete("/redis/cache/responses?pattern=/examples/vault/*")
+            assert response.status_code == 200
+            assert await response.get_json() == {"pattern": "/examples/vault/*", "deleted": 1200}
+            after = metric_value("cache_invalidations_total", pattern="/examples/vault/secret/*")
+            assert after == before + 1200
+            assert direct.dbsize() == 1  # /health/all is left alone
+            for pattern in ("/examples/database/*", "/nothing"):
+                bad = await c.delete(f"/redis/cache/responses?pattern={pattern}")
+                assert bad.status_code == 422 and bad.content_type == PROBLEM
+                body = await bad.get_json()
+                assert body["type"] == "/problems/validation-error"
+                assert body["errors"][0]["field"] == "pattern"
+        settings = dict(redis_host="127.0.0.1", redis_port=port, response_cache_enabled=False)
+        async with running_app(**settings) as (_, c):
+            disabled = await c.delete("/redis/cache/responses?pattern=/health/all")
+            assert disabled.status_code == 409 and disabled.content_type == PROBLEM
+            assert (await disabled.get_json())["type"] == "/problems/cache-disabled"

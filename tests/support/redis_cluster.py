@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
+import ctypes
 import random
 import shutil
 import signal
@@ -14,9 +13,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import redis
 from tests.support.net import wait_for_port
 
 _BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
+_PR_SET_PDEATHSIG = 1
 
 
 def _port_free(port: int) -> bool:
@@ -39,6 +40,12 @@ def free_cluster_port(taken: set[int]) -> int:
             return port
 
 
+def die_with_parent() -> None:
+    """In the child before exec: receive SIGKILL when the parent process dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class RedisClusterProcesses:
     def __init__(self, nodes: int = 6, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
         taken: set[int] = set()
@@ -46,6 +53,7 @@ class RedisClusterProcesses:
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.dir = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def node_list(self) -> str:
@@ -53,37 +61,27 @@ class RedisClusterProcesses:
         return ",".join(f"redis-{i}=127.0.0.1:{p}" for i, p in enumerate(self.ports, 1))
 
     def start_node(self, port: int) -> None:
+        """Start one node as our child (not daemonized): if the test run itself is
+        killed, the kernel kills the node too (PR_SET_PDEATHSIG), so none is left over."""
         node_dir = self.dir / str(port)
         node_dir.mkdir(exist_ok=True)
-        subprocess.run(
+        self._processes[port] = subprocess.Popen(
             [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout",
-                str(self.node_timeout_ms),
-                "--dir",
-                str(node_dir),
-                "--cluster-replica-validity-factor",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--logfile",
-                str(node_dir / "log"),
-                "--pidfile",
-                str(node_dir / "pid"),
+                *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+                *(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                ),
+                *("--cluster-node-timeout", str(self.node_timeout_ms)),
+                *("--cluster-replica-validity-factor", "0", "--dir", str(node_dir)),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--logfile", str(node_dir / "log"), "--pidfile", str(node_dir / "pid")),
             ],
-            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         wait_for_port(port)
 
@@ -109,17 +107,32 @@ class RedisClusterProcesses:
         return self
 
     def wait_replicas_linked(self, timeout: float = 30.0) -> None:
-        """Until every replica has synced with its master (only then can it fail over)."""
+        """Until every replica has synced with its master (only then can it fail over)
+        and every node lists it in CLUSTER SLOTS (Redis omits a replica there until
+        gossip reports a replication offset for it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             infos = [self.cli(p, "info", "replication") for p in self.ports if self.alive(p)]
             replicas = [i for i in infos if "role:slave" in i]
-            if len(replicas) >= len(self.ports) // 2 and all(
-                "master_link_status:up" in i for i in replicas
+            if (
+                len(replicas) >= len(self.ports) // 2
+                and all("master_link_status:up" in i for i in replicas)
+                and all(self._slots_list_replicas(p) for p in self.ports if self.alive(p))
             ):
                 return
             time.sleep(0.2)
         raise TimeoutError("replicas did not link to their masters")
+
+    def _slots_list_replicas(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=5)
+        client.set_response_callback("CLUSTER SLOTS", lambda response, **_: response)
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        return bool(slots) and all(len(entry) >= 3 + self.replicas for entry in slots)
 
     def cli(self, port: int, *args: str) -> str:
         return subprocess.run(
@@ -146,27 +159,18 @@ class RedisClusterProcesses:
         return ports
 
     def pid(self, port: int) -> int | None:
-        path = self.dir / str(port) / "pid"
-        try:
-            return int(path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        process = self._processes.get(port)
+        return process.pid if process is not None and process.poll() is None else None
 
     def alive(self, port: int) -> bool:
-        pid = self.pid(port)
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return self.pid(port) is not None
 
     def kill(self, port: int) -> None:
-        pid = self.pid(port)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL the node (as a crash would) and reap it."""
+        process = self._processes.pop(port, None)
+        if process is not None:
+            process.kill()
+            process.wait()
             (self.dir / str(port) / "pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
@@ -175,7 +179,11 @@ class RedisClusterProcesses:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisClusterProcesses:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None

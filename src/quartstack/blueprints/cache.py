@@ -7,11 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from quart import Blueprint
 from quart_schema import validate_querystring, validate_response
+from redis.exceptions import ResponseError
 
 from quartstack.blueprints.openapi import problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
+from quartstack.web.problems import Problem
 
 blueprint = Blueprint("cache", __name__, url_prefix="/examples/cache")
 
@@ -52,9 +54,9 @@ def _redis(key: str) -> RedisClient:
 
 @blueprint.get("/<key>")
 @validate_response(CacheEntry)
-@problems(422, 429, 503, 504)
+@problems(409, 422, 429, 503, 504)
 async def read_key(key: str) -> CacheEntry:
-    """Value and remaining TTL of ``key``."""
+    """Value and remaining TTL of ``key``; 409 if the key holds another type (a list...)."""
 
     async def read(client: AnyRedis) -> tuple[Any, Any]:
         async with client.pipeline(transaction=False) as pipe:
@@ -63,15 +65,22 @@ async def read_key(key: str) -> CacheEntry:
             value, ttl = await pipe.execute()
         return value, ttl
 
-    value, ttl = await _redis(key).execute("get", read)
+    try:
+        value, ttl = await _redis(key).execute("get", read)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):  # pipelines prefix the reply with the command
+            raise
+        raise Problem(
+            409, "wrong-type", f"Key {key!r} holds a value that is not a string."
+        ) from None
     exists = value is not None
     remaining: int | Literal["no expiration"] | None
     if not exists:
         remaining = None
     elif ttl == -1:
         remaining = "no expiration"
-    else:
-        remaining = int(ttl)
+    else:  # -2: it expired between GET and TTL
+        remaining = max(0, int(ttl))
     return CacheEntry(key=key, value=value, exists=exists, ttl=remaining)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
-from quart import Blueprint
+from pydantic import BaseModel, Field
+from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
 from quartstack.blueprints.openapi import problems
@@ -16,7 +16,7 @@ from quartstack.integrations.redis.cluster import (
     parse_cluster_nodes,
     parse_cluster_slots,
 )
-from quartstack.integrations.redis.response_cache import response_cache
+from quartstack.integrations.redis.response_cache import invalidation_label, response_cache
 from quartstack.web.problems import Problem
 
 blueprint = Blueprint("redis_cluster", __name__, url_prefix="/redis")
@@ -82,7 +82,12 @@ class NodeInfo(BaseModel):
 
 
 class Invalidation(BaseModel):
-    pattern: str
+    pattern: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Glob over cached request paths, e.g. /examples/vault/*",
+    )
 
 
 class Invalidated(BaseModel):
@@ -92,7 +97,7 @@ class Invalidated(BaseModel):
 
 async def _cluster() -> RedisClient:
     redis = get_backend("redis", RedisClient)
-    await redis.execute("ping", lambda c: c.ping())  # connects lazily, so is_cluster is known
+    await redis.ensure_connected()  # the client connects lazily; then is_cluster is known
     if not redis.is_cluster:
         raise Problem(409, "not-a-cluster", "Redis runs standalone here; there is no cluster.")
     return redis
@@ -145,11 +150,27 @@ async def node_info(node_name: str) -> NodeInfo:
 @blueprint.delete("/cache/responses")
 @validate_querystring(Invalidation)
 @validate_response(Invalidated)
-@problems(422, 503, 504)
+@problems(409, 422, 503, 504)
 async def invalidate_responses(query_args: Invalidation) -> Invalidated:
-    """Drop cached responses whose path matches the glob ``pattern``, e.g. ``/examples/vault/*``."""
+    """Drop cached responses whose path matches the glob ``pattern``, e.g.
+    ``/examples/vault/*``: SCAN on every master, never KEYS."""
     cache = response_cache()
     if cache is None:
         raise Problem(409, "cache-disabled", "The response cache is not enabled.")
-    deleted = await cache.invalidate(query_args.pattern)
+    label = invalidation_label(current_app, query_args.pattern)
+    if label is None:
+        raise Problem(
+            422,
+            "validation-error",
+            "The query string is invalid.",
+            title="Validation failed",
+            errors=[
+                {
+                    "field": "pattern",
+                    "message": "matches no cached route (/examples/vault/..., /health/all)",
+                    "type": "value_error",
+                }
+            ],
+        )
+    deleted = await cache.invalidate(query_args.pattern, label)
     return Invalidated(pattern=query_args.pattern, deleted=deleted)

@@ -57,7 +57,7 @@ async def _read(service_name: str) -> dict[str, Any]:
 
 
 @blueprint.get("/secret/<service_name>")
-@cached_response(ttl=300)
+@cached_response(ttl=300, private=True)
 @validate_response(SecretBody)
 @problems(404, 422, 503, 504)
 async def read_secret(service_name: str) -> SecretBody:
@@ -67,7 +67,7 @@ async def read_secret(service_name: str) -> SecretBody:
 
 
 @blueprint.get("/secret/<service_name>/<key>")
-@cached_response(ttl=300)
+@cached_response(ttl=300, private=True)
 @validate_response(SecretKeyBody)
 @problems(404, 422, 503, 504)
 async def read_secret_key(service_name: str, key: str) -> SecretKeyBody:

@@ -2,6 +2,9 @@
 
 Metrics use the route template (``/examples/cache/{key}``) as ``endpoint`` so
 label cardinality stays bounded; unmatched paths share one label.
+
+These hooks run on every request, so they are kept lean: one state object per
+request, metric children looked up once per label set, one log call.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 import time
 import uuid
 from functools import lru_cache
+from typing import Any
 
 from quart import Quart, Response, g, request
 
@@ -44,42 +48,86 @@ def _incoming_request_id() -> str:
     return uuid.uuid4().hex
 
 
+# Label sets are bounded (methods x route templates x statuses), so the children
+# can be cached; ``labels()`` takes a lock and builds tuples on every call.
+@lru_cache(maxsize=1024)
+def _in_progress(method: str, endpoint: str) -> Any:
+    return HTTP_IN_PROGRESS.labels(method, endpoint)
+
+
+@lru_cache(maxsize=1024)
+def _duration(method: str, endpoint: str) -> Any:
+    return HTTP_DURATION.labels(method, endpoint)
+
+
+@lru_cache(maxsize=4096)
+def _requests(method: str, endpoint: str, status: int) -> Any:
+    return HTTP_REQUESTS.labels(method, endpoint, str(status))
+
+
+class RequestRecord:
+    """What the hooks of one request share (kept in ``g.request_record``)."""
+
+    __slots__ = ("endpoint", "in_progress", "method", "request_id", "started")
+
+    def __init__(self, request_id: str, method: str, endpoint: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.in_progress = True
+
+
+def _start_request() -> RequestRecord:
+    record = RequestRecord(_incoming_request_id(), request.method, current_endpoint())
+    g.request_record = record
+    g.request_id = record.request_id
+    request_id_var.set(record.request_id)
+    _in_progress(record.method, record.endpoint).inc()
+    return record
+
+
+def _record_of_request() -> RequestRecord:
+    """This request's record; created late when a hook before ours failed."""
+    record: RequestRecord | None = g.get("request_record")
+    if record is None:
+        record = _start_request()
+    return record
+
+
 def init_observability(app: Quart) -> None:
     """Register the hooks; the first ``before_request`` of the app, so errors carry the id."""
 
     async def start_request() -> None:
-        g.request_id = _incoming_request_id()
-        g.started = time.perf_counter()
-        request_id_var.set(g.request_id)
-        g.endpoint = current_endpoint()
-        HTTP_IN_PROGRESS.labels(request.method, g.endpoint).inc()
-        g.in_progress = True
+        _start_request()
 
     async def finish_request(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
-        response.headers[REQUEST_ID_HEADER] = request_id
-        endpoint = getattr(g, "endpoint", None) or current_endpoint()
-        duration = time.perf_counter() - getattr(g, "started", time.perf_counter())
-        HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
-        HTTP_DURATION.labels(request.method, endpoint).observe(duration)
-        access_logger.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": endpoint,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round(duration * 1000, 2),
-                "client": client_address(),
-                "error_type": getattr(g, "problem_kind", None),
-            },
-        )
+        record = _record_of_request()
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        duration = time.perf_counter() - record.started
+        status = response.status_code
+        _requests(record.method, record.endpoint, status).inc()
+        _duration(record.method, record.endpoint).observe(duration)
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(
+                "request",
+                extra={
+                    "method": record.method,
+                    "route": record.endpoint,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "client": client_address(),
+                    "error_type": g.get("problem_kind"),
+                },
+            )
         return response
 
     async def end_request(_exc: BaseException | None) -> None:
-        if getattr(g, "in_progress", False):
-            g.in_progress = False
-            HTTP_IN_PROGRESS.labels(request.method, g.endpoint).dec()
+        record: RequestRecord | None = g.get("request_record")
+        if record is not None and record.in_progress:
+            record.in_progress = False
+            _in_progress(record.method, record.endpoint).dec()
 
     app.before_request_funcs.setdefault(None, []).insert(0, start_request)
     app.after_request(finish_request)

@@ -2,29 +2,43 @@
 
 Standalone Redis uses ``redis.asyncio.Redis``; when ``REDIS_NODES`` lists several
 nodes, or the one configured node reports cluster mode, ``RedisCluster`` is used
-so keys are routed by slot and failovers are followed. Timeouts and retries are
-set explicitly: the library defaults (no socket timeout) would let a hung node
-hold a request forever.
+so keys are routed by slot and failovers are followed. Timeouts, retries and the
+pool are set explicitly: the library defaults (no socket timeout, a pool that
+raises instead of waiting) would let a hung node hold a request forever and turn
+a burst of requests into errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    ClusterError,
+    MaxConnectionsError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from quartstack.integrations.base import Backend
+from quartstack.integrations.redis.cluster import parse_info_text
 from quartstack.integrations.vault.credentials import credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
-from quartstack.resilience import BackendUnavailable
+from quartstack.resilience import BackendError, BackendGuard, BackendUnavailable
 from quartstack.settings import Settings
 
 T = TypeVar("T")
@@ -33,6 +47,31 @@ logger = logging.getLogger("quartstack.redis")
 
 AnyRedis = Redis | RedisCluster
 _RAW_COMMANDS = ("CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER INFO")
+
+#: Error replies that mean "Redis cannot serve this now" (cluster down or resharding,
+#: a demoted master after failover, out of memory, ACL): backend failures, unlike
+#: replies about the command itself (WRONGTYPE), which prove Redis is fine.
+_NOT_SERVING = (
+    ClusterError,
+    TryAgainError,
+    ReadOnlyError,
+    AskError,
+    OutOfMemoryError,
+    NoPermissionError,
+    AuthenticationWrongNumberOfArgsError,
+)
+
+
+class RedisNotServing(Exception):
+    """Redis answered with an error that means it cannot serve now; counts as a failure."""
+
+
+class RedisPoolExhausted(BackendUnavailable):
+    """Every pooled connection is busy: our overload, not a Redis failure, so the
+    circuit breaker ignores it (503 with Retry-After)."""
+
+    def __init__(self) -> None:
+        super().__init__("redis", "redis: every pooled connection is busy", retry_after=1)
 
 
 @dataclass(frozen=True)
@@ -50,10 +89,20 @@ def parse_nodes(settings: Settings) -> list[RedisNode]:
     for index, entry in enumerate(settings.redis_nodes, 1):
         name, _, address = entry.rpartition("=")
         host, _, port = address.rpartition(":")
-        nodes.append(RedisNode(name or f"redis-{index}", host, int(port)))
+        nodes.append(RedisNode(name or f"redis-{index}", host.strip("[]"), int(port)))
     if not nodes and settings.redis_host:
         nodes.append(RedisNode("redis-1", settings.redis_host, settings.redis_port))
     return nodes
+
+
+async def _classified(call: Awaitable[T]) -> T:
+    """Await a redis-py call, sorting its errors for the circuit breaker."""
+    try:
+        return await call
+    except MaxConnectionsError as exc:
+        raise RedisPoolExhausted() from exc
+    except _NOT_SERVING as exc:
+        raise RedisNotServing(type(exc).__name__) from exc
 
 
 class RedisClient(Backend):
@@ -67,22 +116,37 @@ class RedisClient(Backend):
         self.nodes = parse_nodes(settings)
         self._client: AnyRedis | None = None
         self._node_clients: dict[str, Redis] = {}
+        # One breaker per node for per-node introspection: a node that is down after a
+        # failover (the cluster still serves) must not open the circuit of all traffic.
+        self._node_guards = {
+            node.name: BackendGuard(
+                f"redis:{node.name}",
+                timeout=settings.backend_timeout_seconds,
+                failure_threshold=settings.circuit_failure_threshold,
+                recovery_timeout=settings.circuit_recovery_seconds,
+                ignored=self.ignored_exceptions(),
+            )
+            for node in self.nodes
+        }
         self._password: str | None = None
+        self._username: str | None = None
         self._connect_lock = asyncio.Lock()
+        self._pool_observed_at = 0.0
 
     @property
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)
 
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
-        # A command error (wrong type, bad script) means Redis answered.
-        return (ResponseError,)
+        # A reply about the command (wrong type, bad script) means Redis answered;
+        # the transient error replies were turned into RedisNotServing before this.
+        return (ResponseError, RedisPoolExhausted)
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         try:
             await self.guard.call("connect", self._connect)
-        except BackendUnavailable as exc:
+        except BackendError as exc:
             logger.warning(
                 "redis unavailable at startup; will connect on first use",
                 extra={"reason": str(exc)},
@@ -96,16 +160,19 @@ class RedisClient(Backend):
         self._node_clients.clear()
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, retries: int = 2) -> dict[str, Any]:
+        """Connection options shared by the data client and the per-node clients."""
         timeout = self.settings.backend_timeout_seconds
         return {
+            "username": self._username,
             "password": self._password,
             "socket_timeout": timeout,
             "socket_connect_timeout": min(timeout, 2.0),
-            "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.02), retries=2),
+            "socket_keepalive": True,
+            "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.02), retries=retries),
             "health_check_interval": 30,
-            "max_connections": self.settings.redis_pool_max,
             "decode_responses": True,
+            "client_name": "quartstack",
         }
 
     async def _connect(self) -> AnyRedis:
@@ -114,20 +181,34 @@ class RedisClient(Backend):
                 return self._client
             if not self.nodes:
                 raise BackendUnavailable("redis", "no redis node is configured")
-            self._password = (await credential_provider(self.app).get("redis")).password
-            options = self._options()
+            credentials = await credential_provider(self.app).get("redis")
+            self._username, self._password = credentials.user, credentials.password
             first = self.nodes[0]
             client: AnyRedis
+            connect: Awaitable[Any]
             if len(self.nodes) > 1 or await self._reports_cluster(first):
                 client = RedisCluster(
                     startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
                     require_full_coverage=False,
-                    **options,
+                    max_connections=self.settings.redis_pool_max,
+                    **self._options(),
                 )
-                await client.initialize()
+                connect = client.initialize()
             else:
-                client = Redis(host=first.host, port=first.port, **options)
-                await client.ping()  # type: ignore[misc]
+                pool = BlockingConnectionPool(
+                    host=first.host,
+                    port=first.port,
+                    max_connections=self.settings.redis_pool_max,
+                    timeout=self.settings.backend_timeout_seconds,
+                    **self._options(),
+                )
+                client = Redis.from_pool(pool)
+                connect = cast(Awaitable[bool], client.ping())
+            try:
+                await connect
+            except BaseException:
+                await client.aclose()
+                raise
             self._client = client
             logger.info(
                 "redis connected", extra={"cluster": self.is_cluster, "nodes": len(self.nodes)}
@@ -139,12 +220,17 @@ class RedisClient(Backend):
         return bool(info.get("cluster_enabled"))
 
     def node_client(self, node: RedisNode) -> Redis:
-        """A plain connection to one node, for INFO and cluster introspection."""
+        """A small connection pool to one node, for INFO and cluster introspection."""
         client = self._node_clients.get(node.name)
         if client is None:
-            options = self._options()
-            options["max_connections"] = 4
-            client = Redis(host=node.host, port=node.port, **options)
+            pool = BlockingConnectionPool(
+                host=node.host,
+                port=node.port,
+                max_connections=4,
+                timeout=self.settings.backend_timeout_seconds,
+                **self._options(retries=1),
+            )
+            client = Redis.from_pool(pool)
             for command in _RAW_COMMANDS:
                 client.set_response_callback(command, _raw)
             self._node_clients[node.name] = client
@@ -152,28 +238,35 @@ class RedisClient(Backend):
 
     # --- calls -----------------------------------------------------------------------
     async def execute(self, operation: str, func: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``func(client)`` with the breaker and timeout; reconnect after an auth
-        failure with fresh credentials (the password was rotated in Vault)."""
+        """Run ``func(client)`` with the breaker and timeout; reconnect once after an
+        authentication failure with fresh credentials (the password was rotated in Vault)."""
 
         async def call() -> T:
-            client = self._client or await self._connect()
             try:
-                result = await func(client)
+                client = self._client or await self._connect()
+                result = await _classified(func(client))
             except AuthenticationError:
                 await self._reset_after_auth_failure()
-                result = await func(await self._connect())
+                result = await _classified(func(await self._connect()))
             self._observe_pool()
             return result
 
         return await self.guard.call(operation, call)
 
+    async def ensure_connected(self) -> None:
+        """Connect now if not yet connected (then ``is_cluster`` is known)."""
+        if self._client is None:
+            await self.guard.call("connect", self._connect)
+
     async def on_node(
         self, node: RedisNode, operation: str, func: Callable[[Redis], Awaitable[T]]
     ) -> T:
-        """Run ``func`` on one node's own connection (not through cluster routing)."""
-        if self._password is None and self._client is None:
-            await self.guard.call("connect", self._connect)
-        return await self.guard.call(operation, lambda: func(self.node_client(node)))
+        """Run ``func`` on one node's own connection (not through cluster routing),
+        under that node's own breaker."""
+        await self.ensure_connected()  # learns the credentials and the mode
+        return await self._node_guards[node.name].call(
+            operation, lambda: _classified(func(self.node_client(node)))
+        )
 
     async def _reset_after_auth_failure(self) -> None:
         old, self._client = self._client, None
@@ -185,13 +278,25 @@ class RedisClient(Backend):
             await old.aclose()
 
     def _observe_pool(self) -> None:
+        """Pool gauges, sampled at most once a second (this runs on every call)."""
+        now = time.monotonic()
+        if now - self._pool_observed_at < 1.0:
+            return
+        self._pool_observed_at = now
         client = self._client
+        in_use = idle = 0
         if isinstance(client, Redis):
             pool = client.connection_pool
             in_use = len(getattr(pool, "_in_use_connections", ()))
             idle = len(getattr(pool, "_available_connections", ()))
-            BACKEND_POOL_CONNECTIONS.labels("redis", "in_use").set(in_use)
-            BACKEND_POOL_CONNECTIONS.labels("redis", "idle").set(idle)
+        elif isinstance(client, RedisCluster):
+            for node in client.get_nodes():
+                opened = len(getattr(node, "_connections", ()))
+                free = len(getattr(node, "_free", ()))
+                in_use += opened - free
+                idle += free
+        BACKEND_POOL_CONNECTIONS.labels("redis", "in_use").set(in_use)
+        BACKEND_POOL_CONNECTIONS.labels("redis", "idle").set(idle)
         BACKEND_POOL_CONNECTIONS.labels("redis", "max").set(self.settings.redis_pool_max)
 
     # --- health ----------------------------------------------------------------------
@@ -212,6 +317,8 @@ class RedisClient(Backend):
         return body
 
     async def _node_status(self, node: RedisNode) -> dict[str, Any]:
+        """One node's role and status. Not through a breaker: a probe that reports a
+        dead node must neither fail the check nor trip any circuit."""
         entry: dict[str, Any] = {"name": node.name, "host": node.host, "port": node.port}
         try:
             info = await asyncio.wait_for(
@@ -225,22 +332,20 @@ class RedisClient(Backend):
         return entry
 
     async def cluster_info(self) -> dict[str, Any]:
-        from quartstack.integrations.redis.cluster import parse_info_text
-
-        raw = await self._first_node("cluster_info", lambda c: c.execute_command("CLUSTER INFO"))
-        return parse_info_text(str(raw))
+        return parse_info_text(await self.cluster_command("CLUSTER INFO"))
 
     async def _first_node(self, operation: str, func: Callable[[Any], Awaitable[T]]) -> T:
-        """Ask the first configured node that answers (a node may be down)."""
-        last: Exception | None = None
+        """Ask the configured nodes in order until one answers (a node may be down)."""
+        last: BackendError | None = None
         for node in self.nodes:
             try:
                 return await self.on_node(node, operation, func)
-            except BackendUnavailable as exc:
+            except BackendError as exc:
                 last = exc
         raise last or BackendUnavailable("redis", "no redis node answered")
 
     async def cluster_command(self, command: str) -> str:
+        """The raw text reply of ``CLUSTER NODES`` or ``CLUSTER INFO``."""
         raw = await self._first_node(
             command.lower().replace(" ", "_"), lambda c: c.execute_command(command)
         )

@@ -4,10 +4,10 @@ The first request with a key claims it atomically (``SET NX``) with a fingerprin
 of the request; its response (status, the headers that matter, body) is stored
 for ``IDEMPOTENCY_TTL_SECONDS``. A retry with the same key and request replays the
 stored response with ``Idempotency-Replayed: true``; the same key with another
-request is a 422; a retry while the first is still running is a 409. A 5xx is
-not stored, so the client can retry it. If Redis is unreachable the request is
-processed without the guarantee (logged), because refusing all POSTs would turn
-a cache outage into an API outage.
+request is a 422; a retry while the first is still running is a 409. A 5xx or
+429 is not stored, so the client can retry it. If Redis is unreachable the
+request is processed without the guarantee (logged), because refusing all POSTs
+would turn a cache outage into an API outage.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
         g.idempotency = None
         key, fingerprint = claimed
         try:
-            if response.status_code >= 500:
-                await store.release(key)
+            if response.status_code >= 500 or response.status_code == 429:
+                await store.release(key)  # not an answer to keep: the client retries
                 return response
             body: bytes = await response.get_data(as_text=False)
             headers = {h: response.headers[h] for h in _KEPT_HEADERS if h in response.headers}

@@ -3,14 +3,16 @@
 quart-rate-limiter's stock ``RedisStore`` reads then writes the theoretical
 arrival time (two round trips, racy between replicas), keeps keys forever,
 cannot run on a cluster and turns a Redis outage into a 500. Here every check
-is one Lua script (GCRA) that decides and updates atomically on the Redis
-server's clock, keys expire when the limit has fully reset, the single key per
-check works on a cluster, and a Redis failure lets the request through while
-``rate_limit_store_errors_total`` counts it.
+is one Lua script (GCRA) that checks every limit of the request and counts it
+only if all allow it, atomically and on the Redis server's clock; keys expire
+when their limit has fully reset; all keys of one client share a hash tag, so
+the script runs on a cluster; and a Redis failure lets the request through
+while ``rate_limit_store_errors_total`` counts it.
 
-Limits follow the route: the probes are exempt, ``/health/*`` and ``/metrics``
-have their own limits, everything else the default; ``@rate_limit`` and
-``@rate_exempt`` from quart-rate-limiter still override per route.
+Limits follow the route, configured here rather than on every blueprint: the
+Kubernetes probes are exempt, ``/health/*`` and ``/metrics`` have their own
+limits, everything else the default. quart-rate-limiter's ``@rate_limit``,
+``limit_blueprint`` and ``@rate_exempt`` still override per route.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from quart_rate_limiter import (
     RateLimitExceeded,
 )
 from quart_rate_limiter.store import RateLimiterStoreABC
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.metrics import RATE_LIMIT_HITS, RATE_LIMIT_STORE_ERRORS
@@ -42,59 +44,82 @@ from quartstack.web.observability import current_endpoint
 logger = logging.getLogger("quartstack.rate_limit")
 
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/health/startup"})
+KEY_PREFIX = "quartstack:rl:"
 _MINUTE = timedelta(minutes=1)
 
-# GCRA in one step. KEYS[1]: the client's key. ARGV: emission interval and period (ms).
-# Returns {allowed, ms until the limit fully resets, ms until the next request may pass}.
-_GCRA = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-if allow_at > now then
-  return {0, tat - now, allow_at - now}
+# GCRA over every limit of one request, in microseconds of the Redis server's clock
+# (so limits above 60000/min keep their precision; TATs are stored with %d because
+# Lua's default number format keeps only 14 digits). KEYS: one per limit. ARGV: per
+# limit, its emission interval and period in us. Returns {allowed, us until the
+# request could pass, 1-based index of the limit that refused (0 if allowed), then
+# per limit the us until it is fully reset}.
+GCRA_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tats, allowed, wait, refused_by = {}, 1, 0, 0
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local period = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local allow_at = tat + interval - period
+  if allow_at > now then
+    allowed = 0
+    if allow_at - now > wait then wait, refused_by = allow_at - now, i end
+  end
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
-return {1, new_tat - now, 0}
+local reply = {allowed, wait, refused_by}
+for i, key in ipairs(KEYS) do
+  local tat = tats[i]
+  if allowed == 1 then
+    tat = tat + tonumber(ARGV[2 * i - 1])
+    local ttl_ms = math.max(1, math.ceil((tat - now) / 1000))
+    redis.call('SET', key, string.format('%d', tat), 'PX', ttl_ms)
+  end
+  reply[#reply + 1] = tat - now
+end
+return reply
 """
-
-
-_GCRA_SHA = hashlib.sha1(_GCRA.encode(), usedforsecurity=False).hexdigest()
+_GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The outcome of one check over all limits of a request."""
+
     allowed: bool
-    reset_ms: int
-    retry_after_ms: int
+    retry_after_us: int
+    refused_by: int | None  # index into the limits, when refused
+    reset_us: list[int]  # per limit: us until it is fully reset
+
+
+def _period_us(limit: RateLimit) -> int:
+    return max(1, round(limit.period.total_seconds() * 1_000_000))
 
 
 class RedisRateLimitStore(RateLimiterStoreABC):
-    """Atomic GCRA decisions in Redis (the get/set API of the ABC is not used)."""
+    """Atomic GCRA decisions in Redis. The ABC's separate get/set are not offered:
+    a read-then-write pair is exactly the race this store exists to avoid."""
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
-    async def consume(self, key: str, limit: RateLimit) -> Decision:
-        period_ms = int(limit.period.total_seconds() * 1000)
-        interval_ms = max(1, period_ms // limit.count)
+    async def consume(self, keys: list[str], limits: list[RateLimit]) -> Decision:
+        args: list[int] = []
+        for limit in limits:
+            period = _period_us(limit)
+            args += [max(1, period // limit.count), period]
 
-        async def gcra(client: Any) -> list[int]:
-            # EVALSHA sends 40 bytes instead of the script; a node that lacks the script
-            # (fresh, restarted, failed over) gets it once through EVAL.
-            try:
-                reply: list[int] = await client.evalsha(_GCRA_SHA, 1, key, interval_ms, period_ms)
-            except NoScriptError:
-                reply = await client.eval(_GCRA, 1, key, interval_ms, period_ms)
-            return reply
+        async def run(client: Any) -> list[int]:
+            try:  # EVALSHA: the script body is sent once per Redis node, not per request
+                reply = await client.evalsha(_GCRA_SHA, len(keys), *keys, *args)
+            except NoScriptError:  # a restarted or newly promoted node: EVAL loads it
+                reply = await client.eval(GCRA_SCRIPT, len(keys), *keys, *args)
+            return [int(value) for value in reply]
 
-        reply = await self.redis.execute("rate_limit", gcra)
-        allowed, reset_ms, retry_ms = (int(v) for v in reply)
-        return Decision(bool(allowed), reset_ms, retry_ms)
+        allowed, wait, refused_by, *reset = await self.redis.execute("rate_limit", run)
+        return Decision(bool(allowed), wait, refused_by - 1 if refused_by else None, reset)
 
     async def get(self, key: str, default: datetime) -> datetime:
         raise NotImplementedError("non-atomic get/set is not offered; use consume()")
@@ -110,7 +135,11 @@ class RedisRateLimitStore(RateLimiterStoreABC):
 
 
 class DistributedRateLimiter(RateLimiter):
-    """quart-rate-limiter with one atomic store call per limit and route-based limits."""
+    """quart-rate-limiter with one atomic store call per request and limits by route.
+
+    Subclassed rather than rewritten so its decorators, ``QUART_RATE_LIMITER_ENABLED``,
+    per-limit key and skip functions keep working; only the check itself changes.
+    """
 
     def __init__(self, store: RedisRateLimitStore, settings: Settings) -> None:
         super().__init__(store=store, key_function=_client_key)
@@ -118,18 +147,21 @@ class DistributedRateLimiter(RateLimiter):
         self.default_limit = RateLimit(settings.rate_limit_default, _MINUTE)
         self.health_limit = RateLimit(settings.rate_limit_health, _MINUTE)
         self.metrics_limit = RateLimit(settings.rate_limit_metrics, _MINUTE)
+        self._failing_open = False
 
     def limits_for_request(self) -> list[RateLimit]:
+        """Explicit limits of the route (decorators) win; else the limit of its path."""
         if request.path in PROBE_PATHS or request.method == "OPTIONS":
             return []
         view_func = current_app.view_functions.get(request.endpoint or "")
-        if view_func is None:
-            return [self.default_limit]
-        explicit: list[RateLimit] = self._get_limits_for_view_function(
-            view_func, current_app.blueprints.get(request.blueprint or "")
-        )
-        if explicit or getattr(view_func, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False):
-            return explicit
+        if view_func is not None:
+            if getattr(view_func, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False):
+                return []
+            explicit: list[RateLimit] = self._get_limits_for_view_function(
+                view_func, current_app.blueprints.get(request.blueprint or "")
+            )
+            if explicit:
+                return explicit
         if request.path.startswith("/health/"):
             return [self.health_limit]
         if request.path == "/metrics":
@@ -137,27 +169,35 @@ class DistributedRateLimiter(RateLimiter):
         return [self.default_limit]
 
     async def _before_request(self) -> None:
-        limits = self.limits_for_request()
+        if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
+            return
+        limits = [
+            limit for limit in self.limits_for_request() if not await self._should_skip(limit)
+        ]
         if not limits:
             return
         endpoint = current_endpoint()
         client = await _client_key()
-        tightest: tuple[RateLimit, Decision] | None = None
-        for limit in limits:
-            key = f"quartstack:rl:{{{client}}}:{endpoint}:{limit.count}:{limit.period.seconds}"
-            try:
-                decision = await self.atomic_store.consume(key, limit)
-            except BackendError:
-                RATE_LIMIT_STORE_ERRORS.inc()
-                return  # fail open: an unreachable Redis must not take the API down
-            if tightest is None or limit.period < tightest[0].period:
-                tightest = (limit, decision)
-            if not decision.allowed:
-                g.rate_limit_headers = _headers(limit, decision)
-                RATE_LIMIT_HITS.labels(endpoint).inc()
-                raise RateLimitExceeded(max(1, math.ceil(decision.retry_after_ms / 1000)))
-        if tightest is not None:
-            g.rate_limit_headers = _headers(*tightest)
+        keys = [await self._limit_key(client, endpoint, limit) for limit in limits]
+        try:
+            decision = await self.atomic_store.consume(keys, limits)
+        except (BackendError, RedisError) as exc:
+            self._fail_open(exc)
+            return
+        if self._failing_open:
+            self._failing_open = False
+            logger.info("rate limiting restored: redis answers again")
+        if decision.refused_by is not None:
+            limit = limits[decision.refused_by]
+            g.rate_limit_headers = _headers(limit, decision.reset_us[decision.refused_by])
+            RATE_LIMIT_HITS.labels(endpoint).inc()
+            raise RateLimitExceeded(max(1, math.ceil(decision.retry_after_us / 1_000_000)))
+        # The limit closest to exhaustion is the one the client must watch.
+        states = zip(limits, decision.reset_us, strict=True)
+        g.rate_limit_headers = min(
+            (_headers(limit, reset) for limit, reset in states),
+            key=lambda headers: int(headers["RateLimit-Remaining"]),
+        )
 
     async def _after_request(self, response: Response) -> Response:
         headers = getattr(g, "rate_limit_headers", None)
@@ -165,15 +205,31 @@ class DistributedRateLimiter(RateLimiter):
             response.headers.update(headers)
         return response
 
+    async def _limit_key(self, client: str, endpoint: str, limit: RateLimit) -> str:
+        """``{client}`` is the hash tag: all keys of one request share a cluster slot."""
+        custom = await limit.key_function() if limit.key_function is not None else ""
+        period_s = limit.period.total_seconds()
+        return f"{KEY_PREFIX}{{{client}}}:{endpoint}:{limit.count}/{period_s:g}s:{custom}"
 
-def _headers(limit: RateLimit, decision: Decision) -> dict[str, str]:
-    interval_ms = limit.period.total_seconds() * 1000 / limit.count
-    used_ms = decision.reset_ms
-    remaining = max(0, int((limit.period.total_seconds() * 1000 - used_ms) // interval_ms))
+    def _fail_open(self, exc: Exception) -> None:
+        RATE_LIMIT_STORE_ERRORS.inc()
+        if not self._failing_open:  # one line per outage, not one per request
+            self._failing_open = True
+            logger.warning(
+                "rate limiting fails open: redis unavailable",
+                extra={"reason": type(exc).__name__},
+            )
+
+
+def _headers(limit: RateLimit, reset_us: int) -> dict[str, str]:
+    """RateLimit-* headers: requests left now, and seconds until the limit is full again."""
+    period_us = _period_us(limit)
+    interval_us = max(1, period_us // limit.count)
+    remaining = max(0, (period_us - reset_us) // interval_us)
     return {
         "RateLimit-Limit": str(limit.count),
-        "RateLimit-Remaining": str(remaining),
-        "RateLimit-Reset": str(math.ceil(decision.reset_ms / 1000)),
+        "RateLimit-Remaining": str(min(limit.count, remaining)),
+        "RateLimit-Reset": str(math.ceil(reset_us / 1_000_000)),
     }
 
 
@@ -182,12 +238,14 @@ async def _client_key() -> str:
 
 
 def init_rate_limiting(app: Quart, settings: Settings, redis: RedisClient | None) -> None:
-    """Install the limiter when enabled and Redis is configured (the limit must be
-    shared by all replicas; a per-process limit would multiply with the replica count)."""
+    """Install the limiter when enabled and Redis is configured.
+
+    Without Redis there is no limiting (logged): a per-process limit would
+    multiply with the replica count and mislead more than it protects.
+    """
     if not settings.rate_limit_enabled:
         return
     if redis is None:
         logger.info("rate limiting is off: Redis is not configured")
         return
-    limiter = DistributedRateLimiter(RedisRateLimitStore(redis), settings)
-    limiter.init_app(app)
+    DistributedRateLimiter(RedisRateLimitStore(redis), settings).init_app(app)

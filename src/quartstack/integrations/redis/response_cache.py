@@ -1,9 +1,9 @@
 """Shared response cache in Redis, so every replica serves the same cached answer.
 
 ``@cached_response(ttl)`` stores the rendered response (status, content type,
-body) under the request path, answers ``If-None-Match`` with 304, and sets
-``ETag``, ``Cache-Control`` and ``X-Cache``. A Redis failure never fails the
-request: the route then answers uncached (``X-Cache: BYPASS``).
+body, ETag) under the request path, answers ``If-None-Match`` with 304, and sets
+``ETag``, ``Cache-Control`` and ``X-Cache: HIT|MISS``. A Redis failure never
+fails the request: the route then answers uncached (a MISS).
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 from quart import Quart, Response, current_app, request
-from redis.asyncio.cluster import RedisCluster
 
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
 from quartstack.metrics import CACHE_HITS, CACHE_INVALIDATIONS, CACHE_MISSES
 from quartstack.resilience import BackendError
-from quartstack.web.observability import current_endpoint
+from quartstack.web.observability import current_endpoint, route_template
 
 logger = logging.getLogger("quartstack.response_cache")
 
 RESPONSE_CACHE_KEY = "quartstack.response_cache"
 KEY_PREFIX = "quartstack:resp:"
+CACHED_ATTRIBUTE = "_quartstack_cached_response"
+_GLOB_CHARS = "*?[\\"
+_SCAN_BATCH = 500
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -38,6 +40,8 @@ class ResponseCache:
         self.redis = redis
 
     async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The stored entry and its seconds to live, or None."""
+
         async def read(client: AnyRedis) -> tuple[Any, Any]:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.get(key)
@@ -53,40 +57,51 @@ class ResponseCache:
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
         await self.redis.execute("cache_set", lambda c: c.set(key, json.dumps(entry), ex=ttl))
 
-    async def invalidate(self, pattern: str) -> int:
-        """Delete cached responses whose path matches the glob ``pattern``.
+    async def invalidate(self, pattern: str, label: str) -> int:
+        """Delete cached responses whose path (and query) matches the glob ``pattern``.
 
-        SCAN, never KEYS (which blocks Redis); on a cluster every master is scanned.
+        SCAN, never KEYS (which blocks Redis while it walks every key); on a cluster
+        ``scan_iter`` walks every master. ``label`` is the bounded metric label.
         """
         match = KEY_PREFIX + pattern
 
         async def scan_delete(client: AnyRedis) -> int:
-            deleted = 0
-            if isinstance(client, RedisCluster):
-                for node in client.get_primaries():
-                    deleted += await _scan_delete_node(client, match, node)
-                return deleted
-            return await _scan_delete_node(client, match)
+            deleted, batch = 0, []
+            async for key in client.scan_iter(match=match, count=_SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= _SCAN_BATCH:
+                    deleted += int(await client.unlink(*batch))
+                    batch.clear()
+            if batch:  # the cluster client splits UNLINK by slot
+                deleted += int(await client.unlink(*batch))
+            return deleted
 
-        deleted = await self.redis.execute("cache_invalidate", scan_delete)
-        CACHE_INVALIDATIONS.labels(pattern).inc(deleted)
+        deleted: int = await self.redis.execute("cache_invalidate", scan_delete)
+        CACHE_INVALIDATIONS.labels(label).inc(deleted)
         return deleted
 
 
-async def _scan_delete_node(client: Any, match: str, node: Any = None) -> int:
-    """SCAN one node (``node`` on a cluster) and unlink what matches, batch by batch."""
-    target = {"target_nodes": node} if node is not None else {}
-    deleted, cursor = 0, 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=match, count=500, **target)
-        if keys:
-            deleted += (
-                int(await client.unlink(*keys))
-                if node is None
-                else sum([int(await client.unlink(key)) for key in keys])
-            )
-        if int(cursor) == 0:
-            return deleted
+def invalidation_label(app: Quart, pattern: str) -> str | None:
+    """The cached route family ``pattern`` addresses (the metric label), or None.
+
+    Labels come from the app's cached routes, not from user input, so
+    ``cache_invalidations_total`` keeps a bounded set of series:
+    ``/examples/vault/secret/*``, ``/health/all``, or ``*`` for several families.
+    """
+    literal = pattern
+    for char in _GLOB_CHARS:
+        literal = literal.split(char, 1)[0]
+    labels = set()
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        if not getattr(view, CACHED_ATTRIBUTE, False):
+            continue
+        static = rule.rule.split("<", 1)[0]
+        if static.startswith(literal) or literal.startswith(static):
+            labels.add(static + "*" if "<" in rule.rule else route_template(rule.rule))
+    if not labels:
+        return None
+    return labels.pop() if len(labels) == 1 else "*"
 
 
 def response_cache(app: Quart | None = None) -> ResponseCache | None:
@@ -104,9 +119,9 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def _respond(entry: dict[str, Any], max_age: int, state: str) -> Response:
+def _respond(entry: dict[str, Any], cache_control: str, state: str) -> Response:
     etag = entry["etag"]
-    headers = {"ETag": etag, "Cache-Control": f"max-age={max_age}", "X-Cache": state}
+    headers = {"ETag": etag, "Cache-Control": cache_control, "X-Cache": state}
     # If-None-Match uses the weak comparison (RFC 9110 13.1.2); werkzeug stores tags unquoted.
     if request.if_none_match.contains_weak(etag.strip('"')):
         return Response(b"", status=304, headers=headers)
@@ -115,9 +130,15 @@ def _respond(entry: dict[str, Any], max_age: int, state: str) -> Response:
     )
 
 
-def cached_response(ttl: int, statuses: tuple[int, ...] = (200,)) -> Callable[[F], F]:
-    """Cache the route's rendered response for ``ttl`` seconds (put above
-    ``validate_response`` so the validated, rendered body is what gets stored)."""
+def cached_response(
+    ttl: int, statuses: tuple[int, ...] = (200,), *, private: bool = False
+) -> Callable[[F], F]:
+    """Cache the route's rendered response in Redis for ``ttl`` seconds.
+
+    Put it above ``validate_response`` so the validated, rendered body is stored.
+    ``private`` keeps shared HTTP caches (proxies, CDNs) from storing the answer.
+    """
+    scope = "private" if private else "public"
 
     def decorate(view: F) -> F:
         @wraps(view)
@@ -130,14 +151,16 @@ def cached_response(ttl: int, statuses: tuple[int, ...] = (200,)) -> Callable[[F
             try:
                 hit = await cache.get(key)
             except BackendError:
-                return _mark(await current_app.make_response(await view(*args, **kwargs)), "BYPASS")
+                hit = None  # Redis is down: answer uncached rather than fail
+                logger.debug("response cache unavailable; answering uncached")
             if hit is not None:
                 CACHE_HITS.labels(endpoint).inc()
-                return _respond(hit[0], hit[1], "HIT")
+                return _respond(hit[0], f"{scope}, max-age={hit[1]}", "HIT")
             CACHE_MISSES.labels(endpoint).inc()
             response = cast(Response, await current_app.make_response(await view(*args, **kwargs)))
             if response.status_code not in statuses:
-                return _mark(response, "MISS")
+                response.headers["X-Cache"] = "MISS"
+                return response
             body: bytes = await response.get_data(as_text=False)
             entry = {
                 "status": response.status_code,
@@ -148,14 +171,10 @@ def cached_response(ttl: int, statuses: tuple[int, ...] = (200,)) -> Callable[[F
             try:
                 await cache.put(key, entry, ttl)
             except BackendError:
-                logger.warning("response not cached: redis unavailable")
-            return _respond(entry, ttl, "MISS")
+                logger.debug("response not cached: redis unavailable")
+            return _respond(entry, f"{scope}, max-age={ttl}", "MISS")
 
+        setattr(wrapper, CACHED_ATTRIBUTE, True)
         return cast(F, wrapper)
 
     return decorate
-
-
-def _mark(response: Any, state: str) -> Any:
-    response.headers["X-Cache"] = state
-    return response
