@@ -11,6 +11,8 @@ from functools import lru_cache
 
 from quart import current_app, request
 
+from quartstack.web.headers import optional_header
+
 TRUSTED_PROXIES_KEY = "QUARTSTACK_TRUSTED_PROXIES"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,4 +51,6 @@ def resolve_client_address(
 def client_address() -> str:
     peer = request.remote_addr or "unknown"
     networks = parse_networks(tuple(current_app.config.get(TRUSTED_PROXIES_KEY, ())))
-    return resolve_client_address(peer, request.headers.get("X-Forwarded-For"), networks)
+    if not networks:  # the common case: no proxy is trusted, the header is never read
+        return peer
+    return resolve_client_address(peer, optional_header("X-Forwarded-For"), networks)

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from quart import Quart, Request, request
 
+from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem
 
 ACCEPTED_MEDIA_TYPES = frozenset(
@@ -35,9 +36,9 @@ def _media_type(content_type: str) -> str:
 
 
 def _has_body() -> bool:
-    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    if (request.content_length or 0) > 0:
         return True
-    return (request.content_length or 0) > 0
+    return (optional_header("Transfer-Encoding") or "").lower() == "chunked"
 
 
 async def check_request_body() -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from quart import Quart, Response, request
+from quart import Quart, Response
 from quart_cors import cors
 
 from quartstack.settings import Settings
+from quartstack.web.headers import optional_header
 
 _STRICT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 # The documentation pages load their UI bundle from a CDN and run inline setup code.
@@ -141,7 +142,7 @@ def init_cors(app: Quart, settings: Settings) -> None:
     apply_cors = hooks.pop()
 
     async def cors_for_cross_origin_requests(response: Response) -> Response:
-        if "Origin" not in request.headers:
+        if optional_header("Origin") is None:
             return response
         result: Response = await apply_cors(response)
         return result

@@ -94,8 +94,10 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
 
     @app.before_request
     async def claim_idempotency_key() -> Response | None:
+        if request.method != "POST":
+            return None
         key = request.headers.get(HEADER)
-        if request.method != "POST" or key is None:
+        if key is None:
             return None
         if not _VALID_KEY.fullmatch(key):
             raise Problem(
