@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_response
 
@@ -44,7 +44,8 @@ class BackendHealth(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     status: Literal["healthy", "unhealthy", "disabled"]
-    error: str | None = None
+    # reported when there is one, not as ``null`` on every healthy check
+    error: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class AllHealth(BaseModel):

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika import Channel, DeliveryMode, Message, RobustConnection, connect_robust
+from aio_pika import Channel, DeliveryMode, Message, RobustConnection
 from aio_pika.abc import AbstractChannel
+from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AuthenticationError,
     ChannelNotFoundEntity,
@@ -217,17 +218,28 @@ class RabbitMQClient(Backend):
         settings = self.settings
         user = credentials.user or "guest"
         password = credentials.password if credentials.user else "guest"
-        connection: RobustConnection = await connect_robust(
-            host=settings.rabbitmq_host or "localhost",
-            port=settings.rabbitmq_port,
-            login=user,
-            password=password or "",
-            virtualhost=credentials.vhost or "/",
-            timeout=settings.rabbitmq_connect_timeout_seconds,
-            reconnect_interval=settings.rabbitmq_reconnect_seconds,
+        # What ``connect_robust`` does, except that a failed first connect closes the
+        # connection object: left to the garbage collector, aio-pika's ``__del__``
+        # schedules a close that never runs ("coroutine was never awaited").
+        interval = settings.rabbitmq_reconnect_seconds
+        connection = RobustConnection(
+            make_url(
+                host=settings.rabbitmq_host or "localhost",
+                port=settings.rabbitmq_port,
+                login=user,
+                password=password or "",
+                virtualhost=credentials.vhost or "/",
+                reconnect_interval=interval,
+            ),
             client_properties={"connection_name": NAME},
-            connection_class=RobustConnection,
+            reconnect_interval=interval,
         )
+        try:
+            await connection.connect(timeout=settings.rabbitmq_connect_timeout_seconds)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
         return connection
 
     def _on_reconnected(self, *_args: Any) -> None:
