@@ -27,25 +27,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure
+from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
 from tests.support.databases import MySQLDatabase, PostgresDatabase
 from tests.support.mongo import NxMongoServer
 
 GOAL = 0.60
 BASELINE = Target("/health/", "GET", "/health/")
-
-
-def _median(results: list[WrkResult]) -> WrkResult:
-    ordered = sorted(results, key=lambda r: r.requests_per_second)
-    middle = ordered[len(ordered) // 2]
-    return WrkResult(
-        requests=sum(r.requests for r in results),
-        requests_per_second=statistics.median(r.requests_per_second for r in results),
-        latency_ms=middle.latency_ms,
-        non_2xx=sum(r.non_2xx for r in results),
-        socket_errors=sum(r.socket_errors for r in results),
-        cpu_us_per_request=statistics.median(r.cpu_us_per_request or 0.0 for r in results),
-    )
 
 
 @contextlib.contextmanager
@@ -125,7 +112,7 @@ def main() -> int:
             ratios.append(rows[1][1].requests_per_second / rows[0][1].requests_per_second)
             print(f"round {round_number + 1}: postgres/health {ratios[-1]:.2f}", file=sys.stderr)
 
-    medians = [(t, _median(runs[t.name])) for t in targets]
+    medians = [(t, median_result(runs[t.name])) for t in targets]
     print(
         f"wrk: {args.rounds} x {args.duration:g} s per target, {args.connections} connections, "
         f"1 thread, loopback; medians; pool max {args.pool_max}; LOG_LEVEL={args.log_level}"

@@ -37,6 +37,7 @@ from bench.wrkbench import (
     WrkResult,
     format_table,
     measure,
+    median_result,
     process_cpu_seconds,
 )
 
@@ -50,20 +51,6 @@ def _redis_cli(*args: str) -> str:
     return subprocess.run(
         ["redis-cli", "-p", "6379", *args], check=True, capture_output=True, text=True
     ).stdout
-
-
-def _median(results: list[WrkResult]) -> WrkResult:
-    ordered = sorted(results, key=lambda r: r.requests_per_second)
-    middle = ordered[len(ordered) // 2]
-    cpu = [r.cpu_us_per_request for r in results if r.cpu_us_per_request]
-    return WrkResult(
-        requests=sum(r.requests for r in results),
-        requests_per_second=statistics.median(r.requests_per_second for r in results),
-        latency_ms=middle.latency_ms,
-        non_2xx=sum(r.non_2xx for r in results),
-        socket_errors=sum(r.socket_errors for r in results),
-        cpu_us_per_request=statistics.median(cpu) if cpu else None,
-    )
 
 
 def main() -> int:
@@ -121,7 +108,7 @@ def main() -> int:
     finally:
         _redis_cli("del", key)
 
-    medians = {t.name: _median(runs[t.name]) for t in targets}
+    medians = {t.name: median_result(runs[t.name]) for t in targets}
     print(
         f"wrk: {args.rounds} x {args.duration:g} s per target (alternating order), "
         f"{args.connections} connections, 1 thread, loopback; medians; LOG_LEVEL=INFO"

@@ -20,26 +20,11 @@ would measure Redis, not the web layer).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure
+from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
 
 GOAL = 0.75
-
-
-def _median(results: list[WrkResult]) -> WrkResult:
-    ordered = sorted(results, key=lambda r: r.requests_per_second)
-    middle = ordered[len(ordered) // 2]
-    cpu = [r.cpu_us_per_request for r in results if r.cpu_us_per_request]
-    return WrkResult(
-        requests=sum(r.requests for r in results),
-        requests_per_second=statistics.median(r.requests_per_second for r in results),
-        latency_ms=middle.latency_ms,
-        non_2xx=sum(r.non_2xx for r in results),
-        socket_errors=sum(r.socket_errors for r in results),
-        cpu_us_per_request=statistics.median(cpu) if cpu else None,
-    )
 
 
 def main() -> int:
@@ -79,7 +64,7 @@ def main() -> int:
                 f"cpu ratio {cpu:.2f}",
                 file=sys.stderr,
             )
-    medians = [(t, _median(runs[t.name])) for t in targets]
+    medians = [(t, median_result(runs[t.name])) for t in targets]
     bare_m, full_m = medians[0][1], medians[1][1]
     ratio = full_m.requests_per_second / bare_m.requests_per_second
     cpu_ratio = (bare_m.cpu_us_per_request or 0) / (full_m.cpu_us_per_request or 1)

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,22 @@ def parse_wrk(output: str) -> WrkResult:
         latency_ms=latency,
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+    )
+
+
+def median_result(results: Sequence[WrkResult]) -> WrkResult:
+    """One row for several rounds of the same target: median throughput and CPU per
+    request, the latencies of the median round, summed counts."""
+    ordered = sorted(results, key=lambda r: r.requests_per_second)
+    middle = ordered[len(ordered) // 2]
+    cpu = [r.cpu_us_per_request for r in results if r.cpu_us_per_request]
+    return WrkResult(
+        requests=sum(r.requests for r in results),
+        requests_per_second=statistics.median(r.requests_per_second for r in results),
+        latency_ms=middle.latency_ms,
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+        cpu_us_per_request=statistics.median(cpu) if cpu else None,
     )
 
 
