@@ -21,68 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import secrets
 import shutil
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from bench.wrkbench import run_wrk
 from tests.support.process import ServiceProcess
 
 LUA_SCRIPT = Path(__file__).with_name("messaging_publish.lua")
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    requests_per_second: float
-    latency_ms: dict[str, float]  # p50, p99
-    non_2xx: int
-    errors: int
-
-
-def run_wrk(
-    url: str,
-    duration: int,
-    connections: int,
-    *,
-    script: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> WrkResult:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if script is not None:
-        command += ["-s", str(script)]
-    output = subprocess.run(
-        [*command, url],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    ).stdout
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    latency = {}
-    for label in ("50", "99"):
-        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-        if match:
-            latency[f"p{label}"] = float(match.group(1)) * _UNITS_MS[match.group(2)]
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    return WrkResult(
-        requests,
-        rps,
-        latency,
-        int(non_2xx.group(1)) if non_2xx else 0,
-        sum(int(g) for g in errors.groups()) if errors else 0,
-    )
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -134,10 +84,16 @@ def main() -> int:
                 queue = f"bench-{connections}"
                 url = f"{service.url}/examples/messaging/publish?queue_name={queue}"
                 httpx.post(url, json={"warm": True}).raise_for_status()
-                baseline = run_wrk(service.url + "/health/", args.duration, connections)
+                baseline = run_wrk(
+                    service.url + "/health/", duration=args.duration, connections=connections
+                )
                 before = queue_depth(vhost, queue)
                 result = run_wrk(
-                    url, args.duration, connections, script=LUA_SCRIPT, env={"BENCH_BODY": body}
+                    url,
+                    duration=args.duration,
+                    connections=connections,
+                    script=LUA_SCRIPT,
+                    env={"BENCH_BODY": body},
                 )
                 queued = queue_depth(vhost, queue) - before
                 rows.append((connections, baseline, result, queued))
@@ -162,14 +118,13 @@ def main() -> int:
                 "publish",
                 result,
                 result.requests_per_second / baseline.requests_per_second,
-                result.latency_ms.get("p99", float("nan")) / baseline.latency_ms.get("p99", 1),
+                result.p99 / baseline.p99,
                 f"{queued:>8}",
             ),
         ):
             print(
                 f"{label:<10} {connections:>5} {res.requests_per_second:>8.0f} {ratio:>9.2f} "
-                f"{res.latency_ms.get('p50', float('nan')):>8.2f} "
-                f"{res.latency_ms.get('p99', float('nan')):>8.2f} {p99_ratio:>7.1f} "
+                f"{res.p50:>8.2f} {res.p99:>8.2f} {p99_ratio:>7.1f} "
                 f"{res.non_2xx:>8} {extra}"
             )
         confirmed = result.requests - result.non_2xx

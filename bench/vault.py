@@ -22,13 +22,11 @@ flight), so the uncached figure there already includes that saving.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 
 import httpx
+from bench.wrkbench import WrkResult, run_wrk
 from tests.support.process import ServiceProcess
 from tests.support.vault import VaultTestServer
 
@@ -36,40 +34,6 @@ SECRET_NAME = "bench-postgres"
 ROUTE = f"/examples/vault/secret/{SECRET_NAME}"
 KV_PATH = f"/v1/secret/data/{SECRET_NAME}"
 RUNS = (("cached (TTL 300 s)", 300), ("uncached (TTL 0)", 0))
-
-
-@dataclass
-class WrkResult:
-    requests_per_second: float
-    latency_ms: dict[str, float]  # p50, p99
-    non_2xx: int
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def run_wrk(url: str, duration: int, connections: int, threads: int) -> WrkResult:
-    output = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    latency = {}
-    for label in ("50", "99"):
-        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-        if match:
-            latency[f"p{label}"] = float(match.group(1)) * _UNITS_MS[match.group(2)]
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return WrkResult(rps, latency, int(non_2xx.group(1)) if non_2xx else 0)
 
 
 def measure(
@@ -89,9 +53,16 @@ def measure(
         service.wait_started()
         httpx.get(service.url + ROUTE).raise_for_status()  # warm the cache (if any)
         for connections in args.connections:
-            baseline = run_wrk(service.url + "/health/live", args.duration, connections, 1)
+            baseline = run_wrk(
+                service.url + "/health/live", duration=args.duration, connections=connections
+            )
             vault.request_counts(reset=True)
-            result = run_wrk(service.url + ROUTE, args.duration, connections, args.threads)
+            result = run_wrk(
+                service.url + ROUTE,
+                duration=args.duration,
+                connections=connections,
+                threads=args.threads,
+            )
             kv_reads = vault.request_counts().get(KV_PATH, 0)
             results.append((connections, baseline, result, kv_reads))
     return results
@@ -123,8 +94,8 @@ def main() -> int:
             print(
                 f"{label:<20} {connections:>5} {result.requests_per_second:>8.0f} "
                 f"{result.requests_per_second / baseline.requests_per_second:>8.2f} "
-                f"{result.latency_ms.get('p50', float('nan')):>8.2f} "
-                f"{result.latency_ms.get('p99', float('nan')):>8.2f} "
+                f"{result.p50:>8.2f} "
+                f"{result.p99:>8.2f} "
                 f"{result.non_2xx:>8} {kv_reads:>9}"
             )
     cached, uncached = runs[RUNS[0][0]], runs[RUNS[1][0]]
