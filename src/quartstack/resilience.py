@@ -177,6 +177,7 @@ class BackendGuard:
             ignored=ignored,
         )
         self._ignored = ignored
+        self._durations: dict[str, Any] = {}  # histogram child per operation
 
     @property
     def state(self) -> str:
@@ -214,9 +215,16 @@ class BackendGuard:
                 self.service, f"{self.service} failed ({type(exc).__name__})"
             ) from exc
         finally:
-            BACKEND_CALL_DURATION.labels(self.service, operation).observe(
-                time.perf_counter() - started
+            self._duration(operation).observe(time.perf_counter() - started)
+
+    def _duration(self, operation: str) -> Any:
+        """The histogram child of ``operation``, looked up once (``labels()`` locks)."""
+        child = self._durations.get(operation)
+        if child is None:
+            child = self._durations[operation] = BACKEND_CALL_DURATION.labels(
+                self.service, operation
             )
+        return child
 
 
 async def retry(

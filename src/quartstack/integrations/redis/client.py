@@ -51,7 +51,7 @@ _RAW_COMMANDS = ("CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER INFO")
 #: Error replies that mean "Redis cannot serve this now" (cluster down or resharding,
 #: a demoted master after failover, out of memory, ACL): backend failures, unlike
 #: replies about the command itself (WRONGTYPE), which prove Redis is fine.
-_NOT_SERVING = (
+NOT_SERVING = (
     ClusterError,
     TryAgainError,
     ReadOnlyError,
@@ -101,7 +101,7 @@ async def _classified(call: Awaitable[T]) -> T:
         return await call
     except MaxConnectionsError as exc:
         raise RedisPoolExhausted() from exc
-    except _NOT_SERVING as exc:
+    except NOT_SERVING as exc:
         raise RedisNotServing(type(exc).__name__) from exc
 
 

@@ -17,12 +17,11 @@ limits, everything else the default. quart-rate-limiter's ``@rate_limit``,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import (
@@ -32,8 +31,9 @@ from quart_rate_limiter import (
     RateLimitExceeded,
 )
 from quart_rate_limiter.store import RateLimiterStoreABC
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from quartstack.integrations.redis.batched_script import BatchedScript
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.metrics import RATE_LIMIT_HITS, RATE_LIMIT_STORE_ERRORS
 from quartstack.resilience import BackendError
@@ -81,7 +81,6 @@ for i, key in ipairs(KEYS) do
 end
 return reply
 """
-_GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,27 +97,63 @@ def _period_us(limit: RateLimit) -> int:
     return max(1, round(limit.period.total_seconds() * 1_000_000))
 
 
+def script_args(limits: Sequence[RateLimit]) -> list[int]:
+    """The GCRA script's ARGV for ``limits``: emission interval and period, in us."""
+    args: list[int] = []
+    for limit in limits:
+        period = _period_us(limit)
+        args += [max(1, period // limit.count), period]
+    return args
+
+
+def _key_suffix(endpoint: str, limit: RateLimit) -> str:
+    return f":{endpoint}:{limit.count}/{limit.period.total_seconds():g}s:"
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """What the limiter needs for every request of one route, computed once.
+
+    Limits, key suffixes and script arguments only change with the route, so
+    a request only adds its client address. Limits with a skip or key function
+    are evaluated per request instead (``static`` is False).
+    """
+
+    endpoint: str
+    limits: tuple[RateLimit, ...]
+    static: bool
+    key_suffixes: tuple[str, ...]
+    args: tuple[int, ...]
+
+    @classmethod
+    def build(cls, endpoint: str, limits: Sequence[RateLimit], static: bool) -> RoutePlan:
+        return cls(
+            endpoint,
+            tuple(limits),
+            static,
+            tuple(_key_suffix(endpoint, limit) for limit in limits),
+            tuple(script_args(limits)),
+        )
+
+
+_NO_LIMITS = RoutePlan.build("", (), static=True)
+
+
 class RedisRateLimitStore(RateLimiterStoreABC):
     """Atomic GCRA decisions in Redis. The ABC's separate get/set are not offered:
     a read-then-write pair is exactly the race this store exists to avoid."""
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
+        self.script = BatchedScript(redis, GCRA_SCRIPT, operation="rate_limit")
 
-    async def consume(self, keys: list[str], limits: list[RateLimit]) -> Decision:
-        args: list[int] = []
-        for limit in limits:
-            period = _period_us(limit)
-            args += [max(1, period // limit.count), period]
+    async def consume(self, keys: list[str], limits: Sequence[RateLimit]) -> Decision:
+        return await self.consume_args(keys, script_args(limits))
 
-        async def run(client: Any) -> list[int]:
-            try:  # EVALSHA: the script body is sent once per Redis node, not per request
-                reply = await client.evalsha(_GCRA_SHA, len(keys), *keys, *args)
-            except NoScriptError:  # a restarted or newly promoted node: EVAL loads it
-                reply = await client.eval(GCRA_SCRIPT, len(keys), *keys, *args)
-            return [int(value) for value in reply]
-
-        allowed, wait, refused_by, *reset = await self.redis.execute("rate_limit", run)
+    async def consume_args(self, keys: list[str], args: Sequence[int]) -> Decision:
+        """One GCRA check of ``keys``; ``args`` from :func:`script_args` of their limits."""
+        reply = await self.script.run(keys, args)
+        allowed, wait, refused_by, *reset = (int(value) for value in reply)
         return Decision(bool(allowed), wait, refused_by - 1 if refused_by else None, reset)
 
     async def get(self, key: str, default: datetime) -> datetime:
@@ -148,12 +183,37 @@ class DistributedRateLimiter(RateLimiter):
         self.health_limit = RateLimit(settings.rate_limit_health, _MINUTE)
         self.metrics_limit = RateLimit(settings.rate_limit_metrics, _MINUTE)
         self._failing_open = False
+        self._plans: dict[tuple[str, str | None], RoutePlan] = {}  # by rule and endpoint
 
-    def limits_for_request(self) -> list[RateLimit]:
-        """Explicit limits of the route (decorators) win; else the limit of its path."""
-        if request.path in PROBE_PATHS or request.method == "OPTIONS":
+    def plan_for_request(self) -> RoutePlan:
+        """The route's plan, cached per URL rule; unmatched paths (404s, which any
+        client can vary at will) are planned per request and never cached."""
+        if request.method == "OPTIONS":
+            return _NO_LIMITS
+        rule = request.url_rule
+        if rule is None:
+            return self._plan(request.path, None)
+        cache_key = (rule.rule, request.endpoint)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            plan = self._plans[cache_key] = self._plan(rule.rule, request.endpoint)
+        return plan
+
+    def _plan(self, path: str, endpoint: str | None) -> RoutePlan:
+        limits = self.limits_for_request(path, endpoint)
+        static = self.skip_function is None and all(
+            limit.skip_function is None and limit.key_function is None for limit in limits
+        )
+        return RoutePlan.build(current_endpoint(), limits, static)
+
+    def limits_for_request(self, path: str, endpoint: str | None) -> list[RateLimit]:
+        """Explicit limits of the route (decorators) win; else the limit of its path.
+
+        ``path`` is the rule (``/health/<service>``) of a matched route, the raw path
+        otherwise."""
+        if path in PROBE_PATHS:
             return []
-        view_func = current_app.view_functions.get(request.endpoint or "")
+        view_func = current_app.view_functions.get(endpoint or "")
         if view_func is not None:
             if getattr(view_func, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False):
                 return []
@@ -162,25 +222,33 @@ class DistributedRateLimiter(RateLimiter):
             )
             if explicit:
                 return explicit
-        if request.path.startswith("/health/"):
+        if path.startswith("/health/"):
             return [self.health_limit]
-        if request.path == "/metrics":
+        if path == "/metrics":
             return [self.metrics_limit]
         return [self.default_limit]
 
     async def _before_request(self) -> None:
         if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
             return
-        limits = [
-            limit for limit in self.limits_for_request() if not await self._should_skip(limit)
-        ]
-        if not limits:
+        plan = self.plan_for_request()
+        if not plan.limits:
             return
-        endpoint = current_endpoint()
-        client = await _client_key()
-        keys = [await self._limit_key(client, endpoint, limit) for limit in limits]
+        client = client_address()
+        if plan.static:
+            limits: Sequence[RateLimit] = plan.limits
+            prefix = f"{KEY_PREFIX}{{{client}}}"
+            keys = [prefix + suffix for suffix in plan.key_suffixes]
+            args: Sequence[int] = plan.args
+        else:
+            limits = [limit for limit in plan.limits if not await self._should_skip(limit)]
+            if not limits:
+                return
+            keys = [await self._limit_key(client, plan.endpoint, limit) for limit in limits]
+            args = script_args(limits)
+        endpoint = plan.endpoint
         try:
-            decision = await self.atomic_store.consume(keys, limits)
+            decision = await self.atomic_store.consume_args(keys, args)
         except (BackendError, RedisError) as exc:
             self._fail_open(exc)
             return
@@ -208,8 +276,7 @@ class DistributedRateLimiter(RateLimiter):
     async def _limit_key(self, client: str, endpoint: str, limit: RateLimit) -> str:
         """``{client}`` is the hash tag: all keys of one request share a cluster slot."""
         custom = await limit.key_function() if limit.key_function is not None else ""
-        period_s = limit.period.total_seconds()
-        return f"{KEY_PREFIX}{{{client}}}:{endpoint}:{limit.count}/{period_s:g}s:{custom}"
+        return f"{KEY_PREFIX}{{{client}}}{_key_suffix(endpoint, limit)}{custom}"
 
     def _fail_open(self, exc: Exception) -> None:
         RATE_LIMIT_STORE_ERRORS.inc()
