@@ -17,34 +17,42 @@ from quart import Quart
 
 from quartstack.cli import _uvloop_factory, hypercorn_config
 from quartstack.settings import load_settings
+from quartstack.web.security import SecurityHeadersMiddleware
 
 
-def create_bare_app() -> Quart:
+def create_bare_app(security_headers: bool = False) -> Quart:
+    """``security_headers``: add the API contract's security headers (the same
+    middleware as quartstack), to tell their HTTP-level cost from the rest."""
     app = Quart("bare")
 
     @app.get("/health/")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if security_headers:
+        app.asgi_app = SecurityHeadersMiddleware(  # type: ignore[method-assign,assignment]
+            app.asgi_app, debug=False
+        )
     return app
 
 
-async def _serve(bind: str) -> None:
+async def _serve(bind: str, security_headers: bool) -> None:
     config = hypercorn_config(load_settings(), bind, 1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(create_bare_app(), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(create_bare_app(security_headers), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", required=True)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--security-headers", action="store_true")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=_uvloop_factory(args.no_uvloop)) as runner:
-        runner.run(_serve(args.bind))
+        runner.run(_serve(args.bind, args.security_headers))
     return 0
 
 

@@ -15,6 +15,11 @@ line per request, written to a file), rate limiting off (it needs Redis, which
 would measure Redis, not the web layer).
 
     .venv/bin/python -m bench.web [--duration 5] [--connections 32] [--rounds 5]
+        [--log-level INFO] [--bare-security-headers]
+
+``--bare-security-headers`` gives the bare app the API contract's nine security
+headers too: Hypercorn's h11 layer validates and writes every header in pure Python,
+so they are a large part of the gap, and this run shows what the rest costs.
 """
 
 from __future__ import annotations
@@ -34,9 +39,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the full app")
+    parser.add_argument(
+        "--bare-security-headers",
+        action="store_true",
+        help="give the bare app the same security headers (their cost is then on both sides)",
+    )
     args = parser.parse_args()
 
     bare_cmd = [sys.executable, "-m", "bench.bare_app", "--bind", "{bind}"]
+    if args.bare_security_headers:
+        bare_cmd.append("--security-headers")
     with (
         BenchServer(command=bare_cmd, ready_path="/health/") as bare,
         BenchServer({"LOG_LEVEL": args.log_level}) as full,
@@ -72,6 +84,7 @@ def main() -> int:
         f"wrk: {args.rounds} x {args.duration:g} s per server (alternating), "
         f"{args.connections} connections, 1 thread, loopback; medians; "
         f"full app LOG_LEVEL={args.log_level}"
+        + ("; bare app WITH the security headers" if args.bare_security_headers else "")
     )
     print(format_table(medians))
     for label, value in (("req/s", ratio), ("CPU per request", cpu_ratio)):
