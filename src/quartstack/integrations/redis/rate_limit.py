@@ -147,11 +147,9 @@ class RedisRateLimitStore(RateLimiterStoreABC):
         self.redis = redis
         self.script = BatchedScript(redis, GCRA_SCRIPT, operation="rate_limit")
 
-    async def consume(self, keys: list[str], limits: Sequence[RateLimit]) -> Decision:
-        return await self.consume_args(keys, script_args(limits))
-
-    async def consume_args(self, keys: list[str], args: Sequence[int]) -> Decision:
-        """One GCRA check of ``keys``; ``args`` from :func:`script_args` of their limits."""
+    async def consume(self, keys: list[str], args: Sequence[int]) -> Decision:
+        """One atomic GCRA check of ``keys`` (one per limit); ``args`` are
+        :func:`script_args` of their limits."""
         reply = await self.script.run(keys, args)
         allowed, wait, refused_by, *reset = (int(value) for value in reply)
         return Decision(bool(allowed), wait, refused_by - 1 if refused_by else None, reset)
@@ -248,7 +246,7 @@ class DistributedRateLimiter(RateLimiter):
             args = script_args(limits)
         endpoint = plan.endpoint
         try:
-            decision = await self.atomic_store.consume_args(keys, args)
+            decision = await self.atomic_store.consume(keys, args)
         except (BackendError, RedisError) as exc:
             self._fail_open(exc)
             return
