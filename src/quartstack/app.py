@@ -44,7 +44,7 @@ SETTINGS_KEY = "quartstack.settings"
 def create_app(settings: Settings | None = None) -> Quart:
     """Build the app: web layer, backends from settings, blueprints."""
     settings = settings or load_settings()
-    app = Quart(NAME)
+    app = Quart(NAME, static_folder=None)  # an API: no static files to serve
     app.config.update(
         DEBUG=settings.debug,
         PROPAGATE_EXCEPTIONS=False,
