@@ -154,6 +154,27 @@ async def test_token_fallback_with_a_short_ttl_token_is_renewed(vault):
     assert token not in logs.getvalue()
 
 
+async def test_approle_token_is_revoked_on_shutdown_a_given_token_is_not(vault, approle):
+    vault.write_secret("orders", {"user": "o"})
+    async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(approle()))) as (
+        _,
+        c,
+    ):
+        assert (await c.get("/examples/vault/secret/orders")).status_code == 200
+        vault.request_counts(reset=True)
+    assert vault.request_counts().get("/v1/auth/token/revoke-self") == 1
+
+    token = vault.create_token(ttl=60)
+    async with running_app(**_fast(vault_addr=vault.url, vault_token=token)) as (_, c):
+        assert (await c.get("/examples/vault/secret/orders")).status_code == 200
+        vault.request_counts(reset=True)
+    assert "/v1/auth/token/revoke-self" not in vault.request_counts()
+    lookup = httpx.get(
+        f"{vault.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=5
+    )
+    assert lookup.status_code == 200  # still valid for whoever gave it to us
+
+
 async def test_missing_secret_and_key_are_404_problems(vault):
     vault.write_secret("present", {"a": 1})
     async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):

@@ -126,10 +126,25 @@ class VaultClient(Backend):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._revoke_own_token()
         client = self._client
         if client is not None:
             self._executor.submit(client.adapter.close)  # after any call still running
         self._executor.shutdown(wait=False)
+
+    async def _revoke_own_token(self) -> None:
+        """Revoke the AppRole token on shutdown: a stopped replica's token should not
+        stay valid for the rest of its TTL. A token that was given to us (VAULT_TOKEN,
+        Vault Agent's token file) belongs to whoever issued it and is left alone."""
+        if not (self.settings.vault_approle_dir and self._authenticated):
+            return
+        self._authenticated = False
+        try:
+            await self._guarded("revoke", _revoke_self)
+        except Exception as exc:  # best effort: the token still expires with its TTL
+            logger.warning("vault token not revoked", extra={"reason": type(exc).__name__})
+        else:
+            logger.info("vault token revoked")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -359,6 +374,10 @@ def _adopt_token(client: hvac.Client, *, token: str) -> tuple[int, bool]:
     client.token = token
     data = client.auth.token.lookup_self()["data"]
     return int(data.get("ttl") or 0), bool(data.get("renewable"))
+
+
+def _revoke_self(client: hvac.Client) -> None:
+    client.auth.token.revoke_self()
 
 
 def _renew_self(client: hvac.Client) -> dict[str, Any]:
