@@ -128,15 +128,21 @@ def test_redis_nodes_setting_is_checked():
         assert "pw" not in str(raised.value)
 
 
-async def test_password_from_vault_and_rotation(private_redis, vault_server):
-    direct = redis_sync.Redis(port=private_redis, decode_responses=True)
-    direct.config_set("requirepass", "first-secret-pw")
-    settings = dict(
+def _redis_password_from_vault(port: int, vault_server) -> dict[str, object]:
+    """Settings for an app on the private Redis at ``port`` whose password (``redis-1``)
+    comes from the Vault test server."""
+    return dict(
         redis_host="127.0.0.1",
-        redis_port=private_redis,
+        redis_port=port,
         vault_addr=vault_server.url,
         vault_token=vault_server.root_token,
     )
+
+
+async def test_password_from_vault_and_rotation(private_redis, vault_server):
+    direct = redis_sync.Redis(port=private_redis, decode_responses=True)
+    direct.config_set("requirepass", "first-secret-pw")
+    settings = _redis_password_from_vault(private_redis, vault_server)
     try:
         vault_server.write_secret("redis-1", {"password": "first-secret-pw"})
         with captured_json_logs() as logs:
@@ -160,12 +166,7 @@ async def test_password_from_vault_and_rotation(private_redis, vault_server):
 
 async def test_wrong_password_is_503_without_the_secret(private_redis, vault_server):
     redis_sync.Redis(port=private_redis).config_set("requirepass", "the-right-pw")
-    settings = dict(
-        redis_host="127.0.0.1",
-        redis_port=private_redis,
-        vault_addr=vault_server.url,
-        vault_token=vault_server.root_token,
-    )
+    settings = _redis_password_from_vault(private_redis, vault_server)
     try:
         vault_server.write_secret("redis-1", {"password": "a-wrong-pw-123"})
         with captured_json_logs() as logs:
