@@ -11,12 +11,14 @@ a burst of requests into errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from quart import Quart
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -131,7 +133,6 @@ class RedisClient(Backend):
         self._password: str | None = None
         self._username: str | None = None
         self._connect_lock = asyncio.Lock()
-        self._pool_observed_at = 0.0
 
     @property
     def is_cluster(self) -> bool:
@@ -143,6 +144,19 @@ class RedisClient(Backend):
         return (ResponseError, RedisPoolExhausted)
 
     # --- lifecycle -------------------------------------------------------------------
+    def init_app(self, app: Quart) -> None:
+        super().init_app(app)
+        # Read at scrape time, like the database pools: no work on the call path.
+        for index, state in enumerate(("in_use", "idle", "max")):
+            BACKEND_POOL_CONNECTIONS.labels(self.name, state).set_function(
+                functools.partial(self._pool_size, index)
+            )
+
+    def _pool_size(self, index: int) -> float:
+        with contextlib.suppress(Exception):  # a scrape must not fail mid-reconnect
+            return float(self.pool_sizes()[index])
+        return 0.0
+
     async def start(self) -> None:
         try:
             await self.guard.call("connect", self._connect)
@@ -175,6 +189,18 @@ class RedisClient(Backend):
             "client_name": "quartstack",
         }
 
+    def _standalone(self, node: RedisNode, *, max_connections: int, retries: int = 2) -> Redis:
+        """A client for one node whose pool waits (up to the timeout) for a free
+        connection instead of failing at once when all are busy."""
+        pool = BlockingConnectionPool(
+            host=node.host,
+            port=node.port,
+            max_connections=max_connections,
+            timeout=self.settings.backend_timeout_seconds,
+            **self._options(retries=retries),
+        )
+        return Redis.from_pool(pool)
+
     async def _connect(self) -> AnyRedis:
         async with self._connect_lock:
             if self._client is not None:
@@ -195,14 +221,7 @@ class RedisClient(Backend):
                 )
                 connect = client.initialize()
             else:
-                pool = BlockingConnectionPool(
-                    host=first.host,
-                    port=first.port,
-                    max_connections=self.settings.redis_pool_max,
-                    timeout=self.settings.backend_timeout_seconds,
-                    **self._options(),
-                )
-                client = Redis.from_pool(pool)
+                client = self._standalone(first, max_connections=self.settings.redis_pool_max)
                 connect = cast(Awaitable[bool], client.ping())
             try:
                 await connect
@@ -223,14 +242,7 @@ class RedisClient(Backend):
         """A small connection pool to one node, for INFO and cluster introspection."""
         client = self._node_clients.get(node.name)
         if client is None:
-            pool = BlockingConnectionPool(
-                host=node.host,
-                port=node.port,
-                max_connections=4,
-                timeout=self.settings.backend_timeout_seconds,
-                **self._options(retries=1),
-            )
-            client = Redis.from_pool(pool)
+            client = self._standalone(node, max_connections=4, retries=1)
             for command in _RAW_COMMANDS:
                 client.set_response_callback(command, _raw)
             self._node_clients[node.name] = client
@@ -248,7 +260,6 @@ class RedisClient(Backend):
             except AuthenticationError:
                 await self._reset_after_auth_failure()
                 result = await _classified(func(await self._connect()))
-            self._observe_pool()
             return result
 
         return await self.guard.call(operation, call)
@@ -277,12 +288,8 @@ class RedisClient(Backend):
         if old is not None:
             await old.aclose()
 
-    def _observe_pool(self) -> None:
-        """Pool gauges, sampled at most once a second (this runs on every call)."""
-        now = time.monotonic()
-        if now - self._pool_observed_at < 1.0:
-            return
-        self._pool_observed_at = now
+    def pool_sizes(self) -> tuple[int, int, int]:
+        """(in use, idle, max) connections of the data client's pool(s)."""
         client = self._client
         in_use = idle = 0
         if isinstance(client, Redis):
@@ -295,9 +302,7 @@ class RedisClient(Backend):
                 free = len(getattr(node, "_free", ()))
                 in_use += opened - free
                 idle += free
-        BACKEND_POOL_CONNECTIONS.labels("redis", "in_use").set(in_use)
-        BACKEND_POOL_CONNECTIONS.labels("redis", "idle").set(idle)
-        BACKEND_POOL_CONNECTIONS.labels("redis", "max").set(self.settings.redis_pool_max)
+        return in_use, idle, self.settings.redis_pool_max
 
     # --- health ----------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
