@@ -33,6 +33,19 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def parse_redis_node(entry: str, index: int) -> tuple[str, str, int]:
+    """``host:port`` or ``name=host:port`` (IPv6 in brackets) as (name, host, port);
+    the name defaults to ``redis-<index>``. Raises ValueError without echoing the entry:
+    a mistyped value could be a URL with a password."""
+    name, _, address = entry.rpartition("=")
+    host, _, port = address.rpartition(":")
+    valid_name = (not name and "=" not in entry) or re.fullmatch(r"[\w.-]{1,100}", name)
+    valid_host = re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", host)
+    if not (valid_host and port.isdigit() and 1 <= int(port) <= 65535 and valid_name):
+        raise ValueError(f"entry {index} is not host:port or name=host:port")
+    return name or f"redis-{index}", host.strip("[]"), int(port)
+
+
 class Settings(BaseSettings):
     """All configuration of one quartstack process."""
 
@@ -159,16 +172,7 @@ class Settings(BaseSettings):
     @field_validator("redis_nodes")
     @classmethod
     def _redis_node_addresses(cls, value: list[str]) -> list[str]:
-        names = []
-        for index, entry in enumerate(value, 1):
-            name, _, address = entry.rpartition("=")
-            host, _, port = address.rpartition(":")
-            valid_name = (not name and "=" not in entry) or re.fullmatch(r"[\w.-]{1,100}", name)
-            valid_host = re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", host)  # IPv6 in brackets
-            if not (valid_host and port.isdigit() and 1 <= int(port) <= 65535 and valid_name):
-                # the entry is not echoed: a mistyped value could be a URL with a password
-                raise ValueError(f"entry {index} is not host:port or name=host:port")
-            names.append(name or f"redis-{index}")
+        names = [parse_redis_node(entry, index)[0] for index, entry in enumerate(value, 1)]
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique")
         return value

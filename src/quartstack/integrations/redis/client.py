@@ -41,7 +41,7 @@ from quartstack.integrations.redis.cluster import parse_info_text
 from quartstack.integrations.vault.credentials import credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
 from quartstack.resilience import BackendError, BackendGuard, BackendUnavailable
-from quartstack.settings import Settings
+from quartstack.settings import Settings, parse_redis_node
 
 T = TypeVar("T")
 
@@ -89,9 +89,7 @@ def parse_nodes(settings: Settings) -> list[RedisNode]:
     """``REDIS_NODES`` (``host:port`` or ``name=host:port``), else ``REDIS_HOST``."""
     nodes = []
     for index, entry in enumerate(settings.redis_nodes, 1):
-        name, _, address = entry.rpartition("=")
-        host, _, port = address.rpartition(":")
-        nodes.append(RedisNode(name or f"redis-{index}", host.strip("[]"), int(port)))
+        nodes.append(RedisNode(*parse_redis_node(entry, index)))
     if not nodes and settings.redis_host:
         nodes.append(RedisNode("redis-1", settings.redis_host, settings.redis_port))
     return nodes
