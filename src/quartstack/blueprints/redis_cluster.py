@@ -9,7 +9,7 @@ from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
 from quartstack.blueprints.openapi import problems
-from quartstack.blueprints.validation import check_path_param
+from quartstack.blueprints.validation import check_path_param, validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.redis.cluster import (
@@ -159,18 +159,10 @@ async def invalidate_responses(query_args: Invalidation) -> Invalidated:
         raise Problem(409, "cache-disabled", "The response cache is not enabled.")
     label = invalidation_label(current_app, query_args.pattern)
     if label is None:
-        raise Problem(
-            422,
-            "validation-error",
-            "The query string is invalid.",
-            title="Validation failed",
-            errors=[
-                {
-                    "field": "pattern",
-                    "message": "matches no cached route (/examples/vault/..., /health/all)",
-                    "type": "value_error",
-                }
-            ],
+        raise validation_problem(
+            "query string",
+            "pattern",
+            "matches no cached route (/examples/vault/..., /health/all)",
         )
     deleted = await cache.invalidate(query_args.pattern, label)
     return Invalidated(pattern=query_args.pattern, deleted=deleted)

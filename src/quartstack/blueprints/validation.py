@@ -17,10 +17,15 @@ def check_path_param(name: str, value: str, pattern: str, max_length: int) -> st
         message = f"must match {pattern}"
     if message is None:
         return value
-    raise Problem(
+    raise validation_problem(f"path parameter {name!r}", f"path.{name}", message)
+
+
+def validation_problem(where: str, field: str, message: str) -> Problem:
+    """A 422 problem for one invalid ``field``, shaped like quart-schema's errors."""
+    return Problem(
         422,
         "validation-error",
-        f"The path parameter {name!r} is invalid.",
+        f"The {where} is invalid.",
         title="Validation failed",
-        errors=[{"field": f"path.{name}", "message": message, "type": "value_error"}],
+        errors=[{"field": field, "message": message, "type": "value_error"}],
     )
