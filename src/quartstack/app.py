@@ -32,7 +32,7 @@ from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
 from quartstack.metrics import APP_INFO
 from quartstack.settings import Settings, load_settings
-from quartstack.web.client_address import TRUSTED_PROXIES_KEY
+from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import init_observability
 from quartstack.web.problems import init_problem_handlers
 from quartstack.web.request_body import init_request_body_checks
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         PROPAGATE_EXCEPTIONS=False,
         JSON_SORT_KEYS=False,
         QUARTSTACK_HEALTH_TIMEOUT=settings.health_timeout_seconds,
-        **{TRUSTED_PROXIES_KEY: tuple(settings.trusted_proxies)},
+        **{TRUSTED_PROXIES_KEY: parse_networks(settings.trusted_proxies)},
     )
     app.extensions[SETTINGS_KEY] = settings
     app.extensions[REGISTRY_KEY] = BackendRegistry(settings.required_backends)

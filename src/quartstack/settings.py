@@ -7,6 +7,7 @@ A bad value stops startup with one line naming the variable and the reason, see
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from typing import Annotated, Literal
@@ -168,6 +169,16 @@ class Settings(BaseSettings):
     _split = field_validator(
         "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
     )(_split_commas)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for index, entry in enumerate(value, 1):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"entry {index} is not an IP address or network") from None
+        return value
 
     @field_validator("redis_nodes")
     @classmethod

@@ -48,6 +48,7 @@ def test_startup_and_a_real_metrics_scrape(server):
         ("REQUIRED_BACKENDS", "postgres,oracle", "REQUIRED_BACKENDS"),
         ("POSTGRES_PORT", "s3cr3t-looking-value", "POSTGRES_PORT"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "TRUSTED_PROXIES"),
     ],
 )
 def test_bad_setting_stops_startup_with_one_clear_line(name, value, reason):

@@ -7,7 +7,7 @@ by sending the header directly.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
+from collections.abc import Iterable
 
 from quart import current_app, request
 
@@ -18,8 +18,8 @@ TRUSTED_PROXIES_KEY = "QUARTSTACK_TRUSTED_PROXIES"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@lru_cache(maxsize=64)
-def parse_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """The trusted proxies as networks (entries were checked by the settings)."""
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
@@ -50,7 +50,7 @@ def resolve_client_address(
 
 def client_address() -> str:
     peer = request.remote_addr or "unknown"
-    networks = parse_networks(tuple(current_app.config.get(TRUSTED_PROXIES_KEY, ())))
+    networks: tuple[Network, ...] = current_app.config.get(TRUSTED_PROXIES_KEY, ())
     if not networks:  # the common case: no proxy is trusted, the header is never read
         return peer
     return resolve_client_address(peer, optional_header("X-Forwarded-For"), networks)
