@@ -1,4 +1,4 @@
-"""Session-wide fixtures: the Vault-API test server every backend suite uses, and a clean
+"""Session-wide fixtures: the real Vault (OpenBao) every backend suite uses, and a clean
 shared Redis afterwards."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ APP_KEYS = "quartstack:*"  # idempotency records (24 h), cached responses, rate 
 
 @pytest.fixture(scope="session")
 def vault_server() -> Iterator[VaultTestServer]:
-    with VaultTestServer() as server:
+    """A real Vault (OpenBao dev server) shared by every suite; tests write their
+    secrets into KV mounts or names of their own."""
+    with VaultTestServer(fault_proxy=False) as server:
         yield server
 
 

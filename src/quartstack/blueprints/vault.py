@@ -12,7 +12,7 @@ from quartstack.blueprints.openapi import problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.response_cache import cached_response
-from quartstack.integrations.vault.client import SecretNotFound, VaultClient
+from quartstack.integrations.vault.client import SecretNotFound, VaultAccessDenied, VaultClient
 from quartstack.redaction import MASK, is_sensitive_field
 from quartstack.web.problems import Problem
 
@@ -54,12 +54,15 @@ async def _read(service_name: str) -> dict[str, Any]:
         return await vault.read_secret(service_name)
     except SecretNotFound as exc:
         raise Problem(404, "secret-not-found", str(exc)) from None
+    except VaultAccessDenied:
+        detail = f"the service's Vault policy does not allow reading secret {service_name!r}"
+        raise Problem(403, "secret-forbidden", detail) from None
 
 
 @blueprint.get("/secret/<service_name>")
 @cached_response(ttl=300, private=True)
 @validate_response(SecretBody)
-@problems(404, 422, 503, 504)
+@problems(403, 404, 422, 503, 504)
 async def read_secret(service_name: str) -> SecretBody:
     """All fields of KV v2 secret ``service_name``, sensitive ones masked."""
     data = await _read(service_name)
@@ -69,7 +72,7 @@ async def read_secret(service_name: str) -> SecretBody:
 @blueprint.get("/secret/<service_name>/<key>")
 @cached_response(ttl=300, private=True)
 @validate_response(SecretKeyBody)
-@problems(404, 422, 503, 504)
+@problems(403, 404, 422, 503, 504)
 async def read_secret_key(service_name: str, key: str) -> SecretKeyBody:
     """One field of the secret; any JSON type; masked if its name is sensitive."""
     check_path_param("key", key, _NAME_PATTERN, 100)

@@ -3,8 +3,9 @@
 hvac is synchronous, so every call runs on one dedicated thread: the event loop
 never blocks and calls are serialized on the process's single ``hvac.Client``.
 The token is renewed at about two thirds of its TTL and replaced by a fresh login
-when it cannot be renewed or nears its max TTL; a 403 on any call triggers one
-re-login and one retry.
+when it cannot be renewed or nears its max TTL; a 403 with an expired or revoked
+token triggers one re-login and one retry, a 403 with a valid token (the policy
+denies the path) is final.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class SecretNotFound(Exception):
         super().__init__(f"{what} does not exist")
         self.name = name
         self.key = key
+
+
+class VaultAccessDenied(Exception):
+    """Vault answered 403 while our token is valid: its policy denies this path. A
+    deployment's choice, not an outage, and logging in again would not change it."""
 
 
 class VaultLoginRejected(Exception):
@@ -168,12 +174,23 @@ class VaultClient(Backend):
         try:
             return await self._guarded(operation, func)
         except hvac.exceptions.Forbidden:
+            if await self._token_is_valid():
+                raise VaultAccessDenied(f"vault policy denies the service {operation}") from None
             logger.warning("vault answered 403; logging in again", extra={"operation": operation})
         await self._login_for_call(generation)
         try:
             return await self._guarded(operation, func)
         except hvac.exceptions.Forbidden as exc:
             raise BackendUnavailable("vault", "vault denied access to the service") from exc
+
+    async def _token_is_valid(self) -> bool:
+        """After a 403: does our token still work (so the policy denies the path) or is
+        it expired or revoked (so a login helps)? One cheap lookup-self tells."""
+        try:
+            await self._guarded("lookup", _lookup_self)
+        except _REJECTIONS:
+            return False
+        return True
 
     async def _login_for_call(self, seen_generation: int) -> None:
         """Log in unless another caller already did since ``seen_generation``
@@ -374,6 +391,10 @@ def _adopt_token(client: hvac.Client, *, token: str) -> tuple[int, bool]:
     client.token = token
     data = client.auth.token.lookup_self()["data"]
     return int(data.get("ttl") or 0), bool(data.get("renewable"))
+
+
+def _lookup_self(client: hvac.Client) -> None:
+    client.auth.token.lookup_self()
 
 
 def _revoke_self(client: hvac.Client) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from quart import Quart, current_app
 
-from quartstack.integrations.vault.client import SecretNotFound, VaultClient
+from quartstack.integrations.vault.client import SecretNotFound, VaultAccessDenied, VaultClient
 from quartstack.redaction import register_secret
 from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
@@ -75,6 +75,10 @@ class CredentialProvider:
                 extra={"service": service, "vault_path": SECRET_NAMES[service]},
             )
             return Credentials()
+        except VaultAccessDenied:
+            raise BackendUnavailable(
+                "vault", f"the vault policy does not let the service read its {service} secret"
+            ) from None
         password = _text(data.get("password"))
         register_secret(password)  # a numeric password is registered as text too
         return Credentials(

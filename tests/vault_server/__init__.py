@@ -1,1 +1,0 @@
-"""A Vault-API-compatible HTTP server for the tests (no Vault binary installs here)."""
