@@ -124,6 +124,25 @@ BACKEND_UP = Gauge(
     ["service"],
     registry=REGISTRY,
 )
+VAULT_LEASE_SECONDS_LEFT = Gauge(
+    "vault_lease_seconds_remaining",
+    "Seconds left on the current dynamic-credentials lease, per backend.",
+    ["service"],
+    registry=REGISTRY,
+)
+VAULT_LEASE_RENEWALS = Counter(
+    "vault_lease_renewals_total",
+    "Dynamic-credentials lease renewals, by backend and result (renewed, failed).",
+    ["service", "result"],
+    registry=REGISTRY,
+)
+VAULT_LEASE_ROTATIONS = Counter(
+    "vault_lease_rotations_total",
+    "Dynamic credentials replaced by new ones (pool rebuilt), by backend and result "
+    "(rotated, failed).",
+    ["service", "result"],
+    registry=REGISTRY,
+)
 VAULT_TOKEN_RENEWALS = Counter(
     "vault_token_renewals_total",
     "Vault token renewals and re-logins, by result (renewed, relogin, failed).",

@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     vault_cache_ttl_seconds: float = Field(default=60.0, ge=0, le=300)
     vault_login_attempts: int = Field(default=5, ge=1, le=100)
     vault_cacert: str | None = None
+    vault_database_mount: str = "database"
 
     # --- PostgreSQL ----------------------------------------------------------------------
     postgres_host: str | None = None
@@ -112,6 +113,8 @@ class Settings(BaseSettings):
     postgres_user: str | None = None
     postgres_password: SecretStr | None = None
     postgres_database: str | None = None
+    postgres_credentials: Literal["kv", "dynamic"] = "kv"
+    postgres_vault_role: str = "quartstack"
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=100)
     postgres_statement_cache_size: int = Field(

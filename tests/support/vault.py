@@ -396,3 +396,59 @@ class VaultTestServer:
         proxy = self._fault_proxy()
         proxy.status = status
         proxy.close_connections()  # kept-alive connections would still pass
+
+    # --- dynamic secrets ------------------------------------------------------------------
+    def enable_postgres_engine(
+        self,
+        *,
+        port: int,
+        admin_password: str,
+        role: str,
+        ttl: int,
+        max_ttl: int,
+        mount: str = "database",
+        admin_user: str = "postgres",
+        database: str = "postgres",
+    ) -> None:
+        """Mount the database engine, connect it to a PostgreSQL as its admin, and
+        create ``role``: each lease is a login role valid for ``ttl`` up to ``max_ttl``."""
+        self._ok(self.http.post(f"/v1/sys/mounts/{mount}", json={"type": "database"}))
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/config/pg",
+                json={
+                    "plugin_name": "postgresql-database-plugin",
+                    "connection_url": "postgresql://{{username}}:{{password}}"
+                    f"@127.0.0.1:{port}/{database}?sslmode=disable",
+                    "allowed_roles": [role],
+                    "username": admin_user,
+                    "password": admin_password,
+                },
+            )
+        )
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/roles/{role}",
+                json={
+                    "db_name": "pg",
+                    "default_ttl": f"{ttl}s",
+                    "max_ttl": f"{max_ttl}s",
+                    "creation_statements": [
+                        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+                        "VALID UNTIL '{{expiration}}';"
+                    ],
+                },
+            )
+        )
+
+    def dynamic_credentials_token(self, role: str, *, mount: str = "database") -> str:
+        """A token whose policy is what a service with dynamic credentials needs:
+        read ``<mount>/creds/<role>``, renew and revoke its own leases."""
+        policy = f"dyn-{secrets.token_hex(4)}"
+        self.write_policy(
+            policy,
+            f'path "{mount}/creds/{role}" {{ capabilities = ["read"] }}\n'
+            'path "sys/leases/renew" { capabilities = ["update"] }\n'
+            'path "sys/leases/revoke" { capabilities = ["update"] }\n',
+        )
+        return self.create_token(ttl=3600, policies=[policy])

@@ -108,9 +108,10 @@ class BackendRegistry:
             await asyncio.gather(*(backend.start() for backend in wave))
 
     async def stop_all(self) -> None:
-        await asyncio.gather(
-            *(backend.stop() for backend in self.backends.values()), return_exceptions=True
-        )
+        """Stop in reverse startup order: a backend's pool closes and its Vault lease is
+        revoked while the Vault client it depends on is still there."""
+        for wave in reversed(self.startup_order()):
+            await asyncio.gather(*(backend.stop() for backend in wave), return_exceptions=True)
 
 
 def registry(app: Quart | None = None) -> BackendRegistry:

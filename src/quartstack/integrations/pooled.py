@@ -130,6 +130,16 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
         if current is not None:
             await self._retire(current)
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        await credential_provider(self.app).release(self.name)
+
+    async def rotate_credentials(self) -> None:
+        """Move to new credentials now (a dynamic lease nears its end): new requests
+        go to a new pool, in-flight ones finish on the old one, which then closes."""
+        current = self._current
+        if current is None:
+            return  # the pool is created with the new credentials at first use
+        await self._rebuild(current)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # --- the pool --------------------------------------------------------------------
     async def _ready(self) -> PoolGeneration[P]:

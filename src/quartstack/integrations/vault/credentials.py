@@ -1,18 +1,24 @@
-"""Credentials for every backend, from Vault KV v2 (or the environment without Vault).
+"""Credentials for every backend, from Vault KV v2, Vault dynamic secrets (leases),
+or the environment without Vault.
 
 Backends ask the :class:`CredentialProvider` for their credentials when they
 build a pool, and call :meth:`CredentialProvider.refresh` once after the server
-rejects them (the secret was rotated in Vault).
+rejects them (the secret was rotated in Vault, or the lease ended). A backend with
+``<NAME>_CREDENTIALS=dynamic`` gets a lease kept by a
+:class:`~quartstack.integrations.vault.leases.LeaseKeeper`, and calls
+:meth:`CredentialProvider.release` when it stops.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from quart import Quart, current_app
 
 from quartstack.integrations.vault.client import SecretNotFound, VaultAccessDenied, VaultClient
+from quartstack.integrations.vault.leases import LeaseKeeper
 from quartstack.redaction import register_secret
 from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
@@ -20,6 +26,9 @@ from quartstack.settings import Settings
 CREDENTIALS_KEY = "quartstack.credentials"
 
 logger = logging.getLogger("quartstack.credentials")
+
+#: Backends that can take dynamic credentials (``<NAME>_CREDENTIALS=dynamic``).
+DYNAMIC_SERVICES = ("postgres",)
 
 #: Vault secret name per backend; the env fallback uses the backend's settings prefix.
 SECRET_NAMES = {
@@ -48,6 +57,7 @@ class CredentialProvider:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app: Quart | None = None
+        self._keepers: dict[str, LeaseKeeper] = {}
 
     async def get(self, service: str) -> Credentials:
         """Current credentials for ``service`` (``postgres``, ``mysql``, ``mongodb``,
@@ -65,6 +75,9 @@ class CredentialProvider:
         if self.settings.vault_addr is None:
             return self._from_environment(service)
         vault = self._vault()
+        if self.is_dynamic(service):
+            lease = await self._keeper(service, vault).get(fresh=fresh)
+            return Credentials(user=lease.user, password=lease.password)
         try:
             data = await vault.read_secret(SECRET_NAMES[service], fresh=fresh)
         except SecretNotFound:
@@ -87,6 +100,38 @@ class CredentialProvider:
             database=_text(data.get("database")),
             vhost=_text(data.get("vhost")),
         )
+
+    def is_dynamic(self, service: str) -> bool:
+        return (
+            service in DYNAMIC_SERVICES
+            and getattr(self.settings, f"{service}_credentials", "kv") == "dynamic"
+        )
+
+    def _keeper(self, service: str, vault: VaultClient) -> LeaseKeeper:
+        keeper = self._keepers.get(service)
+        if keeper is None:
+            role = getattr(self.settings, f"{service}_vault_role")
+            path = f"{self.settings.vault_database_mount}/creds/{role}"
+            keeper = LeaseKeeper(service, vault, path, self._rotation(service))
+            self._keepers[service] = keeper
+        return keeper
+
+    def _rotation(self, service: str) -> Callable[[], Awaitable[None]]:
+        """How the keeper asks ``service``'s backend to rebuild its pool."""
+
+        async def rotate() -> None:
+            backend = self.app.extensions.get(service) if self.app is not None else None
+            rebuild = getattr(backend, "rotate_credentials", None)
+            if rebuild is not None:
+                await rebuild()
+
+        return rotate
+
+    async def release(self, service: str) -> None:
+        """Revoke ``service``'s lease (on shutdown, after its pool closed)."""
+        keeper = self._keepers.pop(service, None)
+        if keeper is not None:
+            await keeper.release()
 
     def _vault(self) -> VaultClient:
         """The app's Vault client; with Vault configured there is no silent fallback."""

@@ -1,0 +1,112 @@
+"""Dynamic PostgreSQL credentials from OpenBao's database engine, against a private
+PostgreSQL that checks passwords (the machine's trusts every local login)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.support.databases import PrivatePostgres
+from tests.support.vault import VaultTestServer
+
+QUERY = "/examples/database/postgres/query"
+
+
+@pytest.fixture(scope="module")
+def scram_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _lease_roles(pg: PrivatePostgres) -> set[str]:
+    """Login roles the database engine created (its names start with ``v-``)."""
+    connection = await asyncpg.connect(
+        host="127.0.0.1", port=pg.port, user="postgres", password=pg.password, database="postgres"
+    )
+    try:
+        rows = await connection.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")
+    finally:
+        await connection.close()
+    return {row["rolname"] for row in rows}
+
+
+def _settings(vault: VaultTestServer, pg: PrivatePostgres, role: str) -> dict[str, Any]:
+    return dict(
+        vault_addr=vault.url,
+        vault_token=vault.dynamic_credentials_token(role),
+        vault_timeout_seconds=2,
+        postgres_host="127.0.0.1",
+        postgres_port=pg.port,
+        postgres_database="postgres",
+        postgres_credentials="dynamic",
+        postgres_vault_role=role,
+        postgres_pool_min=2,
+        circuit_failure_threshold=50,
+    )
+
+
+async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
+    vault: VaultTestServer, scram_postgres: PrivatePostgres
+):
+    role = f"qs-{uuid.uuid4().hex[:6]}"
+    vault.enable_postgres_engine(
+        port=scram_postgres.port,
+        admin_password=scram_postgres.password,
+        role=role,
+        ttl=3,
+        max_ttl=6,
+    )
+    settings = _settings(vault, scram_postgres, role)
+    rotated = metric_value("vault_lease_rotations_total", service="postgres", result="rotated")
+    renewed = metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+    statuses: list[int] = []
+    with captured_json_logs() as logs:
+        async with running_app(**settings) as (app, c):
+            assert (await c.get("/health/startup")).status_code == 200
+            vault.request_counts(reset=True)
+            users: set[str] = set()
+
+            async def worker() -> None:
+                deadline = time.monotonic() + 40
+                while (
+                    metric_value(
+                        "vault_lease_rotations_total", service="postgres", result="rotated"
+                    )
+                    < rotated + 2
+                ):
+                    assert time.monotonic() < deadline, "fewer than two rollovers"
+                    response = await c.get(QUERY)
+                    statuses.append(response.status_code)
+                    keeper = app.extensions["quartstack.credentials"]._keepers["postgres"]
+                    if keeper.current is not None:
+                        users.add(keeper.current.user)
+                    await asyncio.sleep(0.02)
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+            seconds_left = metric_value("vault_lease_seconds_remaining", service="postgres")
+            assert 0 < seconds_left <= 3
+            counts = vault.request_counts()
+            live = await _lease_roles(scram_postgres)
+            # old leases were revoked after their pools closed: one user is left
+            assert len(live) == 1 and live < users, (live, users)
+        gone = await _lease_roles(scram_postgres)
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert len(users) >= 3
+    assert gone == set()  # revoked on shutdown (the token was given: not revoked with it)
+    assert counts.get("/v1/sys/leases/renew", 0) >= 2
+    assert counts.get(f"/v1/database/creds/{role}", 0) >= 2
+    renewals = metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+    assert renewals > renewed
+    text = logs.getvalue()
+    assert "dynamic credentials rotated" in text
+    assert "dynamic credentials revoked" in text
