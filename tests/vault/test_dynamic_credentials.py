@@ -110,3 +110,53 @@ async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
     text = logs.getvalue()
     assert "dynamic credentials rotated" in text
     assert "dynamic credentials revoked" in text
+
+
+async def test_vault_outage_shorter_than_the_lease_fails_no_request(
+    vault: VaultTestServer, scram_postgres: PrivatePostgres
+):
+    """Vault unreachable across a renewal: the credentials in use stay, requests stay 2xx,
+    and the renewal succeeds once Vault is back (no rotation was needed)."""
+    role = f"qs-{uuid.uuid4().hex[:6]}"
+    ttl = 8
+    vault.enable_postgres_engine(
+        port=scram_postgres.port,
+        admin_password=scram_postgres.password,
+        role=role,
+        ttl=ttl,
+        max_ttl=120,
+    )
+    failed = metric_value("vault_lease_renewals_total", service="postgres", result="failed")
+    renewed = metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+    rotated = metric_value("vault_lease_rotations_total", service="postgres", result="rotated")
+    statuses: list[int] = []
+    async with running_app(**_settings(vault, scram_postgres, role)) as (app, c):
+        assert (await c.get(QUERY)).status_code == 200
+        keeper = app.extensions["quartstack.credentials"]._keepers["postgres"]
+        user = keeper.current.user
+        vault.set_failure(503)  # whatever fronts Vault answers 503 (Vault unreachable)
+        try:
+            deadline = time.monotonic() + ttl
+            while (
+                metric_value("vault_lease_renewals_total", service="postgres", result="failed")
+                == failed
+            ):
+                assert time.monotonic() < deadline, "no renewal was attempted during the outage"
+                statuses.append((await c.get(QUERY)).status_code)
+                await asyncio.sleep(0.05)
+            assert keeper.current.seconds_left > 0
+        finally:
+            vault.set_failure(None)
+        deadline = time.monotonic() + ttl
+        while (
+            metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+            == renewed
+        ):
+            assert time.monotonic() < deadline, "no renewal after Vault came back"
+            statuses.append((await c.get(QUERY)).status_code)
+            await asyncio.sleep(0.05)
+        assert keeper.current.user == user
+    assert statuses and set(statuses) == {200}
+    assert metric_value("vault_lease_rotations_total", service="postgres", result="rotated") == (
+        rotated
+    )
