@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # --- MySQL ---------------------------------------------------------------------------
     mysql_host: str | None = None
     mysql_port: int = Field(default=3306, ge=1, le=65535)
+    mysql_credentials: Literal["kv", "dynamic"] = "kv"
+    mysql_vault_role: str = "quartstack"
     mysql_user: str | None = None
     mysql_password: SecretStr | None = None
     mysql_database: str | None = None

@@ -441,6 +441,48 @@ class VaultTestServer:
             )
         )
 
+    def enable_mysql_engine(
+        self,
+        *,
+        admin_user: str,
+        admin_password: str,
+        role: str,
+        ttl: int,
+        max_ttl: int,
+        database: str = "test",
+        port: int = 3306,
+        mount: str = "database",
+    ) -> None:
+        """Mount the database engine on a MySQL/MariaDB; each lease of ``role`` is a user
+        who may read ``database``."""
+        self._ok(self.http.post(f"/v1/sys/mounts/{mount}", json={"type": "database"}))
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/config/my",
+                json={
+                    "plugin_name": "mysql-database-plugin",
+                    "connection_url": "{{username}}:{{password}}" + f"@tcp(127.0.0.1:{port})/",
+                    "allowed_roles": [role],
+                    "username": admin_user,
+                    "password": admin_password,
+                },
+            )
+        )
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/roles/{role}",
+                json={
+                    "db_name": "my",
+                    "default_ttl": f"{ttl}s",
+                    "max_ttl": f"{max_ttl}s",
+                    "creation_statements": [
+                        "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';",
+                        f"GRANT SELECT ON {database}.* TO " + "'{{name}}'@'%';",
+                    ],
+                },
+            )
+        )
+
     def dynamic_credentials_token(self, role: str, *, mount: str = "database") -> str:
         """A token whose policy is what a service with dynamic credentials needs:
         read ``<mount>/creds/<role>``, renew and revoke its own leases."""

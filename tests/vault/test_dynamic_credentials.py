@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import pymysql
 import pytest
 
 from tests.support.app import captured_json_logs, metric_value, running_app
@@ -55,20 +56,87 @@ def _settings(vault: VaultTestServer, pg: PrivatePostgres, role: str) -> dict[st
     )
 
 
-async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
-    vault: VaultTestServer, scram_postgres: PrivatePostgres
-):
-    role = f"qs-{uuid.uuid4().hex[:6]}"
-    vault.enable_postgres_engine(
-        port=scram_postgres.port,
-        admin_password=scram_postgres.password,
-        role=role,
-        ttl=3,
-        max_ttl=6,
+@pytest.fixture(scope="module")
+def mysql_admin() -> Iterator[tuple[str, str]]:
+    """An admin of our own on the machine's MariaDB for the database engine to act as."""
+    user, password = f"qsv_{uuid.uuid4().hex[:8]}", "pw-" + uuid.uuid4().hex
+    _mysql(
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+        f"GRANT ALL ON *.* TO '{user}'@'%' WITH GRANT OPTION",
     )
-    settings = _settings(vault, scram_postgres, role)
-    rotated = metric_value("vault_lease_rotations_total", service="postgres", result="rotated")
-    renewed = metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+    try:
+        yield user, password
+    finally:
+        _mysql(f"DROP USER '{user}'@'%'")
+
+
+def _mysql(*statements: str) -> list[tuple[Any, ...]]:
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    try:
+        rows: list[tuple[Any, ...]] = []
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+                rows = list(cursor.fetchall())
+        return rows
+    finally:
+        connection.close()
+
+
+class Engine:
+    """One database behind Vault's database engine, as the rollover test needs it."""
+
+    def __init__(self, backend: str, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        self.request = request
+
+    def setup(self, vault: VaultTestServer, role: str, ttl: int, max_ttl: int) -> dict[str, Any]:
+        """Configure the engine; return the app's settings for this backend."""
+        if self.backend == "postgres":
+            pg: PrivatePostgres = self.request.getfixturevalue("scram_postgres")
+            vault.enable_postgres_engine(
+                port=pg.port, admin_password=pg.password, role=role, ttl=ttl, max_ttl=max_ttl
+            )
+            return _settings(vault, pg, role)
+        admin, password = self.request.getfixturevalue("mysql_admin")
+        vault.enable_mysql_engine(
+            admin_user=admin, admin_password=password, role=role, ttl=ttl, max_ttl=max_ttl
+        )
+        return dict(
+            vault_addr=vault.url,
+            vault_token=vault.dynamic_credentials_token(role),
+            vault_timeout_seconds=2,
+            mysql_host="127.0.0.1",
+            mysql_port=3306,
+            mysql_database="test",
+            mysql_credentials="dynamic",
+            mysql_vault_role=role,
+            mysql_pool_min=2,
+            circuit_failure_threshold=50,
+        )
+
+    async def users(self, role: str) -> set[str]:
+        """Database users the engine created for ``role`` that exist now."""
+        if self.backend == "postgres":
+            return await _lease_roles(self.request.getfixturevalue("scram_postgres"))
+        rows = _mysql(f"SELECT user FROM mysql.user WHERE user LIKE 'v-token-{role}-%'")
+        return {str(row[0]) for row in rows}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
+    vault: VaultTestServer, backend: str, request: pytest.FixtureRequest
+):
+    engine = Engine(backend, request)
+    role = f"qs-{uuid.uuid4().hex[:6]}"
+    settings = engine.setup(vault, role, ttl=3, max_ttl=6)
+    query = f"/examples/database/{backend}/query"
+
+    def rotations() -> float:
+        return metric_value("vault_lease_rotations_total", service=backend, result="rotated")
+
+    rotated = rotations()
+    renewed = metric_value("vault_lease_renewals_total", service=backend, result="renewed")
     statuses: list[int] = []
     with captured_json_logs() as logs:
         async with running_app(**settings) as (app, c):
@@ -78,34 +146,30 @@ async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
 
             async def worker() -> None:
                 deadline = time.monotonic() + 40
-                while (
-                    metric_value(
-                        "vault_lease_rotations_total", service="postgres", result="rotated"
-                    )
-                    < rotated + 2
-                ):
+                while rotations() < rotated + 2:
                     assert time.monotonic() < deadline, "fewer than two rollovers"
-                    response = await c.get(QUERY)
+                    response = await c.get(query)
                     statuses.append(response.status_code)
-                    keeper = app.extensions["quartstack.credentials"]._keepers["postgres"]
+                    keeper = app.extensions["quartstack.credentials"]._keepers[backend]
                     if keeper.current is not None:
                         users.add(keeper.current.user)
                     await asyncio.sleep(0.02)
 
             await asyncio.gather(*(worker() for _ in range(4)))
-            seconds_left = metric_value("vault_lease_seconds_remaining", service="postgres")
+            users.add(app.extensions["quartstack.credentials"]._keepers[backend].current.user)
+            seconds_left = metric_value("vault_lease_seconds_remaining", service=backend)
             assert 0 < seconds_left <= 3
             counts = vault.request_counts()
-            live = await _lease_roles(scram_postgres)
+            live = await engine.users(role)
             # old leases were revoked after their pools closed: one user is left
             assert len(live) == 1 and live < users, (live, users)
-        gone = await _lease_roles(scram_postgres)
+        gone = await engine.users(role)
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert len(users) >= 3
     assert gone == set()  # revoked on shutdown (the token was given: not revoked with it)
     assert counts.get("/v1/sys/leases/renew", 0) >= 2
     assert counts.get(f"/v1/database/creds/{role}", 0) >= 2
-    renewals = metric_value("vault_lease_renewals_total", service="postgres", result="renewed")
+    renewals = metric_value("vault_lease_renewals_total", service=backend, result="renewed")
     assert renewals > renewed
     text = logs.getvalue()
     assert "dynamic credentials rotated" in text

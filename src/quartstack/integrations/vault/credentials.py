@@ -28,7 +28,7 @@ CREDENTIALS_KEY = "quartstack.credentials"
 logger = logging.getLogger("quartstack.credentials")
 
 #: Backends that can take dynamic credentials (``<NAME>_CREDENTIALS=dynamic``).
-DYNAMIC_SERVICES = ("postgres",)
+DYNAMIC_SERVICES = ("postgres", "mysql")
 
 #: Vault secret name per backend; the env fallback uses the backend's settings prefix.
 SECRET_NAMES = {
