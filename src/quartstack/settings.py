@@ -12,7 +12,7 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BackendName = Literal["vault", "postgres", "mysql", "mongodb", "redis", "rabbitmq"]
@@ -222,6 +222,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _dynamic_credentials_need_vault(self) -> Settings:
+        dynamic = [
+            f"{name.upper()}_CREDENTIALS"
+            for name in ("postgres", "mysql")
+            if getattr(self, f"{name}_credentials") == "dynamic"
+        ]
+        if dynamic and self.vault_addr is None:
+            raise ValueError(f"{', '.join(dynamic)}=dynamic needs VAULT_ADDR")
+        return self
 
     @cached_property
     def enabled_backends(self) -> frozenset[str]:

@@ -13,6 +13,7 @@ import asyncpg
 import pymysql
 import pytest
 
+from quartstack.settings import SettingsError, load_settings
 from tests.support.app import captured_json_logs, metric_value, running_app
 from tests.support.databases import PrivatePostgres
 from tests.support.vault import VaultTestServer
@@ -224,3 +225,11 @@ async def test_vault_outage_shorter_than_the_lease_fails_no_request(
     assert metric_value("vault_lease_rotations_total", service="postgres", result="rotated") == (
         rotated
     )
+
+
+def test_dynamic_credentials_without_vault_are_a_settings_error():
+    with pytest.raises(SettingsError, match="POSTGRES_CREDENTIALS=dynamic needs VAULT_ADDR"):
+        load_settings(postgres_credentials="dynamic")
+    with pytest.raises(SettingsError, match="MYSQL_CREDENTIALS"):
+        load_settings(mysql_credentials="vault")
+    assert load_settings(mysql_credentials="dynamic", vault_addr="http://v").mysql_credentials
