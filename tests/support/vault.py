@@ -484,8 +484,12 @@ class VaultTestServer:
         )
 
     def dynamic_credentials_token(self, role: str, *, mount: str = "database") -> str:
-        """A token whose policy is what a service with dynamic credentials needs:
-        read ``<mount>/creds/<role>``, renew and revoke its own leases."""
+        """A token with :meth:`dynamic_credentials_policy`."""
+        return self.create_token(ttl=3600, policies=[self.dynamic_credentials_policy(role, mount)])
+
+    def dynamic_credentials_policy(self, role: str, mount: str = "database") -> str:
+        """A policy with what a service with dynamic credentials needs: read
+        ``<mount>/creds/<role>``, renew and revoke its own leases; returns its name."""
         policy = f"dyn-{secrets.token_hex(4)}"
         self.write_policy(
             policy,
@@ -493,4 +497,4 @@ class VaultTestServer:
             'path "sys/leases/renew" { capabilities = ["update"] }\n'
             'path "sys/leases/revoke" { capabilities = ["update"] }\n',
         )
-        return self.create_token(ttl=3600, policies=[policy])
+        return policy

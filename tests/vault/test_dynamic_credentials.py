@@ -233,3 +233,47 @@ def test_dynamic_credentials_without_vault_are_a_settings_error():
     with pytest.raises(SettingsError, match="MYSQL_CREDENTIALS"):
         load_settings(mysql_credentials="vault")
     assert load_settings(mysql_credentials="dynamic", vault_addr="http://v").mysql_credentials
+
+
+async def test_a_new_vault_login_moves_to_credentials_of_the_new_token(
+    vault: VaultTestServer, scram_postgres: PrivatePostgres, tmp_path
+):
+    """Vault revokes a token's leases when the token ends: after each re-login (AppRole
+    token at its max TTL) the pool moves to credentials issued under the new token."""
+    role = f"qs-{uuid.uuid4().hex[:6]}"
+    vault.enable_postgres_engine(
+        port=scram_postgres.port,
+        admin_password=scram_postgres.password,
+        role=role,
+        ttl=60,
+        max_ttl=600,
+    )
+    role_dir = vault.approle_dir(
+        tmp_path / "approle",
+        f"app-{uuid.uuid4().hex[:8]}",
+        token_ttl=3,
+        token_max_ttl=5,
+        token_policies=[vault.dynamic_credentials_policy(role)],
+    )
+    settings = _settings(vault, scram_postgres, role)
+    del settings["vault_token"]
+    settings["vault_approle_dir"] = str(role_dir)
+
+    def rotations() -> float:
+        return metric_value("vault_lease_rotations_total", service="postgres", result="rotated")
+
+    rotated = rotations()
+    statuses: list[int] = []
+    async with running_app(**settings) as (app, c):
+        keeper = app.extensions["quartstack.credentials"]._keepers
+        deadline = time.monotonic() + 30
+        while rotations() < rotated + 2:
+            assert time.monotonic() < deadline, "no rotation after the re-logins"
+            statuses.append((await c.get(QUERY)).status_code)
+            await asyncio.sleep(0.05)
+        assert keeper["postgres"].current.generation == app.extensions["vault"].generation
+        for _ in range(20):  # and the new credentials work
+            statuses.append((await c.get(QUERY)).status_code)
+        assert len(await _lease_roles(scram_postgres)) == 1
+    assert set(statuses) == {200}, sorted(set(statuses))
+    assert await _lease_roles(scram_postgres) == set()

@@ -105,6 +105,11 @@ class VaultClient(Backend):
     def authenticated(self) -> bool:
         return self._authenticated
 
+    @property
+    def generation(self) -> int:
+        """Bumped at every login: leases issued under an older token die with it."""
+        return self._generation
+
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         self._client = hvac.Client(

@@ -7,9 +7,11 @@ Each such secret is a lease: Vault drops the database user when it ends. The
 renewal no longer grants a full TTL (the lease's max TTL is near), the lease is
 unknown to Vault, or the lease is about to end while renewals keep failing, it
 asks the backend to rebuild its pool, which fetches new credentials (a new
-lease); in-flight requests finish on the old pool, then the old lease is
-revoked. While Vault is unreachable the current credentials stay in use until
-they end. On shutdown the keeper revokes what it holds.
+lease); so it does when the Vault client logged in again, since Vault revokes
+the leases of a token when that token ends. In-flight requests finish on the
+old pool, then the old lease is revoked. While Vault is unreachable the current
+credentials stay in use until they end. On shutdown the keeper revokes what it
+holds.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _FULL_TTL_SHARE = 0.9
 #: Rotate rather than keep retrying a renewal once this share of the TTL is left.
 _LAST_CHANCE_SHARE = 0.2
 _MIN_WAIT = 0.2
+#: How often the keeper looks whether the Vault client logged in again.
+_TICK = 1.0
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Lease:
     ttl: float
     renewable: bool
     expires_at: float
+    generation: int  # the Vault client's login that issued it
 
     @property
     def seconds_left(self) -> float:
@@ -87,6 +92,7 @@ class LeaseKeeper:
 
     async def _issue(self) -> Lease:
         path = self.creds_path
+        generation = self.vault.generation
         try:
             response: dict[str, Any] = await self.vault.call("lease_issue", lambda c: c.read(path))
         except VaultAccessDenied:
@@ -105,6 +111,7 @@ class LeaseKeeper:
             ttl=ttl,
             renewable=bool(response["renewable"]),
             expires_at=time.monotonic() + ttl,
+            generation=generation,
         )
         self.current = lease
         logger.info(
@@ -117,15 +124,25 @@ class LeaseKeeper:
 
     # --- keeping it alive --------------------------------------------------------------
     async def _keep(self) -> None:
+        renew_at = backoff_until = 0.0
+        lease: Lease | None = None
         while True:
-            lease = self.current
-            if lease is None:
-                return
-            await asyncio.sleep(max(_MIN_WAIT, lease.seconds_left * 2 / 3))
-            if lease is not self.current:
-                continue  # the backend rotated it meanwhile (credentials rejected)
+            if self.current is not lease:  # new (issued here or after a rejection)
+                lease = self.current
+                if lease is None:
+                    return
+                renew_at = time.monotonic() + max(_MIN_WAIT, lease.seconds_left * 2 / 3)
+            await asyncio.sleep(min(_TICK, max(_MIN_WAIT, renew_at - time.monotonic())))
+            if lease is None or lease is not self.current or time.monotonic() < backoff_until:
+                continue
+            # Vault revokes a token's leases when the token ends: after a new login,
+            # move to credentials issued under the new token while the old one lives.
+            relogged = self.vault.generation != lease.generation
+            if not relogged and time.monotonic() < renew_at:
+                continue
             try:
-                if lease.renewable and not await self._renew(lease):
+                if not relogged and lease.renewable and not await self._renew(lease):
+                    renew_at = time.monotonic() + max(_MIN_WAIT, lease.seconds_left * 2 / 3)
                     continue
                 await self._rotate(lease)
             except asyncio.CancelledError:
@@ -135,8 +152,7 @@ class LeaseKeeper:
                     "dynamic credentials not renewed",
                     extra={"service": self.service, "reason": str(exc)},
                 )
-                if lease.seconds_left <= 0:
-                    await asyncio.sleep(1.0)  # gone: keep trying to get new ones, calmly
+                renew_at = backoff_until = time.monotonic() + max(1.0, lease.seconds_left * 2 / 3)
 
     async def _renew(self, lease: Lease) -> bool:
         """Renew ``lease``; True when it should be rotated instead (max TTL near, or
