@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     vault_login_attempts: int = Field(default=5, ge=1, le=100)
     vault_cacert: str | None = None
     vault_database_mount: str = "database"
+    vault_rabbitmq_mount: str = "rabbitmq"
 
     # --- PostgreSQL ----------------------------------------------------------------------
     postgres_host: str | None = None
@@ -161,6 +162,8 @@ class Settings(BaseSettings):
     # --- RabbitMQ ------------------------------------------------------------------------
     rabbitmq_host: str | None = None
     rabbitmq_port: int = Field(default=5672, ge=1, le=65535)
+    rabbitmq_credentials: Literal["kv", "dynamic"] = "kv"
+    rabbitmq_vault_role: str = "quartstack"
     rabbitmq_user: str | None = None
     rabbitmq_password: SecretStr | None = None
     rabbitmq_vhost: str | None = None
@@ -227,7 +230,7 @@ class Settings(BaseSettings):
     def _dynamic_credentials_need_vault(self) -> Settings:
         dynamic = [
             f"{name.upper()}_CREDENTIALS"
-            for name in ("postgres", "mysql")
+            for name in ("postgres", "mysql", "rabbitmq")
             if getattr(self, f"{name}_credentials") == "dynamic"
         ]
         if dynamic and self.vault_addr is None:

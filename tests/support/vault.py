@@ -483,9 +483,45 @@ class VaultTestServer:
             )
         )
 
+    def enable_rabbitmq_engine(
+        self,
+        *,
+        management_url: str,
+        admin_user: str,
+        admin_password: str,
+        role: str,
+        ttl: int,
+        max_ttl: int,
+        vhost: str = "/",
+        mount: str = "rabbitmq",
+    ) -> None:
+        """Mount the rabbitmq engine on a broker's management API; each lease of
+        ``role`` is a broker user with full permissions on ``vhost``."""
+        self._ok(self.http.post(f"/v1/sys/mounts/{mount}", json={"type": "rabbitmq"}))
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/config/connection",
+                json={
+                    "connection_uri": management_url,
+                    "username": admin_user,
+                    "password": admin_password,
+                },
+            )
+        )
+        self._ok(
+            self.http.post(
+                f"/v1/{mount}/config/lease", json={"ttl": f"{ttl}s", "max_ttl": f"{max_ttl}s"}
+            )
+        )
+        permissions = {vhost: {"configure": ".*", "write": ".*", "read": ".*"}}
+        self._ok(
+            self.http.post(f"/v1/{mount}/roles/{role}", json={"vhosts": json.dumps(permissions)})
+        )
+
     def dynamic_credentials_token(self, role: str, *, mount: str = "database") -> str:
         """A token with :meth:`dynamic_credentials_policy`."""
-        return self.create_token(ttl=3600, policies=[self.dynamic_credentials_policy(role, mount)])
+        policy = self.dynamic_credentials_policy(role, mount)
+        return self.create_token(ttl=3600, policies=[policy])
 
     def dynamic_credentials_policy(self, role: str, mount: str = "database") -> str:
         """A policy with what a service with dynamic credentials needs: read

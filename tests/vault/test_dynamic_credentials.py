@@ -4,12 +4,14 @@ PostgreSQL that checks passwords (the machine's trusts every local login)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pymysql
 import pytest
 
@@ -161,8 +163,11 @@ async def test_requests_stay_2xx_across_two_rollovers_and_leases_are_revoked(
             seconds_left = metric_value("vault_lease_seconds_remaining", service=backend)
             assert 0 < seconds_left <= 3
             counts = vault.request_counts()
-            live = await engine.users(role)
-            # old leases were revoked after their pools closed: one user is left
+            # old leases are revoked once their pools closed (the last one just now)
+            deadline = time.monotonic() + 10
+            while len(live := await engine.users(role)) > 1:
+                assert time.monotonic() < deadline, (live, users)
+                await asyncio.sleep(0.1)
             assert len(live) == 1 and live < users, (live, users)
         gone = await engine.users(role)
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
@@ -277,3 +282,104 @@ async def test_a_new_vault_login_moves_to_credentials_of_the_new_token(
         assert len(await _lease_roles(scram_postgres)) == 1
     assert set(statuses) == {200}, sorted(set(statuses))
     assert await _lease_roles(scram_postgres) == set()
+
+
+MANAGEMENT = "http://127.0.0.1:15672"
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_management() -> Iterator[str]:
+    """The broker's management API, which Vault's rabbitmq engine needs. Enabling a
+    plugin is machine-wide: the plugin is disabled again if it was off before."""
+    enabled = subprocess.run(
+        ["rabbitmq-plugins", "list", "-E", "-m"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    was_on = "rabbitmq_management" in enabled
+    if not was_on:
+        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(MANAGEMENT + "/api/overview", auth=BROKER_ADMIN).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the management API did not come up"
+            time.sleep(0.2)
+        yield MANAGEMENT
+    finally:
+        if not was_on:
+            subprocess.run(["rabbitmq-plugins", "disable", "rabbitmq_management"], check=True)
+
+
+BROKER_ADMIN = ("guest", "guest")
+
+
+def _broker_users() -> set[str]:
+    response = httpx.get(MANAGEMENT + "/api/users", auth=BROKER_ADMIN)
+    response.raise_for_status()
+    # the engine names its users token-<uuid>; other tests create users meanwhile
+    return {user["name"] for user in response.json() if user["name"].startswith("token-")}
+
+
+async def test_rabbitmq_publishes_stay_2xx_across_two_rollovers_and_users_are_revoked(
+    vault: VaultTestServer, rabbitmq_management: str
+):
+    role = f"qs-{uuid.uuid4().hex[:6]}"
+    vault.enable_rabbitmq_engine(
+        management_url=rabbitmq_management,
+        admin_user=BROKER_ADMIN[0],
+        admin_password=BROKER_ADMIN[1],
+        role=role,
+        ttl=3,
+        max_ttl=6,
+    )
+    queue = f"qs-dyn-{uuid.uuid4().hex[:8]}"
+    settings = dict(
+        vault_addr=vault.url,
+        vault_token=vault.dynamic_credentials_token(role, mount="rabbitmq"),
+        vault_timeout_seconds=2,
+        rabbitmq_host="127.0.0.1",
+        rabbitmq_port=5672,
+        rabbitmq_credentials="dynamic",
+        rabbitmq_vault_role=role,
+        circuit_failure_threshold=50,
+    )
+    before = _broker_users()
+
+    def rotations() -> float:
+        return metric_value("vault_lease_rotations_total", service="rabbitmq", result="rotated")
+
+    rotated = rotations()
+    statuses: list[int] = []
+    users: set[str] = set()
+    try:
+        async with running_app(**settings) as (app, c):
+            keeper = app.extensions["quartstack.credentials"]
+
+            async def worker() -> None:
+                deadline = time.monotonic() + 40
+                while rotations() < rotated + 2:
+                    assert time.monotonic() < deadline, "fewer than two rollovers"
+                    response = await c.post(
+                        f"/examples/messaging/publish?queue_name={queue}", json={"n": 1}
+                    )
+                    statuses.append(response.status_code)
+                    current = keeper._keepers["rabbitmq"].current
+                    if current is not None:
+                        users.add(current.user)
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(worker() for _ in range(12)))
+            users.add(keeper._keepers["rabbitmq"].current.user)
+            deadline = time.monotonic() + 10
+            while len(live := _broker_users() - before) > 1:
+                assert time.monotonic() < deadline, (live, users)
+                await asyncio.sleep(0.1)
+            assert len(live) == 1 and live < users, (live, users)
+        assert _broker_users() - before == set()  # revoked on shutdown
+    finally:
+        httpx.delete(f"{MANAGEMENT}/api/queues/%2F/{queue}", auth=BROKER_ADMIN)
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert len(users) >= 3

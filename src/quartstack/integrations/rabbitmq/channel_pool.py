@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aio_pika.abc import AbstractChannel
@@ -36,12 +37,22 @@ class ChannelPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[AbstractChannel] = []
         self._in_use = 0
+        self._users = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._report()
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[AbstractChannel]:
+        self._users += 1  # waiting, opening or holding: the pool must not close under it
+        try:
+            async with self._channel() as channel:
+                yield channel
+        finally:
+            self._users -= 1
+
+    @contextlib.asynccontextmanager
+    async def _channel(self) -> AsyncIterator[AbstractChannel]:
         async with self._slots:
             channel = self._take_idle() or await self._open_channel()
             self._in_use += 1
@@ -74,6 +85,12 @@ class ChannelPool:
         task = asyncio.get_running_loop().create_task(_close_quietly(channel))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until no caller holds or waits for a channel."""
+        deadline = time.monotonic() + timeout
+        while self._users and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         self._closed = True

@@ -151,6 +151,7 @@ class RabbitMQClient(Backend):
         if connection is not None:
             await _close_connection(connection, pool)
         await asyncio.gather(*self._retiring)
+        await credential_provider(self.app).release(SERVICE)
 
     # --- connection ------------------------------------------------------------------
     async def _ready_connection(self) -> RobustConnection:
@@ -201,6 +202,12 @@ class RabbitMQClient(Backend):
                 raise BackendUnavailable(
                     SERVICE, "rabbitmq refused the login or the virtual host"
                 ) from exc
+        self._adopt(connection)
+        logger.info("rabbitmq connected", extra={"version": server_version(connection)})
+        return connection
+
+    def _adopt(self, connection: RobustConnection) -> None:
+        """Make ``connection`` (and a channel pool on it) the one new publishes use."""
         connection.reconnect_callbacks.add(self._on_reconnected)
         connection.close_callbacks.add(self._on_connection_lost)
         self._pool = ChannelPool(
@@ -211,8 +218,20 @@ class RabbitMQClient(Backend):
         self._connection = connection
         self._lost_at = None
         self._declared.clear()
-        logger.info("rabbitmq connected", extra={"version": server_version(connection)})
-        return connection
+
+    async def rotate_credentials(self) -> None:
+        """Move to new credentials now (a dynamic lease nears its end): new publishes
+        use a new connection; the old one closes once the publishes on it finished
+        (the broker closes a deleted user's connections, so this comes first)."""
+        old_connection, old_pool = self._connection, self._pool
+        if old_connection is None:
+            return  # the next call connects with the new credentials
+        credentials = await credential_provider(self.app).refresh(SERVICE)
+        self._adopt(await self._open(credentials))
+        logger.info("rabbitmq connected with new credentials")
+        if old_pool is not None:
+            await old_pool.drained(_DRAIN_TIMEOUT)
+        await _close_connection(old_connection, old_pool)
 
     async def _open(self, credentials: Credentials) -> RobustConnection:
         settings = self.settings
@@ -406,6 +425,10 @@ def server_version(connection: RobustConnection) -> str | None:
     if isinstance(version, bytes):
         return version.decode(errors="replace")
     return None if version is None else str(version)
+
+
+#: How long a replaced connection may wait for the publishes still using it.
+_DRAIN_TIMEOUT = 30.0
 
 
 async def _close_connection(connection: RobustConnection, pool: ChannelPool | None) -> None:

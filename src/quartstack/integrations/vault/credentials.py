@@ -28,7 +28,7 @@ CREDENTIALS_KEY = "quartstack.credentials"
 logger = logging.getLogger("quartstack.credentials")
 
 #: Backends that can take dynamic credentials (``<NAME>_CREDENTIALS=dynamic``).
-DYNAMIC_SERVICES = ("postgres", "mysql")
+DYNAMIC_SERVICES = ("postgres", "mysql", "rabbitmq")
 
 #: Vault secret name per backend; the env fallback uses the backend's settings prefix.
 SECRET_NAMES = {
@@ -77,7 +77,8 @@ class CredentialProvider:
         vault = self._vault()
         if self.is_dynamic(service):
             lease = await self._keeper(service, vault).get(fresh=fresh)
-            return Credentials(user=lease.user, password=lease.password)
+            vhost = self.settings.rabbitmq_vhost if service == "rabbitmq" else None
+            return Credentials(user=lease.user, password=lease.password, vhost=vhost)
         try:
             data = await vault.read_secret(SECRET_NAMES[service], fresh=fresh)
         except SecretNotFound:
@@ -111,7 +112,12 @@ class CredentialProvider:
         keeper = self._keepers.get(service)
         if keeper is None:
             role = getattr(self.settings, f"{service}_vault_role")
-            path = f"{self.settings.vault_database_mount}/creds/{role}"
+            mount = (
+                self.settings.vault_rabbitmq_mount
+                if service == "rabbitmq"
+                else self.settings.vault_database_mount
+            )
+            path = f"{mount}/creds/{role}"
             keeper = LeaseKeeper(service, vault, path, self._rotation(service))
             self._keepers[service] = keeper
         return keeper
