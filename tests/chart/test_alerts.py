@@ -41,7 +41,7 @@ def test_promtool_check_rules(tmp_path):
         [promtool(), "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test(tmp_path):
@@ -56,6 +56,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(tmp_path):
         "QuartstackBackendUnhealthy",
         "QuartstackRateLimitStorm",
         "QuartstackVaultTokenRenewalFailing",
+        "QuartstackVaultLeaseExpiring",
         "QuartstackTargetDown",
     }
     fired, silent = set(), set()
