@@ -138,7 +138,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
         current = self._current
         if current is None:
             return  # the pool is created with the new credentials at first use
-        await self._rebuild(current)
+        await self._rebuild(current, reason="credentials rotated")
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # --- the pool --------------------------------------------------------------------
@@ -173,7 +173,9 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
             raise BackendUnavailable(self.name, f"{self.name} client is shutting down")
         return PoolGeneration(pool)
 
-    async def _rebuild(self, stale: PoolGeneration[P]) -> PoolGeneration[P]:
+    async def _rebuild(
+        self, stale: PoolGeneration[P], *, reason: str = "credentials rejected"
+    ) -> PoolGeneration[P]:
         """Replace ``stale`` after its credentials were rejected: once, however many
         requests noticed; the stale pool drains and closes in the background."""
         async with self._lock:
@@ -183,7 +185,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
             if self._stopped:
                 raise BackendUnavailable(self.name, f"{self.name} client is shutting down")
             logger.warning(
-                "credentials rejected; rebuilding the pool with fresh ones",
+                f"{reason}; rebuilding the pool with fresh ones",
                 extra={"service": self.name},
             )
             self._current = await self._open(fresh=True)
