@@ -9,7 +9,8 @@ root token. What the tests observe on the server side comes from the server
 itself: token lookups, and a file audit device (declared in the server's
 config, as OpenBao requires) whose request entries give per-path counts.
 
-Faults: ``seal``/``unseal`` are the server's own; hangs, latency, resets and an
+Faults: ``seal``/``unseal`` are the server's own; a real standby is the second node of
+:class:`VaultHAPair`, a two-node Raft cluster; hangs, latency, resets and an
 HTTP error from whatever stands in front of Vault (a load balancer) come from a
 TCP fault proxy that :attr:`url` points at (``fault_proxy=True``, the default).
 """
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -534,3 +536,109 @@ class VaultTestServer:
             'path "sys/leases/revoke" { capabilities = ["update"] }\n',
         )
         return policy
+
+
+class VaultHAPair:
+    """Two OpenBao servers in one Raft cluster: an active node and a standby (what a
+    service meets behind a load balancer that does not know which node is active)."""
+
+    def __init__(self) -> None:
+        self.ports = [(free_port(), free_port()) for _ in range(2)]  # (api, cluster)
+        self.urls = [f"http://127.0.0.1:{api}" for api, _ in self.ports]
+        self.root_token = ""
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def standby_url(self) -> str:
+        return self.urls[1]
+
+    def _config(self, node: int) -> Path:
+        assert self._dir is not None
+        workdir = Path(self._dir.name)
+        (workdir / f"n{node}").mkdir()
+        api, cluster = self.ports[node]
+        join = f'  retry_join {{ leader_api_addr = "{self.urls[0]}" }}\n' if node else ""
+        config = workdir / f"n{node}.hcl"
+        config.write_text(
+            f'storage "raft" {{\n  path = "{workdir / f"n{node}"}"\n  node_id = "n{node}"\n'
+            f"  performance_multiplier = 1\n{join}}}\n"
+            f'listener "tcp" {{\n  address = "127.0.0.1:{api}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster}"\n  tls_disable = true\n}}\n'
+            f'api_addr = "http://127.0.0.1:{api}"\ncluster_addr = "http://127.0.0.1:{cluster}"\n'
+        )
+        return config
+
+    def start(self, timeout: float = 60.0) -> VaultHAPair:
+        self._dir = tempfile.TemporaryDirectory(prefix="openbao-ha-")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        env["HOME"] = self._dir.name
+        try:
+            for node in range(2):
+                with (Path(self._dir.name) / f"n{node}.log").open("wb") as log:
+                    self.processes.append(
+                        subprocess.Popen(
+                            [bao_binary(), "server", f"-config={self._config(node)}"],
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                        )
+                    )
+            deadline = time.monotonic() + timeout
+            with httpx.Client(timeout=5.0) as http:
+                self._until(http, deadline, self.urls[0], lambda r: r.status_code == 501)
+                init = http.put(
+                    f"{self.urls[0]}/v1/sys/init",
+                    json={"secret_shares": 1, "secret_threshold": 1},
+                ).json()
+                self.root_token, key = init["root_token"], init["keys_base64"][0]
+                http.put(f"{self.urls[0]}/v1/sys/unseal", json={"key": key}).raise_for_status()
+                self._until(http, deadline, self.urls[0], lambda r: r.status_code == 200)
+
+                def joined_and_unsealed(response: httpx.Response) -> bool:
+                    if response.status_code == 429:  # the standby's health answer
+                        return True
+                    http.put(f"{self.urls[1]}/v1/sys/unseal", json={"key": key})
+                    return False
+
+                self._until(http, deadline, self.urls[1], joined_and_unsealed)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _until(
+        http: httpx.Client, deadline: float, url: str, done: Callable[[httpx.Response], bool]
+    ) -> None:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if done(http.get(f"{url}/v1/sys/health")):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the OpenBao HA pair did not form ({url})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        self.processes.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> VaultHAPair:
+        return self.start()
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.stop()

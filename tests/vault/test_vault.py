@@ -15,7 +15,7 @@ from quartstack.resilience import BackendUnavailable
 from tests.support.app import captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy, free_port
 from tests.support.process import ServiceProcess
-from tests.support.vault import VaultTestServer
+from tests.support.vault import VaultHAPair, VaultTestServer
 
 PROBLEM = "application/problem+json"
 SECRET = {
@@ -576,6 +576,19 @@ async def test_sealed_vault_is_503_degrades_readiness_and_recovers_after_unseal(
             await asyncio.sleep(0.2)
         assert (await c.get("/health/vault")).status_code == 200
         assert (await c.get("/health/ready")).status_code == 200
+
+
+async def test_standby_vault_is_healthy_with_standby_true():
+    """A real standby: the second node of a two-node Raft cluster."""
+    with VaultHAPair() as pair:
+        async with running_app(
+            **_fast(vault_addr=pair.standby_url, vault_token=pair.root_token)
+        ) as (_, c):
+            health = await c.get("/health/vault")
+            assert health.status_code == 200
+            body = await health.get_json()
+            assert body["status"] == "healthy"
+            assert body["details"]["standby"] is True
 
 
 async def test_slow_vault_is_504(vault):
