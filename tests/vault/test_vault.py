@@ -374,6 +374,34 @@ async def test_wrong_secret_id_keeps_service_up_with_startup_503(vault, approle)
     assert role_id not in text
 
 
+async def test_the_production_approle_reads_its_backend_secrets_and_nothing_else(
+    vault_server: VaultTestServer, tmp_path
+):
+    """The session Vault's production-like role: a policy reading only the service's
+    backend secrets, token and secret-id TTLs bounded."""
+    password = "pg-" + uuid.uuid4().hex
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    vault_server.write_secret("postgres", {"user": "app", "password": password})
+    vault_server.write_secret(other, {"v": 1})
+    role_dir = vault_server.service_approle_dir(tmp_path / "approle")
+    role = ""
+    try:
+        async with running_app(
+            **_fast(vault_addr=vault_server.url, vault_approle_dir=str(role_dir))
+        ) as (app, c):
+            assert (await credential_provider(app).get("postgres")).password == password
+            await assert_problem(await c.get(f"/examples/vault/secret/{other}"), 403)
+            token = vault_server.lookup_token(_app_token(app))
+            assert token is not None and 0 < token["ttl"] <= 3600
+            role = token["meta"]["role_name"]
+            assert token["policies"] == ["default", role]
+    finally:
+        vault_server.delete_secret("postgres")
+        vault_server.delete_secret(other)
+        if role:
+            vault_server.delete_approle(role)
+
+
 def test_wrong_secret_id_in_a_served_process(vault_server: VaultTestServer, tmp_path):
     """The same through ``quartstack serve``: the process's own stderr is clean."""
     role_dir = vault_server.approle_dir(tmp_path / "approle", f"bad-{uuid.uuid4().hex[:8]}")
