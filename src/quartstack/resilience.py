@@ -83,6 +83,14 @@ class CircuitOpen(BackendUnavailable):
         )
 
 
+class CircuitTrialInProgress(CircuitOpen):
+    """The circuit is half-open and its one trial call is still running: fail fast (503)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, 1)
+        self.args = (f"{service} is recovering; a trial call is in progress, retry in 1 s",)
+
+
 class BackendTimeout(BackendError):
     """The backend did not answer within its timeout (504)."""
 
@@ -157,6 +165,13 @@ class BackendGuard:
 
     Client classes own a guard and route every I/O call through :meth:`call`, so
     handlers never repeat the plumbing.
+
+    Half-open admits exactly one trial call. The ``circuitbreaker`` package only
+    tells the state (it lets every caller through once the recovery time is over,
+    so a backend that just came back would get the whole backlog at once); the
+    gate is ours: the first caller in half-open is the trial, everyone else fails
+    fast with :class:`CircuitTrialInProgress` until the trial closes the circuit
+    (success) or opens it again (failure).
     """
 
     def __init__(
@@ -177,6 +192,7 @@ class BackendGuard:
             ignored=ignored,
         )
         self._ignored = ignored
+        self._trial_running = False
         self._durations: dict[str, Any] = {}  # histogram child per operation
 
     @property
@@ -196,8 +212,14 @@ class BackendGuard:
         backend answering correctly: they pass through unchanged and count as
         success for the breaker.
         """
-        if self.breaker.observe() == STATE_OPEN:
+        state = self.breaker.observe()
+        if state == STATE_OPEN:
             raise CircuitOpen(self.service, self.breaker.retry_after)
+        trial = state == STATE_HALF_OPEN
+        if trial:
+            if self._trial_running:
+                raise CircuitTrialInProgress(self.service)
+            self._trial_running = True  # no await since the check: no other caller slips in
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         try:
@@ -215,6 +237,8 @@ class BackendGuard:
                 self.service, f"{self.service} failed ({type(exc).__name__})"
             ) from exc
         finally:
+            if trial:
+                self._trial_running = False
             self._duration(operation).observe(time.perf_counter() - started)
 
     def _duration(self, operation: str) -> Any:
