@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Quart:
             version=__version__,
             description="Quart reference service: Vault, SQL, MongoDB, Redis, RabbitMQ",
         ),
-        redoc_ui_path=None,
+        redoc_ui_path="/redoc",
         scalar_ui_path=None,
     )
     init_lifecycle(app, settings.startup_timeout_seconds)
