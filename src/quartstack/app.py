@@ -36,6 +36,7 @@ from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import init_observability
 from quartstack.web.problems import init_problem_handlers
 from quartstack.web.request_body import init_request_body_checks
+from quartstack.web.scrub import init_success_body_scrubbing
 from quartstack.web.security import init_cors, init_security_headers
 
 SETTINGS_KEY = "quartstack.settings"
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         messaging.blueprint,
     ):
         app.register_blueprint(blueprint)
+    init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores
     return app
 
 

@@ -23,8 +23,9 @@ import hvac.exceptions
 import requests
 
 from quartstack.integrations.base import Backend
+from quartstack.masking import is_sensitive_field, url_passwords
 from quartstack.metrics import VAULT_TOKEN_RENEWALS
-from quartstack.redaction import is_sensitive_field, register_secret
+from quartstack.redaction import register_secret
 from quartstack.resilience import BackendError, BackendUnavailable, retry
 from quartstack.settings import Settings
 
@@ -412,5 +413,9 @@ def register_sensitive_values(data: Any, sensitive: bool = False) -> None:
     elif isinstance(data, list):
         for value in data:
             register_sensitive_values(value, sensitive)
-    elif sensitive and data is not None and not isinstance(data, bool):
-        register_secret(str(data))
+    elif data is not None and not isinstance(data, bool):
+        if sensitive:
+            register_secret(str(data))
+        if isinstance(data, str):
+            for password in url_passwords(data):  # a DSN, whatever its field is called
+                register_secret(password)
