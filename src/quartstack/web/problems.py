@@ -106,19 +106,18 @@ def _instance() -> str:
         return ""
 
 
+# Framework errors the app can meet (Hypercorn answers 414/431 itself, before the app);
+# any other status becomes ``http-<status>``. README's error table lists each one
+# (tests/foundation/test_error_table.py).
 _HTTP_KINDS: dict[int, str] = {
     400: "bad-request",
     404: "not-found",
     405: "method-not-allowed",
     408: "request-timeout",
-    411: "length-required",
     413: "payload-too-large",
-    414: "uri-too-long",
     415: "unsupported-media-type",
     422: "validation-error",
     429: "rate-limited",
-    431: "headers-too-large",
-    503: "service-unavailable",
 }
 
 
