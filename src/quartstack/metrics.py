@@ -112,6 +112,12 @@ BACKEND_CALL_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+BACKEND_CALL_RETRIES = Counter(
+    "backend_call_retries_total",
+    "Idempotent backend reads retried after a connection error (RETRY_* settings).",
+    ["service", "operation"],
+    registry=REGISTRY,
+)
 BACKEND_POOL_CONNECTIONS = Gauge(
     "backend_pool_connections",
     "Connections in a backend pool, by state (in_use, idle, max).",

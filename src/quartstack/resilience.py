@@ -5,7 +5,8 @@ counts the outcome, a timeout bounds the call *inside* the breaker (an outer
 cancellation is a ``BaseException`` the breaker would count as success), and the
 duration lands in ``backend_call_duration_seconds``. Failures leave as
 :class:`BackendUnavailable` (503) or :class:`BackendTimeout` (504), which the web
-layer renders as problem+json.
+layer renders as problem+json. Idempotent reads may retry connection errors
+(:class:`RetryPolicy`) inside that one timeout.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from quartstack.metrics import (
     BACKEND_CALL_DURATION,
+    BACKEND_CALL_RETRIES,
     CIRCUIT_CLOSED,
     CIRCUIT_FAILURES,
     CIRCUIT_HALF_OPENED,
@@ -160,6 +163,33 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         return max(1, int(self.open_remaining))
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of idempotent reads (``RETRY_*`` settings), with full jitter.
+
+    Only connection errors are retried (the request never reached the backend, or
+    the connection died under a read that can run again), and only inside the
+    call's one timeout: a retry whose backoff would end past the deadline is not
+    made, and a timeout is never retried, since it already spent the budget.
+    """
+
+    attempts: int = 1
+    base_delay: float = 0.1
+    max_delay: float = 2.0
+
+    def backoff(self, failed: int) -> float:
+        """Pause after the ``failed``-th failed attempt (1-based)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * math.pow(2, failed - 1)))
+
+
+NO_RETRY = RetryPolicy()
+
+
+def is_connection_error(exc: Exception) -> bool:
+    """The default "transient" test: the connection was refused, reset or dropped."""
+    return isinstance(exc, ConnectionError)
+
+
 class BackendGuard:
     """One backend's circuit breaker, timeout and call metrics.
 
@@ -182,9 +212,13 @@ class BackendGuard:
         failure_threshold: int = 5,
         recovery_timeout: float = 60.0,
         ignored: tuple[type[BaseException], ...] = (),
+        retry: RetryPolicy = NO_RETRY,
+        transient: Callable[[Exception], bool] = is_connection_error,
     ) -> None:
         self.service = service
         self.timeout = timeout
+        self.retry = retry
+        self.transient = transient
         self.breaker = ObservedCircuitBreaker(
             service,
             failure_threshold=failure_threshold,
@@ -205,12 +239,15 @@ class BackendGuard:
         func: Callable[[], Awaitable[T]],
         *,
         timeout: float | None = None,
+        idempotent: bool = False,
     ) -> T:
         """Run ``func()`` under the breaker with a timeout; map failures to backend errors.
 
         Exceptions listed in ``ignored`` (e.g. "secret not found") are the
         backend answering correctly: they pass through unchanged and count as
-        success for the breaker.
+        success for the breaker. An ``idempotent`` call (a read that can safely
+        run twice) retries ``transient`` errors under :attr:`retry`; the breaker
+        sees one outcome for the whole call.
         """
         state = self.breaker.observe()
         if state == STATE_OPEN:
@@ -224,8 +261,10 @@ class BackendGuard:
         started = time.perf_counter()
         try:
             with self.breaker:
-                async with asyncio.timeout(limit):
-                    return await func()
+                async with asyncio.timeout(limit) as budget:
+                    if not idempotent or self.retry.attempts <= 1:
+                        return await func()
+                    return await self._with_retries(operation, func, budget)
         except TimeoutError as exc:
             raise BackendTimeout(self.service, limit) from exc
         except BackendError:
@@ -240,6 +279,29 @@ class BackendGuard:
             if trial:
                 self._trial_running = False
             self._duration(operation).observe(time.perf_counter() - started)
+
+    async def _with_retries(
+        self, operation: str, func: Callable[[], Awaitable[T]], budget: asyncio.Timeout
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        failed = 0
+        while True:
+            try:
+                return await func()
+            except Exception as exc:
+                failed += 1
+                if (
+                    failed >= self.retry.attempts
+                    or isinstance(exc, (TimeoutError, BackendError, *self._ignored))
+                    or not self.transient(exc)
+                ):
+                    raise
+                pause = self.retry.backoff(failed)
+                deadline = budget.when()
+                if deadline is not None and loop.time() + pause >= deadline:
+                    raise  # no time left for another attempt: fail now, not at the deadline
+            BACKEND_CALL_RETRIES.labels(self.service, operation).inc()
+            await asyncio.sleep(pause)
 
     def _duration(self, operation: str) -> Any:
         """The histogram child of ``operation``, looked up once (``labels()`` locks)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from quart import Quart, current_app
 
-from quartstack.resilience import BackendGuard, BackendNotConfigured
+from quartstack.resilience import BackendGuard, BackendNotConfigured, RetryPolicy
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -40,6 +40,12 @@ class Backend(abc.ABC):
             failure_threshold=settings.circuit_failure_threshold,
             recovery_timeout=settings.circuit_recovery_seconds,
             ignored=self.ignored_exceptions(),
+            retry=RetryPolicy(
+                attempts=settings.retry_attempts,
+                base_delay=settings.retry_base_delay_seconds,
+                max_delay=settings.retry_max_delay_seconds,
+            ),
+            transient=self.is_transient,
         )
         self.app: Quart | None = None
 
@@ -51,6 +57,11 @@ class Backend(abc.ABC):
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
         """Exceptions that mean the backend answered correctly (not a circuit failure)."""
         return ()
+
+    def is_transient(self, exc: Exception) -> bool:
+        """A connection error after which an idempotent read may run again (the
+        driver's own classes; never its timeouts)."""
+        return isinstance(exc, ConnectionError)
 
     def init_app(self, app: Quart) -> None:
         self.app = app

@@ -97,6 +97,9 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
         """A pooled connection died while idle; a fresh one may well succeed."""
         return False
 
+    def is_transient(self, exc: Exception) -> bool:
+        return super().is_transient(exc) or self._is_lost_connection(exc)
+
     @abc.abstractmethod
     def _pool_usage(self, pool: P) -> tuple[int, int]:
         """(in use, idle) connections of ``pool``."""
@@ -211,7 +214,8 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
 
         Rejected credentials are retried once on a rebuilt pool (the server refused
         the login, so nothing ran). A connection that died while idle in the pool is
-        retried once on a fresh one, but only when ``idempotent``.
+        retried once on a fresh one, but only when ``idempotent``; an idempotent call
+        also retries connection errors with backoff (``RETRY_*``, in the guard).
         """
 
         async def call() -> T:
@@ -228,7 +232,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
                     else:
                         raise
 
-        return await self.guard.call(operation, call)
+        return await self.guard.call(operation, call, idempotent=idempotent)
 
     async def _use(self, generation: PoolGeneration[P], func: Callable[[C], Awaitable[T]]) -> T:
         generation.enter()

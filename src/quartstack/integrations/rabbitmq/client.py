@@ -331,7 +331,7 @@ class RabbitMQClient(Backend):
     # --- inspection and health ----------------------------------------------------------
     async def queue_info(self, queue: str) -> QueueInfo:
         """Counts of ``queue`` by a passive declare: never creates it."""
-        return await self.guard.call("queue_info", lambda: self._inspect(queue))
+        return await self.guard.call("queue_info", lambda: self._inspect(queue), idempotent=True)
 
     async def _inspect(self, queue: str) -> QueueInfo:
         connection = await self._ready_connection()

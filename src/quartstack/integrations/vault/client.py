@@ -89,6 +89,9 @@ class VaultClient(Backend):
         # Vault answered: a missing path, a refused token or bad input is not an outage.
         return (*_REJECTIONS, VaultLoginRejected)
 
+    def is_transient(self, exc: Exception) -> bool:
+        return isinstance(exc, requests.exceptions.ConnectionError)
+
     @property
     def startup_blocked(self) -> bool:
         """Startup is not done while Vault rejects our credentials and no login ever
@@ -157,22 +160,29 @@ class VaultClient(Backend):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, func)
 
-    async def _guarded(self, operation: str, func: Callable[[hvac.Client], T]) -> T:
+    async def _guarded(
+        self, operation: str, func: Callable[[hvac.Client], T], idempotent: bool = False
+    ) -> T:
         client = self._require_client()
-        return await self.guard.call(operation, lambda: self._in_thread(lambda: func(client)))
+        return await self.guard.call(
+            operation, lambda: self._in_thread(lambda: func(client)), idempotent=idempotent
+        )
 
-    async def call(self, operation: str, func: Callable[[hvac.Client], T]) -> T:
-        """Run an authenticated hvac call; on 403 log in again once and retry once."""
+    async def call(
+        self, operation: str, func: Callable[[hvac.Client], T], *, idempotent: bool = False
+    ) -> T:
+        """Run an authenticated hvac call; on 403 log in again once and retry once.
+        An ``idempotent`` call (a read) also retries connection errors (``RETRY_*``)."""
         if not self._authenticated:
             await self._login_for_call(self._generation)
         generation = self._generation
         try:
-            return await self._guarded(operation, func)
+            return await self._guarded(operation, func, idempotent)
         except hvac.exceptions.Forbidden:
             logger.warning("vault answered 403; logging in again", extra={"operation": operation})
         await self._login_for_call(generation)
         try:
-            return await self._guarded(operation, func)
+            return await self._guarded(operation, func, idempotent)
         except hvac.exceptions.Forbidden as exc:
             raise BackendUnavailable("vault", "vault denied access to the service") from exc
 
@@ -343,6 +353,7 @@ class VaultClient(Backend):
                 lambda c: c.secrets.kv.v2.read_secret_version(
                     path=name, mount_point=mount, raise_on_deleted_version=True
                 ),
+                idempotent=True,
             )
         except hvac.exceptions.InvalidPath:
             raise SecretNotFound(name) from None
