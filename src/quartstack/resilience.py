@@ -226,7 +226,7 @@ class BackendGuard:
             ignored=ignored,
         )
         self._ignored = ignored
-        self._trial_running = False
+        self._trial: asyncio.Task[Any] | None = None  # the task making the trial call
         self._durations: dict[str, Any] = {}  # histogram child per operation
 
     @property
@@ -252,11 +252,14 @@ class BackendGuard:
         state = self.breaker.observe()
         if state == STATE_OPEN:
             raise CircuitOpen(self.service, self.breaker.retry_after)
-        trial = state == STATE_HALF_OPEN
-        if trial:
-            if self._trial_running:
+        trial = False
+        if state == STATE_HALF_OPEN:
+            current = asyncio.current_task()
+            if self._trial is None:
+                # No await since the check: no other caller can slip in.
+                self._trial, trial = current, True
+            elif self._trial is not current:  # a call nested in the trial is part of it
                 raise CircuitTrialInProgress(self.service)
-            self._trial_running = True  # no await since the check: no other caller slips in
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         try:
@@ -277,7 +280,7 @@ class BackendGuard:
             ) from exc
         finally:
             if trial:
-                self._trial_running = False
+                self._trial = None
             self._duration(operation).observe(time.perf_counter() - started)
 
     async def _with_retries(

@@ -100,3 +100,13 @@ async def test_a_cancelled_trial_lets_the_next_caller_try():
     assert await guard.call("op", backend) == "ok"
     assert backend.calls == 2
     assert guard.state == "closed"
+
+
+async def test_a_call_nested_in_the_trial_is_part_of_it():
+    guard = await _opened_then_half_open()
+
+    async def connect_then_read() -> str:
+        return await guard.call("connect", lambda: asyncio.sleep(0, "inner"))
+
+    assert await guard.call("read", connect_then_read) == "inner"
+    assert guard.state == "closed"
