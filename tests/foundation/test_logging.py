@@ -99,9 +99,7 @@ def test_lines_beyond_the_queue_are_dropped_and_counted():
     reports = [e for e in entries if e["message"] == "log lines dropped: stderr did not keep up"]
     dropped = sum(int(str(report["dropped"])) for report in reports)
     assert dropped > 0 and reports[0]["level"] == "WARNING"
-    assert len(written) + dropped == LINES
-    # The memory held is bounded: at most the queue plus what the pipe buffer took.
-    assert len(written) < LINES
+    assert len(written) + dropped == LINES  # every line is either written or counted
 
 
 def test_the_service_writes_its_last_lines_on_exit():

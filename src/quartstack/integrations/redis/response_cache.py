@@ -222,7 +222,8 @@ def cached_response(
                 if shared is not None:
                     CACHE_HITS.labels(endpoint).inc()
                     return _respond(shared, f"{scope}, max-age={ttl}", "HIT")
-                flight = cache.flights.joined(key)  # nothing shared: lead or join anew
+                # Nothing shared: lead a new flight, or render alone if one already started.
+                flight = cache.flights.joined(key)
             entry: dict[str, Any] | None = None
             try:
                 CACHE_MISSES.labels(endpoint).inc()
