@@ -178,9 +178,10 @@ class VaultTestServer:
             self._ok(self.http.put("/v1/sys/unseal", json={"key": "test-unseal-key"}))
 
     # --- fault switches (test server only) -----------------------------------------------
-    def set_latency(self, seconds: float) -> None:
-        """Hold every Vault API answer for ``seconds``."""
-        self._ok(self.http.post("/_test/latency", json={"seconds": seconds}))
+    def set_latency(self, seconds: float, path: str = "") -> None:
+        """Hold every Vault API answer (or those whose path starts with ``path``,
+        e.g. ``/v1/secret/``) for ``seconds``."""
+        self._ok(self.http.post("/_test/latency", json={"seconds": seconds, "path": path}))
 
     def set_failure(self, status: int | None) -> None:
         """Answer every Vault API call with ``status`` (None: back to normal)."""

@@ -153,6 +153,7 @@ class VaultState:
         self.sealed = False
         self.standby = False
         self.latency = 0.0
+        self.latency_prefix = ""  # only paths starting with this are held ("" = all)
         self.failure: int | None = None
         self.tokens: dict[str, Token] = {root_token: Token(root_token, ["root"], 0, 0, False)}
         self.roles: dict[str, Role] = {}
@@ -259,6 +260,8 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.counts[path] = st.counts.get(path, 0) + 1
                 latency, failure = st.latency, st.failure
+                if not path.startswith(st.latency_prefix):
+                    latency = 0.0
             if latency:
                 time.sleep(latency)
             if failure:
@@ -607,6 +610,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise _unsupported()
             if path == "/_test/latency":
                 st.latency = float(body.get("seconds") or 0)
+                st.latency_prefix = str(body.get("path") or "")
             elif path == "/_test/failure":
                 status = body.get("status")
                 st.failure = int(status) if status else None
