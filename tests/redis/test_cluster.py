@@ -8,7 +8,7 @@ import uuid
 
 from redis.cluster import RedisCluster as ClusterClient
 
-from tests.support.app import running_app
+from tests.support.app import TEST_KEY_PREFIX, running_app
 
 
 def _cli_nodes(cluster, port):
@@ -148,7 +148,7 @@ async def test_rate_limit_shared_on_the_cluster(redis_cluster, client_ip):
         for i in range(10):
             statuses.append((await (first if i % 2 else second).get("/", **scope)).status_code)
         assert statuses == [200] * 6 + [429] * 4
-    pattern = f"quartstack:rl:{{{client_ip}}}*"
+    pattern = f"{TEST_KEY_PREFIX}:rl:{{{client_ip}}}*"
     holders = [
         port
         for port in redis_cluster.masters()
@@ -172,11 +172,12 @@ async def test_idempotency_on_the_cluster(redis_cluster, prefix):
         await c.delete(f"/examples/cache/{prefix}")
 
 
-async def test_invalidation_scans_every_master(redis_cluster, prefix):
+async def test_invalidation_scans_every_master(redis_cluster):
+    name = f"s{uuid.uuid4().hex[:10]}"
     direct = ClusterClient(host="127.0.0.1", port=redis_cluster.masters()[0])
     for i in range(60):
-        direct.set(f"quartstack:resp:/examples/vault/secret/{prefix}-{i}", "{}", ex=300)
-    pattern = f"quartstack:resp:/examples/vault/secret/{prefix}-*"
+        direct.set(f"{TEST_KEY_PREFIX}:resp:/examples/vault/secret/{name}-{i}", "{}", ex=300)
+    pattern = f"{TEST_KEY_PREFIX}:resp:/examples/vault/secret/{name}-*"
 
     def on_each_master():
         return [
@@ -186,9 +187,7 @@ async def test_invalidation_scans_every_master(redis_cluster, prefix):
 
     assert all(on_each_master())
     async with running_app(redis_nodes=redis_cluster.node_list.split(",")) as (_, c):
-        response = await c.delete(
-            f"/redis/cache/responses?pattern=/examples/vault/secret/{prefix}-*"
-        )
+        response = await c.delete(f"/redis/cache/responses?pattern=/examples/vault/secret/{name}-*")
         assert response.status_code == 200
         assert (await response.get_json())["deleted"] == 60
     assert not any(on_each_master())

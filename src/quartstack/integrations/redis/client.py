@@ -132,6 +132,11 @@ class RedisClient(Backend):
         self._username: str | None = None
         self._connect_lock = asyncio.Lock()
 
+    def key(self, name: str) -> str:
+        """``name`` under ``REDIS_KEY_PREFIX``: every key the service writes goes through
+        here, so deployments sharing one Redis never read each other's state."""
+        return f"{self.settings.redis_key_prefix}:{name}"
+
     @property
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)

@@ -40,10 +40,9 @@ class IdempotencyStore:
         self.redis = redis
         self.ttl = ttl
 
-    @staticmethod
-    def redis_key(key: str) -> str:
+    def redis_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"quartstack:idem:{{{digest}}}"
+        return self.redis.key(f"idem:{{{digest}}}")
 
     async def claim(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         """Claim ``key``; return None if claimed now, else the stored record."""
