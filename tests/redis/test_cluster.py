@@ -8,7 +8,7 @@ import uuid
 
 from redis.cluster import RedisCluster as ClusterClient
 
-from tests.support.app import TEST_KEY_PREFIX, running_app
+from tests.support.app import TEST_KEY_PREFIX, metric_value, running_app
 
 
 def _cli_nodes(cluster, port):
@@ -209,3 +209,24 @@ async def test_one_node_reporting_cluster_mode_is_used_as_a_cluster(redis_cluste
         assert health["cluster_enabled"] is True and health["total_nodes"] == 1
         for key in keys:
             await c.delete(f"/examples/cache/{key}")
+
+
+async def test_a_burst_beyond_the_pool_is_limited_exactly(redis_cluster, client_ip):
+    """Pool exhaustion is backpressure: 200 concurrent requests from one client with a
+    pool of 5 per node, and exactly the limit is answered 2xx (none fail open)."""
+    settings = dict(
+        redis_nodes=redis_cluster.node_list.split(","),
+        rate_limit_enabled=True,
+        rate_limit_default=50,
+        redis_pool_max=5,
+    )
+    scope = {"scope_base": {"client": (client_ip, 40000)}}
+    for port in redis_cluster.masters():  # the first batch on each master loads the script
+        redis_cluster.cli(port, "script", "flush")
+    async with running_app(**settings) as (_, c):
+        errors = metric_value("rate_limit_store_errors_total")
+        responses = await asyncio.gather(*(c.get("/", **scope) for _ in range(200)))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 50, sorted(set(statuses))
+        assert statuses.count(429) == 150
+        assert metric_value("rate_limit_store_errors_total") == errors
