@@ -40,6 +40,7 @@ class Backend(abc.ABC):
             failure_threshold=settings.circuit_failure_threshold,
             recovery_timeout=settings.circuit_recovery_seconds,
             ignored=self.ignored_exceptions(),
+            neutral=self.neutral_exceptions(),
         )
         self.app: Quart | None = None
 
@@ -50,6 +51,10 @@ class Backend(abc.ABC):
 
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
         """Exceptions that mean the backend answered correctly (not a circuit failure)."""
+        return ()
+
+    def neutral_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Exceptions caused by the request or the data: they never move the breaker."""
         return ()
 
     def init_app(self, app: Quart) -> None:

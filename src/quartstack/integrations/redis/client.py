@@ -28,6 +28,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     ClusterError,
+    DataError,
     MaxConnectionsError,
     NoPermissionError,
     OutOfMemoryError,
@@ -35,6 +36,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quartstack.integrations.base import Backend
 from quartstack.integrations.redis.cluster import parse_info_text
@@ -74,6 +76,20 @@ class RedisPoolExhausted(BackendUnavailable):
 
     def __init__(self) -> None:
         super().__init__("redis", "redis: every pooled connection is busy", retry_after=1)
+
+
+class WaitingConnectionPool(BlockingConnectionPool):
+    """Waits for a free connection; a wait that runs out is our own overload, raised as
+    ``MaxConnectionsError`` (neutral for the breaker), not as the ``ConnectionError``
+    redis-py raises, which would count as Redis failing."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise MaxConnectionsError("no pooled connection became free") from exc
+            raise
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,7 @@ class RedisClient(Backend):
                 timeout=settings.backend_timeout_seconds,
                 failure_threshold=settings.circuit_failure_threshold,
                 recovery_timeout=settings.circuit_recovery_seconds,
-                ignored=self.ignored_exceptions(),
+                neutral=self.neutral_exceptions(),
             )
             for node in self.nodes
         }
@@ -141,10 +157,13 @@ class RedisClient(Backend):
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)
 
-    def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
-        # A reply about the command (wrong type, bad script) means Redis answered;
-        # the transient error replies were turned into RedisNotServing before this.
-        return (ResponseError, RedisPoolExhausted)
+    def neutral_exceptions(self) -> tuple[type[BaseException], ...]:
+        # Caused by the request or the data, never by Redis failing: a reply about the
+        # command (WRONGTYPE, a bad script; the transient error replies were turned into
+        # RedisNotServing before this), a value that does not decode, our own pool being
+        # full under load. Counting them would let a client open the circuit at will,
+        # and an open circuit switches off rate limiting.
+        return (ResponseError, DataError, UnicodeDecodeError, RedisPoolExhausted)
 
     # --- lifecycle -------------------------------------------------------------------
     def init_app(self, app: Quart) -> None:
@@ -195,11 +214,13 @@ class RedisClient(Backend):
     def _standalone(self, node: RedisNode, *, max_connections: int, retries: int = 2) -> Redis:
         """A client for one node whose pool waits (up to the timeout) for a free
         connection instead of failing at once when all are busy."""
-        pool = BlockingConnectionPool(
+        pool = WaitingConnectionPool(
             host=node.host,
             port=node.port,
             max_connections=max_connections,
-            timeout=self.settings.backend_timeout_seconds,
+            # Gives up before the call's own timeout, so a long wait is reported as the
+            # pool being full (neutral), not as Redis timing out (a failure).
+            timeout=self.settings.backend_timeout_seconds * 0.8,
             **self._options(retries=retries),
         )
         return Redis.from_pool(pool)
