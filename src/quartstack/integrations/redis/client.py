@@ -85,7 +85,7 @@ class WaitingConnectionPool(BlockingConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().get_connection(*args, **kwargs)
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except RedisConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError):
                 raise MaxConnectionsError("no pooled connection became free") from exc
