@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -15,10 +16,12 @@ import redis as redis_sync
 from quartstack.app import create_app
 from quartstack.settings import load_settings
 from tests.redis.conftest import private_redis_server
+from tests.redis.fake_redis6 import FakeRedis6
 from tests.support.app import TEST_KEY_PREFIX, captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy
 
 PROBLEM = "application/problem+json"
+HEADER = "Idempotency-Key"
 REDIS = dict(redis_host="127.0.0.1", redis_port=6379, rate_limit_enabled=True)
 
 
@@ -325,3 +328,43 @@ async def test_invalidation_scans_in_batches_without_keys():
             disabled = await c.delete("/redis/cache/responses?pattern=/health/all")
             assert disabled.status_code == 409 and disabled.content_type == PROBLEM
             assert (await disabled.get_json())["type"] == "/problems/cache-disabled"
+
+
+async def test_idempotency_fails_open_cleanly_on_redis_6(prefix):
+    """Redis 6 refuses SET NX GET: keyed POSTs are processed, counted, logged once, no 500."""
+    async with FakeRedis6() as fake:
+        settings = dict(redis_host="127.0.0.1", redis_port=fake.port)
+        async with running_app(**settings) as (_, c):
+            before = metric_value("idempotency_not_enforced_total", reason="unsupported_server")
+            with captured_json_logs() as logs:
+                for value in ("one", "two", "three"):
+                    response = await c.post(
+                        f"/examples/cache/{prefix}?value={value}",
+                        headers={"Idempotency-Key": f"idem-{prefix}"},
+                    )
+                    assert response.status_code == 200, await response.get_data()
+                    assert "Idempotency-Replayed" not in response.headers
+            after = metric_value("idempotency_not_enforced_total", reason="unsupported_server")
+            assert after == before + 3
+            assert logs.getvalue().count("idempotency not enforced") == 1
+            assert fake.data[prefix.encode()] == b"three"
+
+
+async def test_a_response_too_large_to_keep_stores_status_and_digest(prefix):
+    key = f"idem-{uuid.uuid4().hex}"
+    value = "v" * 500
+    async with running_app(**REDIS, idempotency_max_stored_bytes=100) as (_, c):
+        first = await c.post(f"/examples/cache/{prefix}?value={value}", headers={HEADER: key})
+        assert first.status_code == 200
+        body = await first.get_data()
+        assert len(body) > 500
+        record = json.loads(redis_sync.Redis(port=6379).get(_idempotency_record(key)))
+        assert "body" not in record and record["status"] == 200
+        assert len(json.dumps(record)) < 400  # the body is not in Redis
+        retry = await c.post(f"/examples/cache/{prefix}?value={value}", headers={HEADER: key})
+        assert retry.status_code == 409 and retry.content_type == PROBLEM
+        assert (await retry.get_json())["type"] == "/problems/idempotency-response-not-stored"
+        assert retry.headers["Idempotency-Original-Status"] == "200"
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert retry.headers["Idempotency-Original-Digest"] == f"sha-256=:{digest}:"
+    redis_sync.Redis(port=6379).delete(prefix, _idempotency_record(key))
