@@ -238,3 +238,33 @@ async def test_binary_values_are_base64_and_never_open_the_circuit(prefix, clien
         assert statuses == [200, 200, 200, 429]
         plain = await (await c.get(f"/examples/cache/{text}", **_as(client_ip + "9"))).get_json()
         assert plain["value"] == "h\u00e9llo" and plain["encoding"] == "utf-8"
+
+
+async def test_concurrent_requests_across_a_rotation_all_succeed(private_redis, vault_server):
+    """20 requests notice the rotated password at once: the client is rebuilt once, and
+    no request closes the fresh client another one is using (five rotations in a row, as
+    the race does not show every time)."""
+    direct = redis_sync.Redis(port=private_redis, decode_responses=True)
+    direct.config_set("requirepass", "rot-0-pw")
+    settings = dict(_redis_password_from_vault(private_redis, vault_server), redis_pool_max=30)
+    try:
+        vault_server.write_secret("redis-1", {"password": "rot-0-pw"})
+        async with running_app(**settings) as (_, c):
+            for rotation in range(1, 6):
+                warm = await asyncio.gather(*(c.get("/examples/cache/rot") for _ in range(20)))
+                assert {r.status_code for r in warm} == {200}
+                old, new = f"rot-{rotation - 1}-pw", f"rot-{rotation}-pw"
+                with redis_sync.Redis(port=private_redis, password=old) as authed:
+                    authed.config_set("requirepass", new)
+                vault_server.write_secret("redis-1", {"password": new})
+                with redis_sync.Redis(port=private_redis, password=new) as authed:
+                    authed.client_kill_filter(_type="normal", skipme=True)  # every pooled one
+                responses = await asyncio.gather(
+                    *(c.post(f"/examples/cache/rot{i}?value={rotation}") for i in range(20))
+                )
+                statuses = [r.status_code for r in responses]
+                assert statuses == [200] * 20, (rotation, statuses)
+            reads = await asyncio.gather(*(c.get(f"/examples/cache/rot{i}") for i in range(20)))
+            assert {(await r.get_json())["value"] for r in reads} == {"5"}
+    finally:
+        vault_server.delete_secret("redis-1")

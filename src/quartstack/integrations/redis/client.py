@@ -39,6 +39,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quartstack.integrations.base import Backend
+from quartstack.integrations.pooled import PoolGeneration
 from quartstack.integrations.redis.cluster import parse_info_text
 from quartstack.integrations.vault.credentials import credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
@@ -50,6 +51,8 @@ T = TypeVar("T")
 logger = logging.getLogger("quartstack.redis")
 
 AnyRedis = Redis | RedisCluster
+#: How long a client replaced after a rotation may serve its last calls before closing.
+RETIRE_TIMEOUT = 30.0
 _RAW_COMMANDS = ("CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER INFO")
 
 #: Error replies that mean "Redis cannot serve this now" (cluster down or resharding,
@@ -130,7 +133,8 @@ class RedisClient(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.nodes = parse_nodes(settings)
-        self._client: AnyRedis | None = None
+        self._current: PoolGeneration[AnyRedis] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._node_clients: dict[str, Redis] = {}
         # One breaker per node for per-node introspection: a node that is down after a
         # failover (the cluster still serves) must not open the circuit of all traffic.
@@ -152,6 +156,10 @@ class RedisClient(Backend):
         """``name`` under ``REDIS_KEY_PREFIX``: every key the service writes goes through
         here, so deployments sharing one Redis never read each other's state."""
         return f"{self.settings.redis_key_prefix}:{name}"
+
+    @property
+    def _client(self) -> AnyRedis | None:
+        return self._current.pool if self._current is not None else None
 
     @property
     def is_cluster(self) -> bool:
@@ -192,9 +200,10 @@ class RedisClient(Backend):
         clients: list[AnyRedis] = list(self._node_clients.values())
         if self._client is not None:
             clients.append(self._client)
-        self._client = None
-        self._node_clients.clear()
+        self._current = None
+        self._node_clients = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _options(self, retries: int = 2) -> dict[str, Any]:
         """Connection options shared by the data client and the per-node clients."""
@@ -225,38 +234,40 @@ class RedisClient(Backend):
         )
         return Redis.from_pool(pool)
 
-    async def _connect(self) -> AnyRedis:
+    async def _connect(self) -> PoolGeneration[AnyRedis]:
         async with self._connect_lock:
-            if self._client is not None:
-                return self._client
-            if not self.nodes:
-                raise BackendUnavailable("redis", "no redis node is configured")
-            credentials = await credential_provider(self.app).get("redis")
-            self._username, self._password = credentials.user, credentials.password
-            first = self.nodes[0]
-            client: AnyRedis
-            connect: Awaitable[Any]
-            if len(self.nodes) > 1 or await self._reports_cluster(first):
-                client = RedisCluster(
-                    startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
-                    require_full_coverage=False,
-                    max_connections=self.settings.redis_pool_max,
-                    **self._options(),
-                )
-                connect = client.initialize()
-            else:
-                client = self._standalone(first, max_connections=self.settings.redis_pool_max)
-                connect = cast(Awaitable[bool], client.ping())
-            try:
-                await connect
-            except BaseException:
-                await client.aclose()
-                raise
-            self._client = client
-            logger.info(
-                "redis connected", extra={"cluster": self.is_cluster, "nodes": len(self.nodes)}
+            if self._current is None:
+                self._current = await self._open()
+            return self._current
+
+    async def _open(self) -> PoolGeneration[AnyRedis]:
+        """Build the data client with the credentials Vault has now and prove it works."""
+        if not self.nodes:
+            raise BackendUnavailable("redis", "no redis node is configured")
+        credentials = await credential_provider(self.app).get("redis")
+        self._username, self._password = credentials.user, credentials.password
+        first = self.nodes[0]
+        client: AnyRedis
+        connect: Awaitable[Any]
+        if len(self.nodes) > 1 or await self._reports_cluster(first):
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
+                require_full_coverage=False,
+                max_connections=self.settings.redis_pool_max,
+                **self._options(),
             )
-            return client
+            connect = client.initialize()
+        else:
+            client = self._standalone(first, max_connections=self.settings.redis_pool_max)
+            connect = cast(Awaitable[bool], client.ping())
+        try:
+            await connect
+        except BaseException:
+            await client.aclose()
+            raise
+        cluster = isinstance(client, RedisCluster)
+        logger.info("redis connected", extra={"cluster": cluster, "nodes": len(self.nodes)})
+        return PoolGeneration(client)
 
     async def _reports_cluster(self, node: RedisNode) -> bool:
         info = await self.node_client(node).info("cluster")
@@ -278,15 +289,21 @@ class RedisClient(Backend):
         authentication failure with fresh credentials (the password was rotated in Vault)."""
 
         async def call() -> T:
+            generation = self._current or await self._connect()
             try:
-                client = self._client or await self._connect()
-                result = await _classified(func(client))
+                return await self._use(generation, func)
             except AuthenticationError:
-                await self._reset_after_auth_failure()
-                result = await _classified(func(await self._connect()))
-            return result
+                return await self._use(await self._rebuild(generation), func)
 
         return await self.guard.call(operation, call)
+
+    @staticmethod
+    async def _use(generation: PoolGeneration[AnyRedis], func: Callable[[Any], Awaitable[T]]) -> T:
+        generation.enter()
+        try:
+            return await _classified(func(generation.pool))
+        finally:
+            generation.leave()
 
     async def ensure_connected(self) -> None:
         """Connect now if not yet connected (then ``is_cluster`` is known)."""
@@ -303,14 +320,31 @@ class RedisClient(Backend):
             operation, lambda: _classified(func(self.node_client(node)))
         )
 
-    async def _reset_after_auth_failure(self) -> None:
-        old, self._client = self._client, None
-        await credential_provider(self.app).refresh("redis")
-        for client in list(self._node_clients.values()):
-            await client.aclose()
-        self._node_clients.clear()
-        if old is not None:
-            await old.aclose()
+    async def _rebuild(self, stale: PoolGeneration[AnyRedis]) -> PoolGeneration[AnyRedis]:
+        """Replace ``stale`` after Redis rejected its credentials: once, however many
+        requests noticed at the same time (as the SQL pools do). The stale client and the
+        node clients of its credentials close once the calls still using them finish."""
+        async with self._connect_lock:
+            current = self._current
+            if current is not None and current is not stale:
+                return current  # another request rebuilt it already
+            logger.warning("redis rejected the credentials; reconnecting with fresh ones")
+            await credential_provider(self.app).refresh("redis")
+            old_nodes, self._node_clients = list(self._node_clients.values()), {}
+            self._current = await self._open()
+        if current is stale:
+            task = asyncio.create_task(self._retire(stale, old_nodes), name="redis-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return self._current
+
+    @staticmethod
+    async def _retire(stale: PoolGeneration[AnyRedis], nodes: list[Redis]) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRE_TIMEOUT):
+                await stale.drained.wait()
+        clients: list[AnyRedis] = [stale.pool, *nodes]
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     def pool_sizes(self) -> tuple[int, int, int]:
         """(in use, idle, max) connections of the data client's pool(s)."""
