@@ -230,3 +230,17 @@ async def test_a_burst_beyond_the_pool_is_limited_exactly(redis_cluster, client_
         assert statuses.count(200) == 50, sorted(set(statuses))
         assert statuses.count(429) == 150
         assert metric_value("rate_limit_store_errors_total") == errors
+
+
+async def test_a_burst_of_reads_waits_for_connections(redis_cluster, prefix):
+    """Commands and pipelines wait for a free connection on the cluster (as the standalone
+    pool does) instead of failing when REDIS_POOL_MAX are busy."""
+    settings = dict(redis_nodes=redis_cluster.node_list.split(","), redis_pool_max=3)
+    async with running_app(**settings) as (_, c):
+        writes = await asyncio.gather(
+            *(c.post(f"/examples/cache/{prefix}:{i}?value={i}") for i in range(100))
+        )
+        reads = await asyncio.gather(*(c.get(f"/examples/cache/{prefix}:{i}") for i in range(100)))
+        assert [r.status_code for r in writes + reads] == [200] * 200
+        assert [(await r.get_json())["value"] for r in reads] == [str(i) for i in range(100)]
+        await asyncio.gather(*(c.delete(f"/examples/cache/{prefix}:{i}") for i in range(100)))

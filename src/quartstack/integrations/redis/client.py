@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quartstack.integrations.base import Backend
 from quartstack.integrations.pooled import PoolGeneration
 from quartstack.integrations.redis.cluster import parse_info_text
+from quartstack.integrations.redis.waiting_cluster import WaitingRedisCluster
 from quartstack.integrations.vault.credentials import credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
 from quartstack.resilience import BackendError, BackendGuard, BackendUnavailable
@@ -220,6 +221,13 @@ class RedisClient(Backend):
             "client_name": "quartstack",
         }
 
+    @property
+    def _pool_wait_seconds(self) -> float:
+        """How long a call waits for a free connection: less than the call's own timeout,
+        so a long wait is reported as the pool being full (neutral), not as Redis timing
+        out (a failure)."""
+        return self.settings.backend_timeout_seconds * 0.8
+
     def _standalone(self, node: RedisNode, *, max_connections: int, retries: int = 2) -> Redis:
         """A client for one node whose pool waits (up to the timeout) for a free
         connection instead of failing at once when all are busy."""
@@ -227,9 +235,7 @@ class RedisClient(Backend):
             host=node.host,
             port=node.port,
             max_connections=max_connections,
-            # Gives up before the call's own timeout, so a long wait is reported as the
-            # pool being full (neutral), not as Redis timing out (a failure).
-            timeout=self.settings.backend_timeout_seconds * 0.8,
+            timeout=self._pool_wait_seconds,
             **self._options(retries=retries),
         )
         return Redis.from_pool(pool)
@@ -250,10 +256,11 @@ class RedisClient(Backend):
         client: AnyRedis
         connect: Awaitable[Any]
         if len(self.nodes) > 1 or await self._reports_cluster(first):
-            client = RedisCluster(
+            client = WaitingRedisCluster(
                 startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
                 require_full_coverage=False,
                 max_connections=self.settings.redis_pool_max,
+                wait_seconds=self._pool_wait_seconds,
                 **self._options(),
             )
             connect = client.initialize()
