@@ -75,8 +75,8 @@ class RedisNotServing(Exception):
 
 
 class RedisPoolExhausted(BackendUnavailable):
-    """Every pooled connection is busy: our overload, not a Redis failure, so the
-    circuit breaker ignores it (503 with Retry-After)."""
+    """Every pooled connection is busy: our overload, not a Redis failure, so it
+    leaves the circuit breaker as it was (503 with Retry-After)."""
 
     def __init__(self) -> None:
         super().__init__("redis", "redis: every pooled connection is busy", retry_after=1)
