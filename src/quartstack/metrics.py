@@ -106,7 +106,7 @@ RATE_LIMIT_STORE_ERRORS = Counter(
 IDEMPOTENCY_NOT_ENFORCED = Counter(
     "idempotency_not_enforced_total",
     "POSTs with an Idempotency-Key processed without the guarantee, by reason "
-    "(redis_unavailable, unsupported_server).",
+    "(redis_unavailable, unsupported_server, unreadable_record).",
     ["reason"],
     registry=REGISTRY,
 )

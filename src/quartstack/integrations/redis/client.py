@@ -96,6 +96,18 @@ class WaitingConnectionPool(BlockingConnectionPool):
             raise
 
 
+class RedisDataError(BackendError):
+    """A value Redis returned does not decode (not UTF-8, not what we stored): the data
+    is at fault, not Redis, so it leaves the breaker as it was. Callers that read their
+    own keys treat it like a miss; anywhere else it is a 409 problem, never a 500."""
+
+    status = 409
+    kind = "undecodable-value"
+
+    def __init__(self) -> None:
+        super().__init__("redis", "redis holds a value that cannot be decoded")
+
+
 @dataclass(frozen=True)
 class RedisNode:
     """A configured node: ``name`` as users address it in ``/redis/nodes/{name}``."""
@@ -121,6 +133,8 @@ async def _classified(call: Awaitable[T]) -> T:
         return await call
     except MaxConnectionsError as exc:
         raise RedisPoolExhausted() from exc
+    except (UnicodeDecodeError, DataError) as exc:
+        raise RedisDataError() from exc
     except NOT_SERVING as exc:
         raise RedisNotServing(type(exc).__name__) from exc
 
@@ -172,7 +186,7 @@ class RedisClient(Backend):
         # RedisNotServing before this), a value that does not decode, our own pool being
         # full under load. Counting them would let a client open the circuit at will,
         # and an open circuit switches off rate limiting.
-        return (ResponseError, DataError, UnicodeDecodeError, RedisPoolExhausted)
+        return (ResponseError, RedisDataError, RedisPoolExhausted)
 
     # --- lifecycle -------------------------------------------------------------------
     def init_app(self, app: Quart) -> None:

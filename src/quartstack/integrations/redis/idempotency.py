@@ -26,7 +26,7 @@ from typing import Any
 from quart import Quart, Response, g, request
 from redis.exceptions import ResponseError
 
-from quartstack.integrations.redis.client import RedisClient
+from quartstack.integrations.redis.client import RedisClient, RedisDataError
 from quartstack.metrics import IDEMPOTENCY_NOT_ENFORCED
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
@@ -69,7 +69,10 @@ class IdempotencyStore:
             raise IdempotencyUnsupported() from exc
         if stored is None:
             return None
-        result: dict[str, Any] = json.loads(stored)
+        try:
+            result: dict[str, Any] = json.loads(stored)
+        except ValueError:  # not a record we wrote
+            raise RedisDataError() from None
         return result
 
     def record(self, fingerprint: str, response: Response, body: bytes) -> dict[str, Any]:
@@ -167,6 +170,9 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
         fingerprint = await _fingerprint()
         try:
             stored = await store.claim(key, fingerprint)
+        except RedisDataError:
+            not_enforced("unreadable_record")
+            return None
         except BackendError:
             not_enforced("redis_unavailable")
             return None
