@@ -218,6 +218,8 @@ class RedisClient(Backend):
         self._current = None
         self._node_clients = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        for task in self._retiring:  # the requests are over: close retired clients now
+            task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _options(self, retries: int = 2) -> dict[str, Any]:
@@ -361,11 +363,16 @@ class RedisClient(Backend):
 
     @staticmethod
     async def _retire(stale: PoolGeneration[AnyRedis], nodes: list[Redis]) -> None:
-        with contextlib.suppress(TimeoutError):
+        """Close ``stale`` once its calls finished (at most RETIRE_TIMEOUT; at once when
+        cancelled by ``stop``)."""
+        try:
             async with asyncio.timeout(RETIRE_TIMEOUT):
                 await stale.drained.wait()
-        clients: list[AnyRedis] = [stale.pool, *nodes]
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        except TimeoutError:
+            pass
+        finally:
+            clients: list[AnyRedis] = [stale.pool, *nodes]
+            await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     def pool_sizes(self) -> tuple[int, int, int]:
         """(in use, idle, max) connections of the data client's pool(s)."""
