@@ -103,6 +103,13 @@ RATE_LIMIT_STORE_ERRORS = Counter(
     "Rate-limit checks that could not reach Redis and failed open.",
     registry=REGISTRY,
 )
+IDEMPOTENCY_NOT_ENFORCED = Counter(
+    "idempotency_not_enforced_total",
+    "POSTs with an Idempotency-Key processed without the guarantee, by reason "
+    "(redis_unavailable, unsupported_server, unreadable_record).",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 # --- backends -----------------------------------------------------------------------------
 BACKEND_CALL_DURATION = Histogram(

@@ -119,7 +119,10 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         failure_threshold: int = 5,
         recovery_timeout: float = 60.0,
         ignored: tuple[type[BaseException], ...] = (),
+        neutral: tuple[type[BaseException], ...] = (),
     ) -> None:
+        self.neutral = neutral
+
         def is_failure(exc_type: type[BaseException], exc: BaseException) -> bool:
             return issubclass(exc_type, Exception) and not issubclass(exc_type, ignored)
 
@@ -152,6 +155,8 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
             # Cancelled from outside (client gone, an outer timeout): the call proved
             # nothing, so it is neither a success (the package would reset) nor a failure.
             return False
+        if exc_type is not None and issubclass(exc_type, self.neutral):
+            return False  # caused by the request or the data: proves nothing either way
         if exc_type is not None and self.is_failure(exc_type, exc_value):
             CIRCUIT_FAILURES.labels(self.service).inc()
         super().__exit__(exc_type, exc_value, traceback)
@@ -214,6 +219,7 @@ class BackendGuard:
         ignored: tuple[type[BaseException], ...] = (),
         retry: RetryPolicy = NO_RETRY,
         transient: Callable[[Exception], bool] = is_connection_error,
+        neutral: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.service = service
         self.timeout = timeout
@@ -224,8 +230,9 @@ class BackendGuard:
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout,
             ignored=ignored,
+            neutral=neutral,
         )
-        self._ignored = ignored
+        self._ignored = ignored + neutral
         self._trial: asyncio.Task[Any] | None = None  # the task making the trial call
         self._durations: dict[str, Any] = {}  # histogram child per operation
 
@@ -245,9 +252,11 @@ class BackendGuard:
 
         Exceptions listed in ``ignored`` (e.g. "secret not found") are the
         backend answering correctly: they pass through unchanged and count as
-        success for the breaker. An ``idempotent`` call (a read that can safely
-        run twice) retries ``transient`` errors under :attr:`retry`; the breaker
-        sees one outcome for the whole call.
+        success for the breaker. Those in ``neutral`` were caused by the request or
+        the data (a value that does not decode, a wrong type, our own pool being
+        full): they pass through unchanged and leave the breaker as it was. An
+        ``idempotent`` call (a read that can safely run twice) retries ``transient``
+        errors under :attr:`retry`; the breaker sees one outcome for the whole call.
         """
         state = self.breaker.observe()
         if state == STATE_OPEN:

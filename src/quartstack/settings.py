@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     rate_limit_metrics: int = Field(default=1000, ge=1)
     response_cache_enabled: bool = True
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    idempotency_max_stored_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="larger responses keep only status and digest, so keyed requests cannot "
+        "fill Redis",
+    )
 
     # --- Vault ---------------------------------------------------------------------------
     vault_addr: str | None = None
@@ -152,6 +159,14 @@ class Settings(BaseSettings):
     redis_nodes: CommaList = Field(default_factory=list)
     redis_password: SecretStr | None = None
     redis_pool_max: int = Field(default=50, ge=1, le=1000)
+    redis_key_prefix: str = Field(
+        default="quartstack",
+        # No glob characters (invalidation matches under it) and no braces (they would
+        # change the cluster hash tag of the rate-limit keys).
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="start of every key the service writes, so deployments sharing a Redis "
+        "never see each other's keys",
+    )
 
     # --- RabbitMQ ------------------------------------------------------------------------
     rabbitmq_host: str | None = None

@@ -218,6 +218,7 @@ def test_schema_config_keys_are_the_apps_settings():
         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
     }
     managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "REDIS_NODES"}
+    managed.add("REDIS_KEY_PREFIX")
     managed |= {f"VAULT_{n}" for n in ("ADDR", "MOUNT", "APPROLE_DIR", "TOKEN_FILE")}
     for backend in ("POSTGRES", "MYSQL", "MONGODB", "REDIS", "RABBITMQ"):
         managed |= {f"{backend}_HOST", f"{backend}_PORT"}
@@ -364,6 +365,22 @@ def test_vault_agent_mode_uses_injector_and_token_file():
     assert config["VAULT_TOKEN_FILE"] == "/vault/secrets/token"
     assert "VAULT_APPROLE_DIR" not in config
     assert not any(d["kind"] == "Secret" for d in documents)
+
+
+def test_redis_key_prefix_is_the_release_name_unless_set():
+    """Two releases sharing one Redis never share cached responses or rate limits."""
+
+    def prefix(release: str, *sets: str) -> str | None:
+        args = ["template", release, str(CHART), "--set", "backends.redis.host=redis"]
+        for item in sets:
+            args += ["--set", item]
+        documents = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+        return find(documents, "ConfigMap", "quartstack")["data"].get("REDIS_KEY_PREFIX")
+
+    assert prefix("shop-a") == "shop-a"
+    assert prefix("shop-b", "backends.redis.keyPrefix=shared-cache") == "shared-cache"
+    without_redis = find(render(*VALUES_FILES["everything-off"]), "ConfigMap")["data"]
+    assert "REDIS_KEY_PREFIX" not in without_redis
 
 
 def test_without_vault_nothing_vault_is_rendered():

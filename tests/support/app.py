@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -16,6 +18,11 @@ from quartstack.lifecycle import lifecycle
 from quartstack.logging_setup import JsonFormatter
 from quartstack.settings import load_settings
 
+#: Every key prefix of a test run starts with this, followed by ``<epoch>-<hex>``.
+TEST_PREFIX_FAMILY = "qs-test-"
+#: This run's ``REDIS_KEY_PREFIX``: its keys never meet those of a concurrent run.
+TEST_KEY_PREFIX = f"{TEST_PREFIX_FAMILY}{int(time.time())}-{secrets.token_hex(4)}"
+
 
 @asynccontextmanager
 async def running_app(
@@ -23,6 +30,7 @@ async def running_app(
 ) -> AsyncIterator[tuple[Quart, TestClientProtocol]]:
     """An app built from ``settings`` with its lifespan running, and a test client."""
     settings.setdefault("rate_limit_enabled", False)
+    settings.setdefault("redis_key_prefix", TEST_KEY_PREFIX)
     app = create_app(load_settings(**settings))
     async with app.test_app() as test_app:
         if wait_started:

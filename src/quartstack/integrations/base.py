@@ -46,6 +46,7 @@ class Backend(abc.ABC):
                 max_delay=settings.retry_max_delay_seconds,
             ),
             transient=self.is_transient,
+            neutral=self.neutral_exceptions(),
         )
         self.app: Quart | None = None
 
@@ -62,6 +63,10 @@ class Backend(abc.ABC):
         """A connection error after which an idempotent read may run again (the
         driver's own classes; never its timeouts)."""
         return isinstance(exc, ConnectionError)
+
+    def neutral_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Exceptions caused by the request or the data: they never move the breaker."""
+        return ()
 
     def init_app(self, app: Quart) -> None:
         self.app = app

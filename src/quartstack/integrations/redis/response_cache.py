@@ -33,7 +33,7 @@ from quartstack.web.observability import current_endpoint, route_template
 logger = logging.getLogger("quartstack.response_cache")
 
 RESPONSE_CACHE_KEY = "quartstack.response_cache"
-KEY_PREFIX = "quartstack:resp:"
+KEY_PREFIX = "resp:"  # under REDIS_KEY_PREFIX, added by ResponseCache
 CACHED_ATTRIBUTE = "_quartstack_cached_response"
 _GLOB_CHARS = "*?[\\"
 _SCAN_BATCH = 500
@@ -50,6 +50,7 @@ class ResponseCache:
 
     async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
         """The stored entry and its seconds to live, or None."""
+        key = self.redis.key(key)
 
         async def read(client: AnyRedis) -> tuple[Any, Any]:
             async with client.pipeline(transaction=False) as pipe:
@@ -64,7 +65,8 @@ class ResponseCache:
         return json.loads(value), max(0, int(pttl) // 1000)
 
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
-        await self.redis.execute("cache_set", lambda c: c.set(key, json.dumps(entry), ex=ttl))
+        stored = self.redis.key(key)
+        await self.redis.execute("cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl))
 
     async def invalidate(self, pattern: str, label: str) -> int:
         """Delete cached responses whose path matches the glob ``pattern``.
@@ -72,7 +74,7 @@ class ResponseCache:
         SCAN, never KEYS (which blocks Redis while it walks every key); on a cluster
         ``scan_iter`` walks every master. ``label`` is the bounded metric label.
         """
-        match = KEY_PREFIX + pattern
+        match = self.redis.key(KEY_PREFIX + pattern)
 
         async def scan_delete(client: AnyRedis) -> int:
             deleted, batch = 0, []
