@@ -68,6 +68,23 @@ def test_bad_setting_stops_startup_with_one_clear_line(name, value, reason):
     assert value not in lines[0]
 
 
+def test_a_required_backend_that_is_not_configured_stops_startup():
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("REDIS_", "VAULT_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "quartstack", "serve"],
+        env={**env, "REQUIRED_BACKENDS": "redis"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        "quartstack: invalid setting REQUIRED_BACKENDS: names backends that are not configured "
+        "(redis needs REDIS_HOST or REDIS_NODES)"
+    )
+
+
 def _poll(condition, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
