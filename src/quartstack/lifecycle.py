@@ -40,6 +40,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 LIFECYCLE_KEY = "quartstack.lifecycle"
 _CUT = "quartstack.cut"  # set in the ASGI scope of a request cancelled at the end of the grace
 _CUT_KIND = "shutting-down"
+_REQUEST_ID = "quartstack.request_id"  # copied into the scope for the cut response
 
 logger = logging.getLogger("quartstack.lifecycle")
 
@@ -74,16 +75,17 @@ class Lifecycle:
         self._app = app
         reg = registry(app)
         required = [b for name in reg.required if (b := reg.get(name)) is not None]
-        self.monitor = BackendMonitor(
+        monitor = BackendMonitor(
             required,
             interval=self.settings.readiness_interval_seconds,
             timeout=self.settings.health_timeout_seconds,
             threshold=self.settings.readiness_failure_threshold,
         )
-        self._startup_task = asyncio.create_task(self._run_startup(app), name="startup")
+        self.monitor = monitor
+        self._startup_task = asyncio.create_task(self._run_startup(app, monitor), name="startup")
         self._tasks.append(self._startup_task)
 
-    async def _run_startup(self, app: Quart) -> None:
+    async def _run_startup(self, app: Quart, monitor: BackendMonitor) -> None:
         began = time.monotonic()
         timeout = self.settings.startup_timeout_seconds
         try:
@@ -95,18 +97,13 @@ class Lifecycle:
             )
         except Exception:
             logger.exception("startup failed; serving degraded")
-        assert self.monitor is not None
-        await self.monitor.refresh()  # readiness has a real answer once startup is done
+        await monitor.refresh()  # readiness has a real answer once startup is done
         self.startup_done = True
         logger.info(
             "startup complete", extra={"duration_ms": round((time.monotonic() - began) * 1000, 1)}
         )
-        self._tasks.append(asyncio.create_task(self._monitor(), name="readiness-monitor"))
-
-    async def _monitor(self) -> None:
-        assert self.monitor is not None
-        await asyncio.sleep(self.monitor.interval)
-        await self.monitor.run()
+        if monitor.backends:
+            self._tasks.append(asyncio.create_task(_keep_refreshing(monitor), name="readiness"))
 
     async def wait_started(self) -> None:
         if self._startup_task is not None:
@@ -145,7 +142,7 @@ class Lifecycle:
         )
 
     def _cut_requests(self) -> int:
-        for task, scope in self._handlers.items():
+        for task, scope in list(self._handlers.items()):
             scope[_CUT] = True
             task.cancel()
         cut = len(self._handlers)
@@ -212,7 +209,17 @@ class Lifecycle:
         return asgi_app
 
 
+async def _keep_refreshing(monitor: BackendMonitor) -> None:
+    await asyncio.sleep(monitor.interval)  # the first round ran at startup
+    await monitor.run()
+
+
 async def _send_cut_response(scope: Scope, send: Send) -> None:
+    request_id = str(scope.get(_REQUEST_ID, ""))
+    logger.warning(
+        "request cut at the end of the shutdown grace",
+        extra={"path": scope.get("path", ""), "request_id": request_id, "status": 503},
+    )
     body = json.dumps(
         {
             "type": f"/problems/{_CUT_KIND}",
@@ -221,22 +228,19 @@ async def _send_cut_response(scope: Scope, send: Send) -> None:
             "detail": "the server is shutting down and could not finish this request in time; "
             "retry it",
             "instance": scope.get("path", ""),
-            "request_id": scope.get("quartstack.request_id", ""),
+            "request_id": request_id,
         }
     ).encode()
     HTTP_ERRORS.labels(_CUT_KIND, "503").inc()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"retry-after", b"1"),
+    ]
+    if request_id:  # validated by the observability layer: [A-Za-z0-9._-]
+        headers.append((b"x-request-id", request_id.encode("ascii")))
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -257,7 +261,7 @@ def init_lifecycle(app: Quart, settings: Settings) -> Lifecycle:
 
     @app.before_request
     async def _track() -> None:
-        cast(Scope, request.scope)["quartstack.request_id"] = g.get("request_id", "")
+        cast(Scope, request.scope)[_REQUEST_ID] = g.get("request_id", "")
         state.track_handler()
 
     @app.teardown_request

@@ -101,12 +101,14 @@ def _in_progress(process: ServiceProcess, endpoint: str) -> float:
     return 0.0 if line is None else float(line[len(prefix) :])
 
 
-def _call_in_thread(url: str) -> tuple[threading.Thread, dict[str, object]]:
+def _call_in_thread(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[threading.Thread, dict[str, object]]:
     result: dict[str, object] = {}
 
     def call() -> None:
         try:
-            result["response"] = httpx.get(url, timeout=60)
+            result["response"] = httpx.get(url, headers=headers, timeout=60)
         except httpx.HTTPError as exc:
             result["error"] = exc
 
@@ -176,7 +178,9 @@ def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
             assert app_tokens, "the service logged in to Vault"
             assert httpx.get(process.url + "/examples/cache/budget-key").status_code == 200
             proxy.set_mode("delay", 60)
-            thread, slow = _call_in_thread(process.url + "/examples/cache/budget-key")
+            thread, slow = _call_in_thread(
+                process.url + "/examples/cache/budget-key", {"X-Request-ID": "cut-at-grace"}
+            )
             _poll(lambda: _in_progress(process, "/examples/cache/{key}") > 0, "the slow request")
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -192,6 +196,7 @@ def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"] == "/problems/shutting-down"
+        assert response.json()["request_id"] == response.headers["x-request-id"] == "cut-at-grace"
         assert response.headers["connection"] == "close"
         assert not app_tokens & vault.token_accessors(), "the token is still valid in Vault"
         logs = "\n".join(process.log_lines())
