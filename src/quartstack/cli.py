@@ -42,10 +42,7 @@ def hypercorn_config(settings: Settings, bind: str | None, workers: int) -> Conf
     config = Config()
     config.bind = [bind or f"{settings.host}:{settings.port}"]
     config.workers = workers
-    # Requests get the grace in Lifecycle.shut_down, before Hypercorn is told to stop;
-    # what Hypercorn waits for after that (connections closing, the lifespan's
-    # after_serving) comes out of the close phase, see quartstack.lifecycle.
-    config.graceful_timeout = min(1.0, settings.shutdown_close_seconds / 4)
+    config.graceful_timeout = settings.shutdown_grace_seconds  # several workers: Hypercorn's own
     config.shutdown_timeout = settings.shutdown_close_seconds + 1
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -73,6 +70,10 @@ async def _serve_one(settings: Settings, config: Config) -> bool:
     from quartstack.lifecycle import lifecycle
 
     app = create_app(settings)
+    # One worker: requests get the grace in Lifecycle.shut_down, before Hypercorn is told
+    # to stop; what Hypercorn waits for after that (connections closing, the lifespan's
+    # after_serving) comes out of the close phase, see quartstack.lifecycle.
+    config.graceful_timeout = min(1.0, settings.shutdown_close_seconds / 4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,6 +41,7 @@ LIFECYCLE_KEY = "quartstack.lifecycle"
 _CUT = "quartstack.cut"  # set in the ASGI scope of a request cancelled at the end of the grace
 _CUT_KIND = "shutting-down"
 _REQUEST_ID = "quartstack.request_id"  # copied into the scope for the cut response
+_ASGI_TASK = "quartstack.asgi_task"  # the server's task running the app for this request
 
 logger = logging.getLogger("quartstack.lifecycle")
 
@@ -144,7 +145,10 @@ class Lifecycle:
     def _cut_requests(self) -> int:
         for task, scope in list(self._handlers.items()):
             scope[_CUT] = True
-            task.cancel()
+            task.cancel()  # Quart < 0.23 returns once its handler task is cancelled,
+            asgi_task = scope.get(_ASGI_TASK)  # later ones wait for the client in a TaskGroup
+            if asgi_task is not None:
+                asgi_task.cancel()
         cut = len(self._handlers)
         if cut:
             logger.warning(
@@ -191,16 +195,23 @@ class Lifecycle:
 
     def wrap_asgi(self, inner: Any) -> Any:
         """The app's ASGI callable, counting requests and answering those cut at the
-        end of the grace (Quart returns without a response for a cancelled handler,
-        which Hypercorn would turn into an empty 500)."""
+        end of the grace (a cancelled app sends no response, which Hypercorn would
+        turn into an empty 500)."""
 
         async def asgi_app(scope: Scope, receive: Any, send: Send) -> None:
             if scope["type"] != "http":
                 await inner(scope, receive, send)
                 return
+            task = asyncio.current_task()
+            scope[_ASGI_TASK] = task
             self.in_flight += 1
             try:
-                await inner(scope, receive, send)
+                try:
+                    await inner(scope, receive, send)
+                except asyncio.CancelledError:
+                    if task is None or not scope.get(_CUT):
+                        raise
+                    task.uncancel()  # our own cut: answer instead
                 if scope.get(_CUT):
                     await _send_cut_response(scope, send)
             finally:

@@ -201,6 +201,7 @@ def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
         assert not app_tokens & vault.token_accessors(), "the token is still valid in Vault"
         logs = "\n".join(process.log_lines())
         assert "vault token revoked" in logs
+        assert "Traceback" not in logs and "pending" not in logs  # a clean stop
 
 
 def _raw(server: ServiceProcess, payload: bytes, timeout: float = 5.0) -> bytes:
