@@ -67,7 +67,9 @@ class BackendMonitor:
 
     def status(self, name: str) -> str:
         """``ok``, or why the backend counts as down."""
-        state = self._states[name]
+        state = self._states.get(name)
+        if state is None:
+            return "not configured"
         return "ok" if state.up else f"unhealthy: {state.error}"
 
     async def refresh(self) -> None:
