@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         redoc_ui_path="/redoc",
         scalar_ui_path=None,
     )
-    init_lifecycle(app, settings.startup_timeout_seconds)
+    init_lifecycle(app, settings)
 
     _init_backends(app, settings)
     for blueprint in (

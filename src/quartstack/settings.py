@@ -12,7 +12,7 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BackendName = Literal["vault", "postgres", "mysql", "mongodb", "redis", "rabbitmq"]
@@ -64,8 +64,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    # SIGTERM budget, in order: drain (readiness 503, still accepting), grace (in-flight
+    # requests finish; the rest get a 503), close (backend clients); see lifecycle.py
     shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=120)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    shutdown_close_seconds: float = Field(default=5.0, gt=0, le=120)
     startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     cors_origins: CommaList = Field(
@@ -77,6 +80,12 @@ class Settings(BaseSettings):
     )
     trusted_proxies: CommaList = Field(default_factory=list)
     required_backends: CommaList = Field(default_factory=list)
+    readiness_interval_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="how often required backends are re-checked"
+    )
+    readiness_failure_threshold: int = Field(
+        default=3, ge=1, le=100, description="consecutive failed checks before 'down'"
+    )
 
     # --- resilience (defaults for every backend) --------------------------------------
     backend_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -233,6 +242,19 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @model_validator(mode="after")
+    def _required_are_configured(self) -> Settings:
+        """Readiness waiting for a backend this deployment does not configure would keep
+        every pod out of the Service forever: refuse to start instead."""
+        missing = [name for name in self.required_backends if name not in self.enabled_backends]
+        if missing:
+            hints = {"vault": "VAULT_ADDR", "redis": "REDIS_HOST or REDIS_NODES"}
+            needed = "; ".join(f"{n} needs {hints.get(n, n.upper() + '_HOST')}" for n in missing)
+            raise ValueError(
+                f"REQUIRED_BACKENDS: names backends that are not configured ({needed})"
+            )
+        return self
+
     @cached_property
     def enabled_backends(self) -> frozenset[str]:
         """Backends that are configured; the others answer 503 'not configured'."""
@@ -261,6 +283,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
-            problems.append(f"{name}: {error['msg']}")
+            if error["loc"]:
+                problems.append(f"{str(error['loc'][0]).upper()}: {error['msg']}")
+            else:  # a check across settings names its variables itself
+                problems.append(str(error.get("ctx", {}).get("error", error["msg"])))
         raise SettingsError("invalid setting " + "; ".join(problems)) from None

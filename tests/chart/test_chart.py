@@ -217,8 +217,8 @@ def test_schema_config_keys_are_the_apps_settings():
         for s in settings.body
         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
     }
-    managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "REDIS_NODES"}
-    managed.add("REDIS_KEY_PREFIX")
+    managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "SHUTDOWN_CLOSE_SECONDS"}
+    managed |= {"REDIS_NODES", "REDIS_KEY_PREFIX"}
     managed |= {f"VAULT_{n}" for n in ("ADDR", "MOUNT", "APPROLE_DIR", "TOKEN_FILE")}
     for backend in ("POSTGRES", "MYSQL", "MONGODB", "REDIS", "RABBITMQ"):
         managed |= {f"{backend}_HOST", f"{backend}_PORT"}
@@ -247,9 +247,36 @@ def test_grace_period_must_cover_prestop_and_drain():
         "--set",
         "shutdown.shutdownGraceSeconds=40",
         "--set",
-        "shutdown.terminationGracePeriodSeconds=50",
+        "shutdown.terminationGracePeriodSeconds=55",
     )
     assert helm("template", "q", str(CHART), *ok, check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("sets", "renders"),
+    [
+        ((), True),  # 5 + 1 + 20 + 5 + 2 = 33 <= 35
+        (("shutdown.terminationGracePeriodSeconds=33",), True),
+        (("shutdown.terminationGracePeriodSeconds=32",), False),
+        (("config.SHUTDOWN_DRAIN_SECONDS=3",), True),  # 35
+        (("config.SHUTDOWN_DRAIN_SECONDS=3.5",), False),
+        (("shutdown.closeSeconds=8",), False),
+        (("shutdown.closeSeconds=7", "shutdown.terminationGracePeriodSeconds=37"), True),
+    ],
+)
+def test_grace_period_covers_the_whole_shutdown_budget(sets, renders):
+    """preStop + drain + grace + close + 2 s margin <= terminationGracePeriodSeconds: the
+    app exits within drain + grace + close after SIGTERM (tests/foundation/test_process.py)."""
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "q", str(CHART), *args, check=False)
+    assert (result.returncode == 0) is renders, result.stderr
+    if renders:
+        config = next(
+            d["data"] for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ConfigMap"
+        )
+        assert float(config["SHUTDOWN_CLOSE_SECONDS"]) > 0
+    else:
+        assert "terminationGracePeriodSeconds" in result.stderr
 
 
 def test_startup_probe_must_outlast_the_apps_startup_timeout():

@@ -90,7 +90,7 @@ async def test_mongodb_logs_in_with_the_vault_credentials_when_they_have_a_user(
 
 
 async def test_health_reports_each_server_version(db_settings, postgres_account, mysql_account):
-    pg_version = postgres_account.sql("SHOW server_version")
+    pg_version = postgres_account.sql("SELECT version()")  # the full string
     my_version = str(mysql_account.sql("SELECT VERSION()")[0][0])
     async with running_app(**db_settings) as (_, client):
         for name, version in (("postgres", pg_version), ("mysql", my_version)):

@@ -170,6 +170,11 @@ class VaultTestServer:
         token: str = response.json()["auth"]["client_token"]
         return token
 
+    def token_accessors(self) -> set[str]:
+        """The accessor of every live token (``LIST auth/token/accessors``)."""
+        response = self._ok(self.http.request("LIST", "/v1/auth/token/accessors"))
+        return set(response.json()["data"]["keys"])
+
     def set_sealed(self, sealed: bool) -> None:
         """Seal with ``sys/seal`` or unseal with ``sys/unseal`` (any key unseals here)."""
         if sealed:

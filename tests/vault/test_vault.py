@@ -129,6 +129,7 @@ async def test_approle_login_reads_and_masks_secret(vault, approle):
                 "initialized": True,
                 "sealed": False,
                 "standby": False,
+                "status": "healthy",
             }
     text = logs.getvalue()
     role_id = (role_dir / "role-id").read_text().strip()

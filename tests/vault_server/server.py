@@ -11,7 +11,8 @@ service's hvac code runs unchanged against it:
   ``token_num_uses``, ``token_type``, ``token_policies``, ``secret_id_num_uses``;
   root), ``role-id``, ``secret-id``, ``secret-id/destroy``, and ``login``;
 - tokens: ``auth/token/create`` (root), ``lookup-self``, ``renew-self`` (renewable
-  and max TTL respected: the TTL is extended but capped at the max), ``revoke-self``;
+  and max TTL respected: the TTL is extended but capped at the max), ``revoke-self``,
+  ``accessors`` (LIST, root: the accessor of every live token);
 - KV v2 under every enabled mount (``secret`` by default): ``data/<path>`` read
   (``?version=``), write, soft delete, and ``metadata/<path>`` delete.
 
@@ -312,6 +313,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "auth/token/revoke-self" and method in ("PUT", "POST"):
             st.tokens.pop(token.id, None)
             return 204, None
+        if path == "auth/token/accessors" and (method == "LIST" or query.get("list") == "true"):
+            self._require_root(token)
+            return 200, self._envelope(data={"keys": [t.accessor for t in st.tokens.values()]})
         if path == "auth/token/create" and method in ("PUT", "POST"):
             self._require_root(token)
             return self._create_token(body, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from quart import Quart, current_app
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from quartstack.settings import Settings
 
 REGISTRY_KEY = "quartstack.backends"
+
+logger = logging.getLogger("quartstack.backends")
 
 B = TypeVar("B", bound="Backend")
 
@@ -124,9 +127,16 @@ class BackendRegistry:
             await asyncio.gather(*(backend.start() for backend in wave))
 
     async def stop_all(self) -> None:
-        await asyncio.gather(
-            *(backend.stop() for backend in self.backends.values()), return_exceptions=True
-        )
+        """Stop every backend concurrently; one failing does not keep the others open."""
+        backends = list(self.backends.values())
+        results = await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+        for backend, result in zip(backends, results, strict=True):
+            if isinstance(result, Exception):
+                logger.error(
+                    "backend did not stop cleanly",
+                    extra={"backend": backend.name},
+                    exc_info=result,
+                )
 
 
 def registry(app: Quart | None = None) -> BackendRegistry:

@@ -100,5 +100,5 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
         )
 
     async def health(self) -> dict[str, Any]:
-        version = await self.fetchval("health", "SHOW server_version")
+        version = await self.fetchval("health", "SELECT version()")
         return {"version": str(version)}

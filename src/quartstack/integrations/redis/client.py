@@ -413,13 +413,18 @@ class RedisClient(Backend):
         entry: dict[str, Any] = {"name": node.name, "host": node.host, "port": node.port}
         try:
             info = await asyncio.wait_for(
-                self.node_client(node).info("replication"),
-                self.settings.health_timeout_seconds,
+                self.node_client(node).info(), self.settings.health_timeout_seconds
             )
         except Exception as exc:  # one dead node is reported, not raised
             entry.update(status="unhealthy", error=type(exc).__name__)
         else:
-            entry.update(status="healthy", role=info.get("role"))
+            entry.update(
+                status="healthy",
+                role=info.get("role"),
+                version=info.get("redis_version"),
+                connected_clients=info.get("connected_clients"),
+                used_memory_human=info.get("used_memory_human"),
+            )
         return entry
 
     async def cluster_info(self) -> dict[str, Any]:

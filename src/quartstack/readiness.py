@@ -1,0 +1,104 @@
+"""Backend health checks, and the last-known state of the required backends.
+
+Readiness must not fan out to every backend on every probe: a blip in one check
+would take every pod out of the Service at the same moment. Instead a background
+task re-checks the ``REQUIRED_BACKENDS`` every ``READINESS_INTERVAL_SECONDS`` and
+readiness reads the result. Hysteresis: a backend that has been up turns "down"
+only after ``READINESS_FAILURE_THRESHOLD`` consecutive failed checks, and one
+successful check turns it "up" again. Until its first successful check a backend
+counts as down, so a pod whose required backend is unreachable never becomes ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from quartstack.integrations.base import Backend
+from quartstack.metrics import BACKEND_UP
+from quartstack.resilience import BackendError
+
+logger = logging.getLogger("quartstack.health")
+
+
+async def check_backend(backend: Backend, timeout: float) -> tuple[bool, dict[str, Any]]:
+    """Run one health check bounded by ``timeout``; never raises."""
+    try:
+        async with asyncio.timeout(timeout):
+            body = await backend.health()
+    except TimeoutError:
+        body, healthy = {"status": "unhealthy", "error": f"no answer within {timeout:g} s"}, False
+        logger.debug("health check timed out", extra={"backend": backend.name})
+    except BackendError as exc:
+        body, healthy = {"status": "unhealthy", "error": str(exc)}, False
+        logger.debug("health check failed", extra={"backend": backend.name}, exc_info=True)
+    except Exception as exc:  # a health check must report, not crash the probe
+        body, healthy = {"status": "unhealthy", "error": type(exc).__name__}, False
+        logger.warning("health check raised", extra={"backend": backend.name}, exc_info=True)
+    else:
+        body = {"status": "healthy", **body}
+        healthy = True
+    BACKEND_UP.labels(backend.name).set(1 if healthy else 0)
+    return healthy, body
+
+
+class _State:
+    __slots__ = ("error", "failures", "up")
+
+    def __init__(self) -> None:
+        self.up = False
+        self.failures = 0
+        self.error = "not checked yet"
+
+
+class BackendMonitor:
+    """Keeps the last-known health of some backends, refreshed by :meth:`run`."""
+
+    def __init__(
+        self, backends: Iterable[Backend], *, interval: float, timeout: float, threshold: int
+    ) -> None:
+        self.backends = list(backends)
+        self.interval = interval
+        self.timeout = timeout
+        self.threshold = threshold
+        self._states = {backend.name: _State() for backend in self.backends}
+
+    def status(self, name: str) -> str:
+        """``ok``, or why the backend counts as down."""
+        state = self._states.get(name)
+        if state is None:
+            return "not configured"
+        return "ok" if state.up else f"unhealthy: {state.error}"
+
+    async def refresh(self) -> None:
+        """Check every backend once, concurrently, and apply the hysteresis."""
+        results = await asyncio.gather(*(check_backend(b, self.timeout) for b in self.backends))
+        for backend, (healthy, body) in zip(self.backends, results, strict=True):
+            self._record(backend.name, healthy, str(body.get("error", "unknown")))
+
+    def _record(self, name: str, healthy: bool, error: str) -> None:
+        state = self._states[name]
+        if healthy:
+            if not state.up:
+                logger.info("required backend is up", extra={"backend": name})
+            state.up, state.failures = True, 0
+            return
+        state.failures += 1
+        state.error = error
+        if state.up and state.failures >= self.threshold:
+            state.up = False
+            logger.warning(
+                "required backend is down",
+                extra={"backend": name, "failures": state.failures, "reason": error},
+            )
+
+    async def run(self) -> None:
+        """Refresh forever, one round every ``interval`` (a slow round delays the next)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # never let one bad round stop the monitor
+                logger.exception("readiness refresh failed")
+            await asyncio.sleep(self.interval)
