@@ -253,10 +253,13 @@ async def test_root_and_health_routes():
 
 async def test_startup_and_readiness_semantics():
     with VaultTestServer() as vault:
-        vault.set_latency(3)
+        vault.set_latency(60)  # startup waits on Vault until the test releases it below
         app = create_app(
             load_settings(
-                vault_addr=vault.url, vault_token=vault.root_token, rate_limit_enabled=False
+                vault_addr=vault.url,
+                vault_token=vault.root_token,
+                vault_timeout_seconds=60,
+                rate_limit_enabled=False,
             )
         )
         async with app.test_app() as test_app:

@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from tests.support.leftovers import stale, sweep
 from tests.support.net import wait_for_port
 from tests.support.polling import wait_until_sync
 from tests.support.vault import VaultTestServer
@@ -54,6 +55,18 @@ def amqp_answers() -> bool:
     except OSError:
         return False
     return header == b"\x01\x00\x00"
+
+
+def sweep_broker_leftovers() -> list[str]:
+    """Vhosts (with their queues) and users that interrupted runs left on the machine's
+    broker: only suite names older than an hour (tests/support/leftovers.py)."""
+    vhosts = rabbitmqctl("-q", "list_vhosts", "--no-table-headers", "name").split()
+    listing = rabbitmqctl("-q", "list_users", "--no-table-headers").splitlines()
+    users = [line.split()[0] for line in listing if line.strip()]  # "name<TAB>[tags]"
+    return [
+        *sweep("vhost", stale(vhosts, "-"), lambda v: rabbitmqctl("delete_vhost", v)),
+        *sweep("user", stale(users, "-"), lambda u: rabbitmqctl("delete_user", u)),
+    ]
 
 
 def write_rabbitmq_secret(

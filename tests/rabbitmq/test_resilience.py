@@ -21,6 +21,7 @@ from tests.rabbitmq.broker import (
     write_rabbitmq_secret,
 )
 from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.support.leftovers import unique_name
 from tests.support.net import TcpProxy
 from tests.support.polling import wait_until
 
@@ -208,7 +209,7 @@ async def test_password_rotated_during_an_outage_is_picked_up(
 ):
     """aio-pika would retry forever with the old password; after a few failed
     reconnections the client starts over and reads the rotated secret from Vault."""
-    user = f"qs-rot-{uuid.uuid4().hex[:8]}"
+    user = unique_name("-")
     old = "old-" + uuid.uuid4().hex
     new = "new-" + uuid.uuid4().hex
     account = BrokerAccount(broker_account.vhost, user, old)

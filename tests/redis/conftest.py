@@ -3,12 +3,12 @@ from __future__ import annotations
 import contextlib
 import random
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 import redis as redis_sync
+from tests.support.leftovers import stale, sweep, unique_name
 from tests.support.net import free_port, wait_for_port
 from tests.support.redis_cluster import RedisClusterProcesses, die_with_parent
 
@@ -25,10 +25,30 @@ def client_ip() -> str:
     return f"10.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
+def sweep_redis_leftovers() -> list[str]:
+    """Keys under the :func:`prefix` of an interrupted run (older than an hour, by the
+    time in their name); nobody else's are touched."""
+    with redis_sync.Redis(port=6379) as shared:
+        names = {key.decode().split(":")[0] for key in shared.scan_iter("qs-test-*", count=1000)}
+
+        def remove(name: str) -> None:
+            keys = list(shared.scan_iter(f"{name}*", count=1000))
+            if keys:
+                shared.delete(*keys)
+
+        return sweep("Redis keys", stale(names, "-"), remove)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_leftovers_swept() -> None:
+    with contextlib.suppress(redis_sync.RedisError):  # a suite that never needs Redis runs
+        sweep_redis_leftovers()
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A unique key prefix; whatever the test left under it on :6379 is removed."""
-    value = f"t{uuid.uuid4().hex[:10]}"
+    value = unique_name("-")
     yield value
     shared = redis_sync.Redis(port=6379)
     with contextlib.suppress(redis_sync.RedisError):

@@ -179,7 +179,7 @@ class VaultTestServer:
 
     # --- fault switches (test server only) -----------------------------------------------
     def set_latency(self, seconds: float) -> None:
-        """Hold every Vault API answer for ``seconds``."""
+        """Hold every Vault API answer for ``seconds``; 0 also releases held answers."""
         self._ok(self.http.post("/_test/latency", json={"seconds": seconds}))
 
     def set_failure(self, status: int | None) -> None:

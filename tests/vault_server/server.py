@@ -260,7 +260,11 @@ class Handler(BaseHTTPRequestHandler):
                 st.counts[path] = st.counts.get(path, 0) + 1
                 latency, failure = st.latency, st.failure
             if latency:
-                time.sleep(latency)
+                # Held for ``latency`` seconds, or until a test lowers it to 0: a test can
+                # hold answers for "as long as it looks" and release them when done.
+                deadline = time.monotonic() + latency
+                while time.monotonic() < deadline and st.latency:
+                    time.sleep(0.01)
             if failure:
                 raise VaultError(failure, "injected failure (test server)")
             if not path.startswith("/v1/"):
