@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
 
 import redis as redis_sync
-from tests.support.app import TEST_KEY_PREFIX, TEST_PREFIX_FAMILY
+from tests.support.app import TEST_KEY_PREFIX
+from tests.support.leftovers import sweep_redis_leftovers
 from tests.support.vault import VaultTestServer
-
-#: A run interrupted before its cleanup leaves keys; the next run removes them after this.
-STALE_AFTER_SECONDS = 3600
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +32,6 @@ def _delete_matching(client: redis_sync.Redis, pattern: str) -> None:
         client.unlink(*batch)
 
 
-def _stale_prefixes(client: redis_sync.Redis) -> set[str]:
-    """Prefixes of earlier runs (``qs-test-<epoch>-<hex>``) older than an hour."""
-    cutoff = time.time() - STALE_AFTER_SECONDS
-    stale = set()
-    for key in client.scan_iter(f"{TEST_PREFIX_FAMILY}*", count=1000):
-        prefix = key.decode(errors="replace").split(":", 1)[0]
-        epoch = prefix.removeprefix(TEST_PREFIX_FAMILY).split("-", 1)[0]
-        if epoch.isdigit() and int(epoch) < cutoff and prefix != TEST_KEY_PREFIX:
-            stale.add(prefix)
-    return stale
-
-
 @pytest.fixture(scope="session", autouse=True)
 def redis_keys_of_this_run() -> Iterator[str]:
     """Every app this run builds writes under the run's own ``REDIS_KEY_PREFIX`` (also
@@ -57,8 +42,7 @@ def redis_keys_of_this_run() -> Iterator[str]:
     os.environ["REDIS_KEY_PREFIX"] = TEST_KEY_PREFIX
     client = redis_sync.Redis(port=6379)
     try:
-        for prefix in _stale_prefixes(client):
-            _delete_matching(client, f"{prefix}:*")
+        sweep_redis_leftovers()
         reachable = True
     except redis_sync.RedisError:  # a suite that never needs Redis still runs
         reachable = False

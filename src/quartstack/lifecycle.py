@@ -30,6 +30,7 @@ from quart import Quart, current_app, g, request
 from quartstack.integrations.base import registry
 from quartstack.metrics import HTTP_ERRORS, READINESS
 from quartstack.readiness import BackendMonitor
+from quartstack.web.problems import problem_body
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -39,7 +40,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 LIFECYCLE_KEY = "quartstack.lifecycle"
 _CUT = "quartstack.cut"  # set in the ASGI scope of a request cancelled at the end of the grace
-_CUT_KIND = "shutting-down"
 _REQUEST_ID = "quartstack.request_id"  # copied into the scope for the cut response
 _ASGI_TASK = "quartstack.asgi_task"  # the server's task running the app for this request
 
@@ -231,18 +231,10 @@ async def _send_cut_response(scope: Scope, send: Send) -> None:
         "request cut at the end of the shutdown grace",
         extra={"path": scope.get("path", ""), "request_id": request_id, "status": 503},
     )
-    body = json.dumps(
-        {
-            "type": f"/problems/{_CUT_KIND}",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "the server is shutting down and could not finish this request in time; "
-            "retry it",
-            "instance": scope.get("path", ""),
-            "request_id": request_id,
-        }
-    ).encode()
-    HTTP_ERRORS.labels(_CUT_KIND, "503").inc()
+    detail = "the server is shutting down and could not finish this request in time; retry it"
+    path = str(scope.get("path", ""))
+    body = json.dumps(problem_body(503, "shutting-down", detail, path, request_id)).encode()
+    HTTP_ERRORS.labels("shutting-down", "503").inc()
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),

@@ -15,7 +15,7 @@ from tests.chart.conftest import (
     KUBERNETES_VERSIONS,
     NAMESPACE,
     ROOT,
-    SHARED,
+    SCHEMAS,
     VALUES_FILES,
     find,
     helm,
@@ -24,8 +24,8 @@ from tests.chart.conftest import (
 )
 
 CRD_FILES = {
-    "ServiceMonitor": SHARED / "schemas" / "crd-servicemonitors.yaml",
-    "PrometheusRule": SHARED / "schemas" / "crd-prometheusrules.yaml",
+    "ServiceMonitor": SCHEMAS / "crd-servicemonitors.yaml",
+    "PrometheusRule": SCHEMAS / "crd-prometheusrules.yaml",
 }
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 

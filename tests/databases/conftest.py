@@ -17,9 +17,20 @@ from typing import Any
 import pytest
 
 from tests.databases.helpers import DatabaseAccounts
-from tests.support.databases import MySQLDatabase, PostgresDatabase, PrivatePostgres
+from tests.support.databases import (
+    MySQLDatabase,
+    PostgresDatabase,
+    PrivatePostgres,
+    sweep_database_leftovers,
+)
 from tests.support.mongo import NxMongoServer, ScramFront
 from tests.support.vault import VaultTestServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_leftovers_swept() -> None:
+    """What an interrupted run left on the SQL servers goes before this run starts."""
+    sweep_database_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from quartstack.web import problems
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "quartstack"
-BUILDERS = {"Problem", "problem_response"}
+BUILDERS = {"Problem", "problem_response", "problem_body"}
 # Calls whose kind is a variable: the generic handlers, which pass on a kind that is
 # collected elsewhere (an exception's ``kind``, the framework mapping).
 DYNAMIC_SITES = {"web/problems.py"}

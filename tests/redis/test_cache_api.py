@@ -12,6 +12,7 @@ import redis as redis_sync
 from quartstack.settings import SettingsError, load_settings
 from tests.redis.conftest import private_redis_server
 from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.support.polling import wait_until
 
 PROBLEM = "application/problem+json"
 REDIS = dict(redis_host="127.0.0.1", redis_port=6379)
@@ -55,8 +56,12 @@ async def test_set_get_ttl_delete_and_expiry(prefix):
 
         short = f"{prefix}:c"
         await c.post(f"/examples/cache/{short}?value=gone&ttl=1")
-        await asyncio.sleep(1.3)
-        assert (await (await c.get(f"/examples/cache/{short}")).get_json())["exists"] is False
+        assert 0 < direct.pttl(short) <= 1000
+
+        async def expired() -> bool:
+            return (await (await c.get(f"/examples/cache/{short}")).get_json())["exists"] is False
+
+        await wait_until(expired, what="the 1 s TTL expiring")
 
         deleted = await c.delete(f"/examples/cache/{forever}")
         assert await deleted.get_json() == {"key": forever, "deleted": True, "action": "delete"}

@@ -109,31 +109,31 @@ async def test_failover_recovers_without_restart(redis_cluster, prefix):
         for key in keys:
             assert (await c.post(f"/examples/cache/{key}?value=v")).status_code == 200
         victim = redis_cluster.masters()[0]
-        redis_cluster.kill(victim)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            statuses = [(await c.get(f"/examples/cache/{key}")).status_code for key in keys]
-            if all(s == 200 for s in statuses):
-                break
-            assert all(s in (200, 503, 504) for s in statuses), statuses
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("cache routes did not recover after failover")
-        assert len(redis_cluster.masters()) == 3  # the replica was promoted
-        for key in keys:
-            assert (await c.post(f"/examples/cache/{key}?value=w")).status_code == 200
-        health = await c.get("/health/redis")
-        assert health.status_code == 200
-        body = await health.get_json()
-        assert body["cluster_state"] == "ok"
-        dead = [n for n in body["nodes"] if n["port"] == victim]
-        assert dead[0]["status"] == "unhealthy"
-        nodes = (await (await c.get("/redis/cluster/nodes")).get_json())["nodes"]
-        assert "fail" in next(n for n in nodes if n["port"] == victim)["flags"]
-    # bring the killed node back as a replica so later tests see six nodes
-    redis_cluster.start_node(victim)
-    redis_cluster.wait_ok()
-    redis_cluster.wait_replicas_linked()
+        try:
+            redis_cluster.kill(victim)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = [(await c.get(f"/examples/cache/{key}")).status_code for key in keys]
+                if all(s == 200 for s in statuses):
+                    break
+                assert all(s in (200, 503, 504) for s in statuses), statuses
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError("cache routes did not recover after failover")
+            assert len(redis_cluster.masters()) == 3  # the replica was promoted
+            for key in keys:
+                assert (await c.post(f"/examples/cache/{key}?value=w")).status_code == 200
+            health = await c.get("/health/redis")
+            assert health.status_code == 200
+            body = await health.get_json()
+            assert body["cluster_state"] == "ok"
+            dead = [n for n in body["nodes"] if n["port"] == victim]
+            assert dead[0]["status"] == "unhealthy"
+            nodes = (await (await c.get("/redis/cluster/nodes")).get_json())["nodes"]
+            assert "fail" in next(n for n in nodes if n["port"] == victim)["flags"]
+        finally:
+            # the killed node back, as a replica, so later tests see six linked nodes
+            redis_cluster.restore_node(victim)
 
 
 async def test_rate_limit_shared_on_the_cluster(redis_cluster, client_ip):

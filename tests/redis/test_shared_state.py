@@ -19,6 +19,7 @@ from tests.redis.conftest import private_redis_server
 from tests.redis.fake_redis6 import FakeRedis6
 from tests.support.app import TEST_KEY_PREFIX, captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy
+from tests.support.polling import wait_until
 
 PROBLEM = "application/problem+json"
 HEADER = "Idempotency-Key"
@@ -148,6 +149,14 @@ async def test_idempotent_replay_and_key_reuse(prefix):
     redis_sync.Redis(port=6379).delete(prefix)
 
 
+def _claimed(idempotency_key: str) -> bool:
+    """Whether the record of ``idempotency_key`` is in Redis (read directly, not through
+    the delaying proxy). Its name embeds the key's digest, whatever prefix it has."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    with redis_sync.Redis(port=6379) as direct:
+        return any(True for _ in direct.scan_iter(f"*{digest}*", count=1000))
+
+
 async def test_idempotent_retry_while_running_is_409(prefix):
     key = f"idem-{uuid.uuid4().hex}"
     with TcpProxy(6379) as proxy:
@@ -159,7 +168,7 @@ async def test_idempotent_retry_while_running_is_409(prefix):
             first = asyncio.create_task(
                 c.post(f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key})
             )
-            await asyncio.sleep(0.7)  # the first request has claimed the key by now
+            await wait_until(lambda: _claimed(key), what="the first request's claim")
             second = await c.post(
                 f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}
             )
@@ -274,6 +283,8 @@ async def test_refused_request_does_not_claim_its_idempotency_key(client_ip, pre
         )
         assert refused.status_code == 429
         assert redis_sync.Redis(port=6379).exists(_idempotency_record(key)) == 0
+        # Not claimed: the same key from another client is served afresh (a claim would
+        # make it a 409 while running, a replay once stored).
         other = client_ip + "9"
         accepted = await c.post(
             f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}, **_as(other)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -17,11 +15,11 @@ from quartstack.app import create_app
 from quartstack.lifecycle import lifecycle
 from quartstack.logging_setup import JsonFormatter
 from quartstack.settings import load_settings
+from tests.support.leftovers import unique_name
 
-#: Every key prefix of a test run starts with this, followed by ``<epoch>-<hex>``.
-TEST_PREFIX_FAMILY = "qs-test-"
-#: This run's ``REDIS_KEY_PREFIX``: its keys never meet those of a concurrent run.
-TEST_KEY_PREFIX = f"{TEST_PREFIX_FAMILY}{int(time.time())}-{secrets.token_hex(4)}"
+#: This run's ``REDIS_KEY_PREFIX`` (``qs-test-<epoch>-<hex>``): its keys never meet those
+#: of a concurrent run, and the next run sweeps them if this one is interrupted.
+TEST_KEY_PREFIX = unique_name("-")
 
 
 @asynccontextmanager

@@ -69,6 +69,8 @@ class TcpProxy:
         self.port = 0
         self.mode: Mode = "pass"
         self.delay = 0.0
+        #: Chunks being held back in ``delay`` mode right now (poll it to reach zero).
+        self.held = 0
         self._runner: _LoopThread | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -139,7 +141,11 @@ class TcpProxy:
                 if self.mode == "hang":
                     await asyncio.Event().wait()
                 if delayed and self.mode == "delay" and self.delay > 0:
-                    await asyncio.sleep(self.delay)
+                    self.held += 1
+                    try:
+                        await asyncio.sleep(self.delay)
+                    finally:
+                        self.held -= 1
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -185,7 +185,7 @@ class VaultTestServer:
     # --- fault switches (test server only) -----------------------------------------------
     def set_latency(self, seconds: float, path: str = "") -> None:
         """Hold every Vault API answer (or those whose path starts with ``path``,
-        e.g. ``/v1/secret/``) for ``seconds``."""
+        e.g. ``/v1/secret/``) for ``seconds``; 0 also releases held answers."""
         self._ok(self.http.post("/_test/latency", json={"seconds": seconds, "path": path}))
 
     def set_failure(self, status: int | None) -> None:

@@ -264,7 +264,11 @@ class Handler(BaseHTTPRequestHandler):
                 if not path.startswith(st.latency_prefix):
                     latency = 0.0
             if latency:
-                time.sleep(latency)
+                # Held for ``latency`` seconds, or until a test lowers it to 0: a test can
+                # hold answers for "as long as it looks" and release them when done.
+                deadline = time.monotonic() + latency
+                while time.monotonic() < deadline and st.latency:
+                    time.sleep(0.01)
             if failure:
                 raise VaultError(failure, "injected failure (test server)")
             if not path.startswith("/v1/"):

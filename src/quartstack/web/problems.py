@@ -71,6 +71,21 @@ class Problem(Exception):
         self.errors = errors
 
 
+def problem_body(
+    status: int, kind: str, detail: str, instance: str, request_id: str, *, title: str | None = None
+) -> dict[str, Any]:
+    """The RFC 7807 fields every problem carries (also for answers sent at the ASGI
+    level, outside Quart's request context)."""
+    return {
+        "type": f"/problems/{kind}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": redact(detail),
+        "instance": instance,
+        "request_id": request_id,
+    }
+
+
 def problem_response(
     status: int,
     kind: str,
@@ -81,14 +96,9 @@ def problem_response(
     errors: list[dict[str, str]] | None = None,
 ) -> Response:
     """Build a problem+json response and count it in ``http_errors_total``."""
-    body: dict[str, Any] = {
-        "type": f"/problems/{kind}",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": redact(detail),
-        "instance": _instance(),
-        "request_id": getattr(g, "request_id", ""),
-    }
+    body = problem_body(
+        status, kind, detail, _instance(), getattr(g, "request_id", ""), title=title
+    )
     if errors is not None:
         body["errors"] = errors
     response = Response(
