@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart.conftest import ROOT, VALUES_FILES, find, render
+from tests.support.net import free_port
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 TARGET_LABELS = {"job", "namespace", "instance", "pod", "service_name", "le"}
@@ -58,12 +58,6 @@ def _image_env() -> dict[str, str]:
     for line in re.findall(r"^ENV\s+(.*)$", text, re.MULTILINE):
         env.update(pair.split("=", 1) for pair in line.split())
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -163,7 +157,7 @@ def image() -> Iterator[Image]:
 def running(image: Image) -> Iterator[str]:
     tmp = image.root / "tmp"
     tmp.mkdir()
-    port = _free_port()
+    port = free_port()
     process = image.start(port, tmp)
     yield f"http://127.0.0.1:{port}"
     process.send_signal(signal.SIGTERM)
@@ -241,7 +235,7 @@ def test_dockerfile_healthcheck_command_passes(image, running):
     assert result.returncode == 0, result.stderr
     dead = subprocess.run(
         [str(image.venv / "bin" / command[0]), *command[1:]],
-        env={"PORT": str(_free_port())},
+        env={"PORT": str(free_port())},
         capture_output=True,
         timeout=10,
     )
@@ -282,7 +276,7 @@ def test_sigterm_drains_and_writes_only_to_tmp(image):
     before = _snapshot(image.venv, image.workdir)
     tmp = image.root / "tmp-sigterm"
     tmp.mkdir()
-    port = _free_port()
+    port = free_port()
     process = image.start(port, tmp)
     url = f"http://127.0.0.1:{port}"
     for path in ("/", "/health/ready", "/metrics", "/docs", "/no-such-route"):
