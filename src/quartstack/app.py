@@ -106,7 +106,3 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     if "rabbitmq" in settings.enabled_backends:
         RabbitMQClient(settings).init_app(app)
 
-
-def settings_of(app: Quart) -> Settings:
-    value: Settings = app.extensions[SETTINGS_KEY]
-    return value

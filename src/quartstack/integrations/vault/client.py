@@ -110,10 +110,6 @@ class VaultClient(Backend):
         without secrets. An unreachable Vault does not block (the pod serves degraded)."""
         return self._login_rejected and not self._ever_authenticated
 
-    @property
-    def authenticated(self) -> bool:
-        return self._authenticated
-
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         self._client = hvac.Client(
