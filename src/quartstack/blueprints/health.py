@@ -20,6 +20,7 @@ from quartstack.integrations.base import Backend, registry
 from quartstack.integrations.redis.response_cache import cached_response
 from quartstack.lifecycle import lifecycle
 from quartstack.metrics import BACKEND_UP, READINESS
+from quartstack.readiness import run_readiness_checks
 from quartstack.resilience import BackendError
 from quartstack.settings import BACKEND_NAMES
 
@@ -114,6 +115,9 @@ async def readiness() -> tuple[Readiness, int]:
     required = [name for name in reg.required]
     results = await asyncio.gather(*(_required_check(reg.get(name), name) for name in required))
     checks.update(zip(required, results, strict=True))
+    checks.update(
+        await run_readiness_checks(current_app, current_app.config["QUARTSTACK_HEALTH_TIMEOUT"])
+    )
     ready = all(value == "ok" for value in checks.values())
     READINESS.set(1 if ready else 0)
     return Readiness(status="ready" if ready else "not_ready", checks=checks), (

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika import Channel, DeliveryMode, Message, RobustConnection
-from aio_pika.abc import AbstractChannel
+from aio_pika import Channel, DeliveryMode, ExchangeType, Message, RobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AuthenticationError,
@@ -125,6 +125,7 @@ class RabbitMQClient(Backend):
         self._retiring: set[asyncio.Task[None]] = set()
         self._declared: OrderedDict[str, None] = OrderedDict()
         self._declaring: dict[str, asyncio.Future[None]] = {}
+        self._declared_exchanges: set[str] = set()
         # Throwaway channels (inspection, health) are bounded like the pool.
         self._spare_channels = asyncio.Semaphore(settings.rabbitmq_channel_pool_size)
 
@@ -211,6 +212,7 @@ class RabbitMQClient(Backend):
         self._connection = connection
         self._lost_at = None
         self._declared.clear()
+        self._declared_exchanges.clear()
         logger.info("rabbitmq connected", extra={"version": server_version(connection)})
         return connection
 
@@ -246,6 +248,7 @@ class RabbitMQClient(Backend):
         # A queue may have been deleted meanwhile (a non-durable broker restart,
         # an operator): declare again before the next publish to each.
         self._declared.clear()
+        self._declared_exchanges.clear()
         self._lost_at = None
         logger.info("rabbitmq connection re-established")
 
@@ -303,6 +306,65 @@ class RabbitMQClient(Backend):
                     await _confirmed_publish(channel, queue, message)
                 except PublishError as exc:
                     raise MessageUnroutable(queue) from exc
+
+    async def publish_to_exchange(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        message_type: str | None = None,
+        timestamp: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Publish ``body`` (JSON), persistent, to durable topic ``exchange``; return once
+        the broker confirmed it.
+
+        Not ``mandatory``: on a topic exchange the subscribers own their queues and
+        bindings, and a message no binding matches is dropped by design (pub/sub),
+        not an error the publisher could fix.
+        """
+        message = Message(
+            body,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            type=message_type,
+            correlation_id=correlation_id,
+            timestamp=timestamp or datetime.now(UTC),
+            app_id=NAME,
+        )
+
+        async def send() -> None:
+            await self._ready_connection()
+            pool = self._pool
+            if pool is None:
+                raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
+            async with pool.acquire() as channel:
+                target = await self._topic_exchange(channel, exchange)
+                await _confirmed_publish(channel, routing_key, message, target, mandatory=False)
+
+        try:
+            await self.guard.call("publish", send)
+        except BackendError as exc:
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc()
+            raise
+        MESSAGES_PUBLISHED.inc()
+
+    async def _topic_exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        """Durable topic exchange ``name`` on ``channel``, declared once per connection."""
+        if name in self._declared_exchanges:
+            return await channel.get_exchange(name, ensure=False)
+        try:
+            declared = await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        except ChannelPreconditionFailed as exc:
+            raise BackendUnavailable(
+                SERVICE, f"exchange {name!r} exists with another type or not durable"
+            ) from exc
+        self._declared_exchanges.add(name)
+        return declared
 
     async def _declare_once(self, channel: AbstractChannel, queue: str) -> None:
         """Declare durable ``queue`` unless this connection already did; concurrent
@@ -367,15 +429,21 @@ class RabbitMQClient(Backend):
         return await self.guard.call("health", check)
 
 
-async def _confirmed_publish(channel: AbstractChannel, queue: str, message: Message) -> None:
+async def _confirmed_publish(
+    channel: AbstractChannel,
+    routing_key: str,
+    message: Message,
+    exchange: AbstractExchange | None = None,
+    *,
+    mandatory: bool = True,
+) -> None:
     """Send and wait for the broker's answer. Failing before the send is a plain 503
     (not published); failing after it is :class:`PublishUnconfirmed`."""
     if channel.is_closed:
         raise BackendUnavailable(SERVICE, "rabbitmq channel closed; message not sent")
+    target = exchange if exchange is not None else channel.default_exchange
     try:
-        confirmation = await channel.default_exchange.publish(
-            message, routing_key=queue, mandatory=True
-        )
+        confirmation = await target.publish(message, routing_key=routing_key, mandatory=mandatory)
     except PublishError:
         raise
     except DeliveryError as exc:  # Basic.Nack
