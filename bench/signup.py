@@ -39,7 +39,12 @@ from tests.support.databases import PostgresDatabase
 
 P95_GOAL_MS = 100.0
 RATIO_GOAL = 0.5
-BASELINE = Target("postgres query", "GET", "/examples/database/postgres/query")
+BASELINE = Target(
+    "postgres query",
+    "GET",
+    "/examples/database/postgres/query",
+    script=Path(__file__).with_name("p95.lua"),
+)
 SIGNUP = Target("POST /users", "POST", "/users", script=Path(__file__).with_name("signup_post.lua"))
 
 
@@ -157,8 +162,10 @@ def main() -> int:
     p95 = signup.latency_ms.get("p95", float("nan"))
     ratio = statistics.median(ratios)
     lag_p95 = _quantile(lag_before, lag_after, 0.95)
+    base_p95 = medians[0][1].latency_ms.get("p95", float("nan"))
     print(
-        f"POST /users p95 {p95:.1f} ms ({'meets' if p95 < P95_GOAL_MS else 'MISSES'} "
+        f"POST /users p95 {p95:.1f} ms (the query's: {base_p95:.1f} ms; "
+        f"{'meets' if p95 < P95_GOAL_MS else 'MISSES'} "
         f"< {P95_GOAL_MS:g} ms); signup / postgres query throughput, median of the rounds' "
         f"ratios ({', '.join(f'{r:.2f}' for r in ratios)}): {ratio:.2f} "
         f"({'meets' if ratio >= RATIO_GOAL else 'MISSES'} the {RATIO_GOAL} goal)"

@@ -186,3 +186,19 @@ async def test_quartstack_relay_publishes_as_its_own_process_and_stops_on_sigter
         _out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "outbox relay stopped" in err
+
+
+async def test_a_new_event_wakes_the_relay_at_once_not_at_the_next_poll(
+    signup_settings, signup_db, events
+):
+    """With a 5-minute poll, only the NOTIFY at commit can explain a publish within 20 s."""
+    received = Received(events)
+    async with running_app(**{**signup_settings, "outbox_relay_poll_seconds": 300}) as (_, c):
+        await until(lambda: _quiet(signup_db))  # the relay's first batch is done: it waits
+        user_ids = await sign_up(c, 1)
+        await received.wait_for(await event_ids(signup_db, user_ids), timeout=20)
+
+
+async def _quiet(signup_db) -> bool:
+    rows = await sql(signup_db, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+    return rows[0]["n"] == 0

@@ -181,3 +181,13 @@ async def test_signup_without_postgres_configured_is_503_not_configured():
     async with running_app() as (_app, client):
         response = await client.post("/users", json={"email": unique_email(), "name": "A"})
     await assert_problem(response, 503, "backend-not-configured", "/users")
+
+
+async def test_the_openapi_document_describes_the_users_routes():
+    async with running_app() as (_app, client):
+        document = await (await client.get("/openapi.json")).get_json()
+    create = document["paths"]["/users"]["post"]
+    assert {"201", "409", "422"} <= set(create["responses"])
+    assert "requestBody" in create
+    delete = document["paths"]["/users/{id}"]["delete"]
+    assert {"404"} <= set(delete["responses"])
