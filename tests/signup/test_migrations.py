@@ -119,3 +119,12 @@ async def test_no_schema_check_when_postgres_is_not_required(fresh_db):
         response = await client.get("/health/ready")
         assert response.status_code == 200
         assert "schema" not in (await response.get_json())["checks"]
+
+
+async def test_signups_on_an_unmigrated_schema_are_503_not_500(fresh_db):
+    async with running_app(**env_settings(fresh_db)) as (_app, client):
+        response = await client.post("/users", json={"email": "a@example.com", "name": "A"})
+        assert response.status_code == 503, await response.get_data(as_text=True)
+        assert (await response.get_json())["type"] == "/problems/backend-unavailable"
+        deleted = await client.delete("/users/6f1c1d0e-8a4b-4c1e-9a59-2f1a8c6a7e10")
+        assert deleted.status_code == 503

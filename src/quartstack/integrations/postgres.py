@@ -27,12 +27,9 @@ _AUTH_ERRORS = (
     asyncpg.exceptions.InvalidPasswordError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
 )
-#: The server answered and refused the statement (a unique violation, an unknown
-#: table): the request's problem, not the database's health.
-_ANSWERED = (
-    asyncpg.exceptions.IntegrityConstraintViolationError,
-    asyncpg.exceptions.SyntaxOrAccessError,
-)
+#: The server answered and refused the data (a unique or check violation): the
+#: request's problem, not the database's health. They reach the caller unchanged.
+_ANSWERED = (asyncpg.exceptions.IntegrityConstraintViolationError,)
 _LOST = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
