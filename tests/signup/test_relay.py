@@ -12,13 +12,15 @@ import sys
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from aio_pika import DeliveryMode
 
+from quartstack.signup import RELAY_KEY
 from tests.rabbitmq.broker import BROKER_PORT
 from tests.signup.helpers import Received, event_ids, sql, unique_email, until
 from tests.support.app import metric_value, running_app
-from tests.support.net import TcpProxy
+from tests.support.net import TcpProxy, free_port
 
 pytestmark = pytest.mark.usefixtures("migrated")
 
@@ -171,8 +173,9 @@ async def test_quartstack_relay_publishes_as_its_own_process_and_stops_on_sigter
     env = dict(os.environ)
     for name, value in signup_settings.items():
         env[name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    metrics_port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "quartstack", "relay"],
+        [sys.executable, "-m", "quartstack", "relay", "--metrics-port", str(metrics_port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -181,6 +184,9 @@ async def test_quartstack_relay_publishes_as_its_own_process_and_stops_on_sigter
     try:
         await received.wait_for(expected)
         await until(lambda: _none_pending(signup_db, expected))
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "outbox_publish_lag_seconds_count" in metrics
+        assert "outbox_events_pending" in metrics
     finally:
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=60)
@@ -202,3 +208,15 @@ async def test_a_new_event_wakes_the_relay_at_once_not_at_the_next_poll(
 async def _quiet(signup_db) -> bool:
     rows = await sql(signup_db, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
     return rows[0]["n"] == 0
+
+
+async def test_the_in_process_relay_stops_with_the_app_before_its_clients_close(signup_settings):
+    async with running_app(**signup_settings) as (app, _client):
+        relay = app.extensions[RELAY_KEY]
+        task = relay._task
+        assert task is not None and not task.done()
+        postgres = app.extensions["postgres"]
+        hooks = app.after_serving_funcs
+        assert hooks[0].__name__ == "stop_relay"  # before the lifecycle closes the clients
+    assert task.done() and not task.cancelled()  # it finished its loop, not cut off
+    assert postgres._stopped

@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from prometheus_client import start_http_server
 from quart import Quart
 
 from quartstack import NAME
@@ -21,6 +22,7 @@ from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.rabbitmq import RabbitMQClient
 from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
+from quartstack.metrics import REGISTRY
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
 from quartstack.signup.relay import OutboxRelay
@@ -38,15 +40,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     migrate_cmd.add_argument(
         "--timeout", type=float, default=300.0, help="seconds the whole run may take (300)"
     )
-    commands.add_parser(
-        "relay", help="publish outbox events to RabbitMQ until SIGTERM (no HTTP server)"
+    relay_cmd = commands.add_parser(
+        "relay", help="publish outbox events to RabbitMQ until SIGTERM (no API routes)"
+    )
+    relay_cmd.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: none)"
     )
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.timeout))
-    return asyncio.run(_relay(settings))
+    return asyncio.run(_relay(settings, args.metrics_port))
 
 
 @asynccontextmanager
@@ -86,7 +91,7 @@ async def _migrate(settings: Settings, timeout: float) -> int:
     return 0
 
 
-async def _relay(settings: Settings) -> int:
+async def _relay(settings: Settings, metrics_port: int | None) -> int:
     missing = {"postgres", "rabbitmq"} - settings.enabled_backends
     if missing:
         logger.error("the relay needs POSTGRES_HOST and RABBITMQ_HOST")
@@ -98,6 +103,9 @@ async def _relay(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         relay.start()
+        if metrics_port is not None:
+            # The service's own registry, on a thread of prometheus_client's own.
+            start_http_server(metrics_port, addr=settings.host, registry=REGISTRY)
         logger.info("outbox relay running", extra={"exchange": settings.events_exchange})
         await stop.wait()
         await relay.stop(timeout=settings.shutdown_grace_seconds)
