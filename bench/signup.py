@@ -15,7 +15,7 @@ Goals from issue #11: signup p95 < 100 ms and ratio >= 0.5 at 32 connections.
 Run from the repository root (needs ``wrk``: ``apt-get install -y wrk``):
 
     .venv/bin/python -m bench.signup [--duration 10] [--connections 32] [--rounds 3]
-        [--pool-max 10]
+        [--pool-max 10] [--relay-off]
 """
 
 from __future__ import annotations
@@ -122,12 +122,19 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--pool-max", type=int, default=10)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--relay-off", action="store_true", help="OUTBOX_RELAY_ENABLED=false: the write alone"
+    )
     args = parser.parse_args()
 
     runs: dict[str, list[WrkResult]] = {BASELINE.name: [], SIGNUP.name: []}
     ratios: list[float] = []
     with _accounts(args.pool_max) as env:
-        server_env = {**env, "LOG_LEVEL": args.log_level}
+        server_env = {
+            **env,
+            "LOG_LEVEL": args.log_level,
+            "OUTBOX_RELAY_ENABLED": str(not args.relay_off).lower(),
+        }
         subprocess.run(
             [sys.executable, "-m", "quartstack", "migrate"],
             env={**os.environ, **server_env},
@@ -149,13 +156,14 @@ def main() -> int:
                     runs[target.name].append(result)
                 ratios.append(rows[1][1].requests_per_second / rows[0][1].requests_per_second)
                 print(f"round {round_number + 1}: signup/query {ratios[-1]:.2f}", file=sys.stderr)
-            drain_s = _drained(server.url)
+            drain_s = float("nan") if args.relay_off else _drained(server.url)
             lag_after = _lag_buckets(server.url)
 
     medians = [(t, median_result(runs[t.name])) for t in (BASELINE, SIGNUP)]
     print(
         f"wrk: {args.rounds} x {args.duration:g} s per target, {args.connections} connections, "
-        f"1 thread, loopback; medians; pool max {args.pool_max}; relay in the same process"
+        f"1 thread, loopback; medians; pool max {args.pool_max}; "
+        f"relay {'off' if args.relay_off else 'in the same process'}"
     )
     print(format_table(medians))
     signup = medians[1][1]

@@ -25,13 +25,14 @@ from datetime import UTC, datetime
 import asyncpg
 
 from quartstack.integrations.postgres import PostgresPool
-from quartstack.integrations.rabbitmq import RabbitMQClient
+from quartstack.integrations.rabbitmq import ExchangeMessage, RabbitMQClient
 from quartstack.metrics import (
     OUTBOX_PENDING,
     OUTBOX_PUBLISH_LAG,
     OUTBOX_RELAY_BATCHES,
     OUTBOX_RELAY_FAILURES,
 )
+from quartstack.resilience import BackendError
 from quartstack.settings import Settings
 from quartstack.signup import users
 from quartstack.signup.users import OutboxEvent
@@ -128,35 +129,39 @@ class OutboxRelay:
             events = await users.claim(connection, self.batch_size)
             if not events:
                 return 0
-            outcomes = await asyncio.gather(
-                *(self._publish(event) for event in events), return_exceptions=True
-            )
-            confirmed = [
-                e.id for e, outcome in zip(events, outcomes, strict=True) if outcome is None
-            ]
-            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            outcomes = await self._publish(events)
+            confirmed = [e for e, outcome in zip(events, outcomes, strict=True) if outcome is None]
             if confirmed:
-                await users.mark_published(connection, confirmed)
+                await users.mark_published(connection, [e.id for e in confirmed])
+        now = datetime.now(UTC)
+        for event in confirmed:
+            OUTBOX_PUBLISH_LAG.observe(max((now - event.created_at).total_seconds(), 0.0))
+        failed = [o for o in outcomes if o is not None]
         if failed:
-            for outcome in failed:
-                OUTBOX_RELAY_FAILURES.labels(_reason(outcome)).inc()
+            for error in failed:
+                OUTBOX_RELAY_FAILURES.labels(error.kind).inc()
             logger.warning(
                 "outbox events not confirmed; they stay pending",
                 extra={"failed": len(failed), "cause": type(failed[0]).__name__},
             )
         return len(confirmed)
 
-    async def _publish(self, event: OutboxEvent) -> None:
-        await self.rabbitmq.publish_to_exchange(
-            self.exchange,
-            event.event_type,
-            event.payload.encode(),
-            message_id=str(event.event_id),
-            message_type=event.event_type,
-            timestamp=event.created_at,
-        )
-        lag = (datetime.now(UTC) - event.created_at).total_seconds()
-        OUTBOX_PUBLISH_LAG.observe(max(lag, 0.0))
+    async def _publish(self, events: list[OutboxEvent]) -> list[BackendError | None]:
+        """Each event's outcome; all failed alike when none could be sent."""
+        messages = [
+            ExchangeMessage(
+                routing_key=event.event_type,
+                body=event.payload.encode(),
+                message_id=str(event.event_id),
+                message_type=event.event_type,
+                timestamp=event.created_at,
+            )
+            for event in events
+        ]
+        try:
+            return await self.rabbitmq.publish_to_exchange(self.exchange, messages)
+        except BackendError as exc:
+            return [exc] * len(events)
 
     async def _refresh_pending(self) -> None:
         now = time.monotonic()

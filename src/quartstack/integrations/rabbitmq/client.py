@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -101,6 +102,17 @@ class PublishUnconfirmed(BackendUnavailable):
             "been queued. Retry with the same Idempotency-Key (same message id) so consumers "
             "can drop a duplicate",
         )
+
+
+@dataclass(frozen=True)
+class ExchangeMessage:
+    """One message for :meth:`RabbitMQClient.publish_to_exchange`."""
+
+    routing_key: str
+    body: bytes
+    message_id: str
+    message_type: str | None = None
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -308,50 +320,62 @@ class RabbitMQClient(Backend):
                     raise MessageUnroutable(queue) from exc
 
     async def publish_to_exchange(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        message_type: str | None = None,
-        timestamp: datetime | None = None,
-        correlation_id: str | None = None,
-    ) -> None:
-        """Publish ``body`` (JSON), persistent, to durable topic ``exchange``; return once
-        the broker confirmed it.
+        self, exchange: str, messages: Sequence[ExchangeMessage]
+    ) -> list[BackendError | None]:
+        """Publish ``messages`` (JSON), persistent, to durable topic ``exchange``, pipelined
+        on one confirm channel; return each one's outcome: None once the broker confirmed
+        it, else the error (see the publish route's kinds). Raises a BackendError when
+        none could be sent (no connection, circuit open): the breaker counts that, not
+        a single message the broker refused.
 
         Not ``mandatory``: on a topic exchange the subscribers own their queues and
         bindings, and a message no binding matches is dropped by design (pub/sub),
         not an error the publisher could fix.
         """
-        message = Message(
-            body,
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            type=message_type,
-            correlation_id=correlation_id,
-            timestamp=timestamp or datetime.now(UTC),
-            app_id=NAME,
-        )
+        outgoing = [
+            Message(
+                m.body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=m.message_id,
+                type=m.message_type,
+                timestamp=m.timestamp or datetime.now(UTC),
+                app_id=NAME,
+            )
+            for m in messages
+        ]
 
-        async def send() -> None:
+        async def send() -> list[BaseException | None]:
             await self._ready_connection()
             pool = self._pool
             if pool is None:
                 raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
             async with pool.acquire() as channel:
                 target = await self._topic_exchange(channel, exchange)
-                await _confirmed_publish(channel, routing_key, message, target, mandatory=False)
+                return await asyncio.gather(
+                    *(
+                        _confirmed_publish(channel, m.routing_key, message, target, mandatory=False)
+                        for m, message in zip(messages, outgoing, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
 
         try:
-            await self.guard.call("publish", send)
+            results = await self.guard.call("publish_batch", send)
         except BackendError as exc:
-            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc()
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc(len(messages))
             raise
-        MESSAGES_PUBLISHED.inc()
+        outcomes: list[BackendError | None] = []
+        for result in results:
+            if result is None:
+                MESSAGES_PUBLISHED.inc()
+                outcomes.append(None)
+                continue
+            error = result if isinstance(result, BackendError) else PublishUnconfirmed()
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(error)).inc()
+            outcomes.append(error)
+        return outcomes
 
     async def _topic_exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
         """Durable topic exchange ``name`` on ``channel``, declared once per connection."""
