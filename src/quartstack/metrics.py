@@ -166,7 +166,7 @@ OUTBOX_PENDING = Gauge(
 )
 OUTBOX_PUBLISH_LAG = Histogram(
     "outbox_publish_lag_seconds",
-    "Time from an event's commit to the broker's confirm of it.",
+    "Time from an event's insert to its confirm by the broker (observed once marked).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
     registry=REGISTRY,
 )
