@@ -12,6 +12,7 @@ from quart import Quart
 
 from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.rabbitmq import RabbitMQClient
+from quartstack.lifecycle import lifecycle
 from quartstack.readiness import add_readiness_check
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
@@ -58,7 +59,7 @@ def init_signup(app: Quart, settings: Settings) -> None:
     app.extensions[RELAY_KEY] = relay
 
     async def start_relay() -> None:
-        relay.start()
+        relay.start(after=lifecycle(app).wait_started)
 
     async def stop_relay() -> None:
         await relay.stop()

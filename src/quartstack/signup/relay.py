@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -65,9 +66,25 @@ class OutboxRelay:
         self._batch_timeout = 3 * settings.backend_timeout_seconds
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, after: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run in the background, once ``after()`` is done (the app's startup: Vault
+        login and pools), so the first batch does not race the startup."""
         OUTBOX_PENDING.set_function(lambda: float(self.pending))
-        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+        async def run() -> None:
+            if after is not None:  # ... unless the app stops first
+                waits = [
+                    asyncio.ensure_future(after()),
+                    asyncio.ensure_future(self._stopping.wait()),
+                ]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in waits:
+                    waiting.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            if not self._stopping.is_set():
+                await self.run()
+
+        self._task = asyncio.create_task(run(), name="outbox-relay")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let the batch in progress finish (at most ``timeout``), then stop."""
