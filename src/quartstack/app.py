@@ -19,6 +19,7 @@ from quartstack.blueprints import (
     metrics,
     redis_cluster,
     root,
+    users,
     vault,
 )
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
@@ -32,6 +33,7 @@ from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
 from quartstack.metrics import APP_INFO
 from quartstack.settings import Settings, load_settings
+from quartstack.signup import init_signup
 from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import init_observability
 from quartstack.web.problems import init_problem_handlers
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_lifecycle(app, settings)
 
     _init_backends(app, settings)
+    init_signup(app, settings)
     for blueprint in (
         root.blueprint,
         metrics.blueprint,
@@ -84,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         cache.blueprint,
         redis_cluster.blueprint,
         messaging.blueprint,
+        users.blueprint,
     ):
         app.register_blueprint(blueprint)
     init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores
@@ -105,4 +109,3 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     init_redis(app, settings)
     if "rabbitmq" in settings.enabled_backends:
         RabbitMQClient(settings).init_app(app)
-

@@ -29,7 +29,7 @@ from quart import Quart, current_app, g, request
 
 from quartstack.integrations.base import registry
 from quartstack.metrics import HTTP_ERRORS, READINESS
-from quartstack.readiness import BackendMonitor
+from quartstack.readiness import BackendMonitor, readiness_checks
 from quartstack.web.problems import problem_body
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class Lifecycle:
             interval=self.settings.readiness_interval_seconds,
             timeout=self.settings.health_timeout_seconds,
             threshold=self.settings.readiness_failure_threshold,
+            checks=readiness_checks(app),
         )
         self.monitor = monitor
         self._startup_task = asyncio.create_task(self._run_startup(app, monitor), name="startup")
@@ -103,7 +104,7 @@ class Lifecycle:
         logger.info(
             "startup complete", extra={"duration_ms": round((time.monotonic() - began) * 1000, 1)}
         )
-        if monitor.backends:
+        if monitor.backends or monitor.check_results():
             self._tasks.append(asyncio.create_task(_keep_refreshing(monitor), name="readiness"))
 
     async def wait_started(self) -> None:

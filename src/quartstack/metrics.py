@@ -164,3 +164,25 @@ APP_INFO = Gauge(
     registry=REGISTRY,
 )
 READINESS = Gauge("app_ready", "1 while the readiness probe answers 200.", registry=REGISTRY)
+
+# --- signup outbox relay ------------------------------------------------------------------
+OUTBOX_PENDING = Gauge(
+    "outbox_events_pending",
+    "Outbox rows not yet published (the relay's count, at most 1 s old).",
+    registry=REGISTRY,
+)
+OUTBOX_PUBLISH_LAG = Histogram(
+    "outbox_publish_lag_seconds",
+    "Time from an event's insert to its confirm by the broker (observed once marked).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+OUTBOX_RELAY_BATCHES = Counter(
+    "outbox_relay_batches_total", "Relay batches completed.", registry=REGISTRY
+)
+OUTBOX_RELAY_FAILURES = Counter(
+    "outbox_relay_failures_total",
+    "Relay failures (a batch, or one event not confirmed), by problem kind.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -190,6 +190,16 @@ class Settings(BaseSettings):
     )
     rabbitmq_max_message_bytes: int = Field(default=1024 * 1024, ge=1, le=128 * 1024 * 1024)
 
+    # --- signup events (the outbox relay) ------------------------------------------------
+    events_exchange: str = Field(
+        default="quartstack.events", min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9_.:-]+$"
+    )
+    outbox_relay_enabled: bool = Field(
+        default=True, description="run the relay in the API process (else: quartstack relay)"
+    )
+    outbox_relay_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_relay_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+
     _split = field_validator(
         "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
     )(_split_commas)

@@ -115,13 +115,16 @@ def test_everything_on_and_off(rendered_all_on):
             "Deployment",
             "HorizontalPodAutoscaler",
             "Ingress",
+            "Job",  # quartstack migrate, a pre-install/pre-upgrade hook ...
             "NetworkPolicy",
             "Pod",
             "PodDisruptionBudget",
             "PrometheusRule",
             "Secret",
+            "Secret",  # ... with its own copy of the AppRole Secret
             "Service",
             "ServiceAccount",
+            "ServiceAccount",  # ... and its own ServiceAccount (hooks run before the release's)
             "ServiceMonitor",
         ]
     )
@@ -370,7 +373,7 @@ def test_probes_and_ports_are_the_apps_real_ones(rendered_all_on):
     assert "REDIS_HOST" not in config
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/vault/approle"]["readOnly"] is True
-    secret = find(rendered_all_on, "Secret")
+    secret = find(rendered_all_on, "Secret", "quartstack-approle")
     assert set(secret["stringData"]) == {"role-id", "secret-id"}
     assert container["env"] == [{"name": "RATE_LIMIT_HEALTH", "value": "300"}]
     assert mounts["/etc/vault-ca"]["name"] == "vault-ca"

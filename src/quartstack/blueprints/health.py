@@ -100,6 +100,8 @@ async def readiness() -> tuple[Readiness, int]:
     monitor = state.monitor
     for name in registry().required:
         checks[name] = monitor.status(name) if monitor is not None else "starting"
+    if monitor is not None:
+        checks.update(monitor.check_results())
     ready = all(value == "ok" for value in checks.values())
     READINESS.set(1 if ready else 0)
     return Readiness(status="ready" if ready else "not_ready", checks=checks), (

@@ -208,7 +208,12 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
 
     # --- calls -----------------------------------------------------------------------
     async def run(
-        self, operation: str, func: Callable[[C], Awaitable[T]], *, idempotent: bool = False
+        self,
+        operation: str,
+        func: Callable[[C], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
     ) -> T:
         """Run ``func(connection)`` under the breaker, the timeout and the metrics.
 
@@ -216,6 +221,8 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
         the login, so nothing ran). A connection that died while idle in the pool is
         retried once on a fresh one, but only when ``idempotent``; an idempotent call
         also retries connection errors with backoff (``RETRY_*``, in the guard).
+        ``timeout`` replaces the backend timeout for work known to take longer
+        (a migration, a relay batch that waits for the broker).
         """
 
         async def call() -> T:
@@ -232,7 +239,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
                     else:
                         raise
 
-        return await self.guard.call(operation, call, idempotent=idempotent)
+        return await self.guard.call(operation, call, idempotent=idempotent, timeout=timeout)
 
     async def _use(self, generation: PoolGeneration[P], func: Callable[[C], Awaitable[T]]) -> T:
         generation.enter()
