@@ -1,10 +1,10 @@
 """Benchmark: ``/examples/vault/secret/{service}`` with the in-process KV cache warm vs off.
 
-Starts the Vault-API test server and two real ``quartstack serve`` processes (one
+Starts an OpenBao server (tests/support/vault.py) and two real ``quartstack serve`` processes (one
 after the other: cache TTL 300 s, then 0), drives each with wrk, and reports
 throughput and latency as ratios against ``/health/live`` measured in the same
 process in the same run (absolute numbers drift between runs on shared machines).
-It also counts the KV reads the Vault stand-in served during each run: with a
+It also counts the KV reads OpenBao served during each run: with a
 warm cache the route must make no Vault round trip at all.
 
 The shared Redis response cache and rate limiting are switched off so that only

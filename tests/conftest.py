@@ -1,16 +1,18 @@
-"""Session-wide fixtures: the real Vault (OpenBao) every backend suite uses, and a clean
-shared Redis afterwards."""
+"""Session-wide fixtures: the real Vault (OpenBao) every backend suite uses, and the
+run's own Redis key prefix, whose keys (and only those) are removed afterwards."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
 
 import redis as redis_sync
+from tests.support.app import TEST_KEY_PREFIX
+from tests.support.leftovers import sweep_redis_leftovers
 from tests.support.vault import VaultTestServer
-
-APP_KEYS = "quartstack:*"  # idempotency records (24 h), cached responses, rate limits
 
 
 @pytest.fixture(scope="session")
@@ -21,18 +23,39 @@ def vault_server() -> Iterator[VaultTestServer]:
         yield server
 
 
+def _delete_matching(client: redis_sync.Redis, pattern: str) -> None:
+    batch = []
+    for key in client.scan_iter(pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def shared_redis_left_clean() -> Iterator[None]:
-    """The apps under test write their own keys into the machine's Redis; whatever
-    appeared there during the run is removed at the end, what was there before is kept."""
+def redis_keys_of_this_run() -> Iterator[str]:
+    """Every app this run builds writes under the run's own ``REDIS_KEY_PREFIX`` (also
+    exported to the environment, for ``quartstack serve`` processes and apps built from
+    ``load_settings``); at the end only those keys are deleted, so concurrent runs sharing
+    the machine's Redis keep theirs. Leftovers of interrupted runs are removed first."""
+    previous = os.environ.get("REDIS_KEY_PREFIX")
+    os.environ["REDIS_KEY_PREFIX"] = TEST_KEY_PREFIX
     client = redis_sync.Redis(port=6379)
     try:
-        before = set(client.scan_iter(APP_KEYS, count=1000))
+        sweep_redis_leftovers()
+        reachable = True
     except redis_sync.RedisError:  # a suite that never needs Redis still runs
-        before = None
-    yield
-    if before is not None:
-        created = set(client.scan_iter(APP_KEYS, count=1000)) - before
-        if created:
-            client.delete(*created)
-    client.close()
+        reachable = False
+    try:
+        yield TEST_KEY_PREFIX
+    finally:
+        if previous is None:
+            os.environ.pop("REDIS_KEY_PREFIX", None)
+        else:
+            os.environ["REDIS_KEY_PREFIX"] = previous
+        if reachable:
+            with contextlib.suppress(redis_sync.RedisError):
+                _delete_matching(client, f"{TEST_KEY_PREFIX}:*")
+        client.close()

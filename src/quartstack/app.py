@@ -19,6 +19,7 @@ from quartstack.blueprints import (
     metrics,
     redis_cluster,
     root,
+    users,
     vault,
 )
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
@@ -32,10 +33,12 @@ from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
 from quartstack.metrics import APP_INFO
 from quartstack.settings import Settings, load_settings
+from quartstack.signup import init_signup
 from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import init_observability
 from quartstack.web.problems import init_problem_handlers
 from quartstack.web.request_body import init_request_body_checks
+from quartstack.web.scrub import init_success_body_scrubbing
 from quartstack.web.security import init_cors, init_security_headers
 
 SETTINGS_KEY = "quartstack.settings"
@@ -68,12 +71,13 @@ def create_app(settings: Settings | None = None) -> Quart:
             version=__version__,
             description="Quart reference service: Vault, SQL, MongoDB, Redis, RabbitMQ",
         ),
-        redoc_ui_path=None,
+        redoc_ui_path="/redoc",
         scalar_ui_path=None,
     )
-    init_lifecycle(app, settings.startup_timeout_seconds)
+    init_lifecycle(app, settings)
 
     _init_backends(app, settings)
+    init_signup(app, settings)
     for blueprint in (
         root.blueprint,
         metrics.blueprint,
@@ -83,8 +87,10 @@ def create_app(settings: Settings | None = None) -> Quart:
         cache.blueprint,
         redis_cluster.blueprint,
         messaging.blueprint,
+        users.blueprint,
     ):
         app.register_blueprint(blueprint)
+    init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores
     return app
 
 
@@ -103,8 +109,3 @@ def _init_backends(app: Quart, settings: Settings) -> None:
     init_redis(app, settings)
     if "rabbitmq" in settings.enabled_backends:
         RabbitMQClient(settings).init_app(app)
-
-
-def settings_of(app: Quart) -> Settings:
-    value: Settings = app.extensions[SETTINGS_KEY]
-    return value

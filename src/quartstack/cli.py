@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from quartstack import __version__
 from quartstack.logging_setup import configure_logging
 from quartstack.settings import Settings, SettingsError, load_settings
+from quartstack.signup import cli as signup_cli
 
 logger = logging.getLogger("quartstack.cli")
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--reload", action="store_true", help="restart when source files change (development)"
     )
+    signup_cli.add_commands(commands)
     return parser
 
 
@@ -42,7 +44,8 @@ def hypercorn_config(settings: Settings, bind: str | None, workers: int) -> Conf
     config = Config()
     config.bind = [bind or f"{settings.host}:{settings.port}"]
     config.workers = workers
-    config.graceful_timeout = settings.shutdown_grace_seconds
+    config.graceful_timeout = settings.shutdown_grace_seconds  # several workers: Hypercorn's own
+    config.shutdown_timeout = settings.shutdown_close_seconds + 1
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
@@ -62,11 +65,17 @@ def _uvloop_factory(disabled: bool) -> Callable[[], asyncio.AbstractEventLoop] |
     return factory
 
 
-async def _serve_one(settings: Settings, config: Config) -> None:
+async def _serve_one(settings: Settings, config: Config) -> bool:
+    """Serve until SIGTERM/SIGINT, then shut down within the budget; False if the
+    budget ran out and the server was stopped by force."""
     from quartstack.app import create_app
-    from quartstack.lifecycle import drain
+    from quartstack.lifecycle import lifecycle
 
     app = create_app(settings)
+    # One worker: requests get the grace in Lifecycle.shut_down, before Hypercorn is told
+    # to stop; what Hypercorn waits for after that (connections closing, the lifespan's
+    # after_serving) comes out of the close phase, see quartstack.lifecycle.
+    config.graceful_timeout = min(1.0, settings.shutdown_close_seconds / 4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,11 +84,28 @@ async def _serve_one(settings: Settings, config: Config) -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
         logger.info("shutdown signal received")
-        await drain(
-            app, minimum=settings.shutdown_drain_seconds, grace=settings.shutdown_grace_seconds
-        )
+        await lifecycle(app).shut_down()
 
-    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=shutdown_trigger))
+    signalled = asyncio.create_task(stop.wait())
+    await asyncio.wait((server, signalled), return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    if server.done():
+        server.result()
+        return True
+    # a backstop only: the phases bound themselves, but on Python >= 3.12 Hypercorn
+    # waits for every connection to close without a timeout of its own
+    budget = (
+        settings.shutdown_drain_seconds
+        + settings.shutdown_grace_seconds
+        + settings.shutdown_close_seconds
+    )
+    try:
+        await asyncio.wait_for(server, budget + 1)
+    except TimeoutError:
+        logger.error("shutdown overran its budget; stopping now", extra={"budget_s": budget})
+        return False
+    return True
 
 
 def _serve_many(config: Config) -> None:
@@ -97,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quartstack: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command in signup_cli.COMMANDS:
+        return signup_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
     config = hypercorn_config(settings, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)
@@ -117,6 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         _serve_many(config)
         return 0
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve_one(settings, config))
+        clean = runner.run(_serve_one(settings, config))
     logger.info("stopped")
-    return 0
+    return 0 if clean else 1

@@ -103,6 +103,13 @@ RATE_LIMIT_STORE_ERRORS = Counter(
     "Rate-limit checks that could not reach Redis and failed open.",
     registry=REGISTRY,
 )
+IDEMPOTENCY_NOT_ENFORCED = Counter(
+    "idempotency_not_enforced_total",
+    "POSTs with an Idempotency-Key processed without the guarantee, by reason "
+    "(redis_unavailable, unsupported_server, unreadable_record).",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 # --- backends -----------------------------------------------------------------------------
 BACKEND_CALL_DURATION = Histogram(
@@ -110,6 +117,12 @@ BACKEND_CALL_DURATION = Histogram(
     "Duration of calls to a backend, by operation (failures included).",
     ["service", "operation"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+BACKEND_CALL_RETRIES = Counter(
+    "backend_call_retries_total",
+    "Idempotent backend reads retried after a connection error (RETRY_* settings).",
+    ["service", "operation"],
     registry=REGISTRY,
 )
 BACKEND_POOL_CONNECTIONS = Gauge(
@@ -170,3 +183,25 @@ APP_INFO = Gauge(
     registry=REGISTRY,
 )
 READINESS = Gauge("app_ready", "1 while the readiness probe answers 200.", registry=REGISTRY)
+
+# --- signup outbox relay ------------------------------------------------------------------
+OUTBOX_PENDING = Gauge(
+    "outbox_events_pending",
+    "Outbox rows not yet published (the relay's count, at most 1 s old).",
+    registry=REGISTRY,
+)
+OUTBOX_PUBLISH_LAG = Histogram(
+    "outbox_publish_lag_seconds",
+    "Time from an event's insert to its confirm by the broker (observed once marked).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+OUTBOX_RELAY_BATCHES = Counter(
+    "outbox_relay_batches_total", "Relay batches completed.", registry=REGISTRY
+)
+OUTBOX_RELAY_FAILURES = Counter(
+    "outbox_relay_failures_total",
+    "Relay failures (a batch, or one event not confirmed), by problem kind.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -5,7 +5,8 @@ counts the outcome, a timeout bounds the call *inside* the breaker (an outer
 cancellation is a ``BaseException`` the breaker would count as success), and the
 duration lands in ``backend_call_duration_seconds``. Failures leave as
 :class:`BackendUnavailable` (503) or :class:`BackendTimeout` (504), which the web
-layer renders as problem+json.
+layer renders as problem+json. Idempotent reads may retry connection errors
+(:class:`RetryPolicy`) inside that one timeout.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from quartstack.metrics import (
     BACKEND_CALL_DURATION,
+    BACKEND_CALL_RETRIES,
     CIRCUIT_CLOSED,
     CIRCUIT_FAILURES,
     CIRCUIT_HALF_OPENED,
@@ -83,6 +86,14 @@ class CircuitOpen(BackendUnavailable):
         )
 
 
+class CircuitTrialInProgress(CircuitOpen):
+    """The circuit is half-open and its one trial call is still running: fail fast (503)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, 1)
+        self.args = (f"{service} is recovering; a trial call is in progress, retry in 1 s",)
+
+
 class BackendTimeout(BackendError):
     """The backend did not answer within its timeout (504)."""
 
@@ -108,7 +119,10 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         failure_threshold: int = 5,
         recovery_timeout: float = 60.0,
         ignored: tuple[type[BaseException], ...] = (),
+        neutral: tuple[type[BaseException], ...] = (),
     ) -> None:
+        self.neutral = neutral
+
         def is_failure(exc_type: type[BaseException], exc: BaseException) -> bool:
             return issubclass(exc_type, Exception) and not issubclass(exc_type, ignored)
 
@@ -141,6 +155,8 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
             # Cancelled from outside (client gone, an outer timeout): the call proved
             # nothing, so it is neither a success (the package would reset) nor a failure.
             return False
+        if exc_type is not None and issubclass(exc_type, self.neutral):
+            return False  # caused by the request or the data: proves nothing either way
         if exc_type is not None and self.is_failure(exc_type, exc_value):
             CIRCUIT_FAILURES.labels(self.service).inc()
         super().__exit__(exc_type, exc_value, traceback)
@@ -152,11 +168,45 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         return max(1, int(self.open_remaining))
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of idempotent reads (``RETRY_*`` settings), with full jitter.
+
+    Only connection errors are retried (the request never reached the backend, or
+    the connection died under a read that can run again), and only inside the
+    call's one timeout: a retry whose backoff would end past the deadline is not
+    made, and a timeout is never retried, since it already spent the budget.
+    """
+
+    attempts: int = 1
+    base_delay: float = 0.1
+    max_delay: float = 2.0
+
+    def backoff(self, failed: int) -> float:
+        """Pause after the ``failed``-th failed attempt (1-based)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * math.pow(2, failed - 1)))
+
+
+NO_RETRY = RetryPolicy()
+
+
+def is_connection_error(exc: Exception) -> bool:
+    """The default "transient" test: the connection was refused, reset or dropped."""
+    return isinstance(exc, ConnectionError)
+
+
 class BackendGuard:
     """One backend's circuit breaker, timeout and call metrics.
 
     Client classes own a guard and route every I/O call through :meth:`call`, so
     handlers never repeat the plumbing.
+
+    Half-open admits exactly one trial call. The ``circuitbreaker`` package only
+    tells the state (it lets every caller through once the recovery time is over,
+    so a backend that just came back would get the whole backlog at once); the
+    gate is ours: the first caller in half-open is the trial, everyone else fails
+    fast with :class:`CircuitTrialInProgress` until the trial closes the circuit
+    (success) or opens it again (failure).
     """
 
     def __init__(
@@ -167,16 +217,23 @@ class BackendGuard:
         failure_threshold: int = 5,
         recovery_timeout: float = 60.0,
         ignored: tuple[type[BaseException], ...] = (),
+        retry: RetryPolicy = NO_RETRY,
+        transient: Callable[[Exception], bool] = is_connection_error,
+        neutral: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.service = service
         self.timeout = timeout
+        self.retry = retry
+        self.transient = transient
         self.breaker = ObservedCircuitBreaker(
             service,
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout,
             ignored=ignored,
+            neutral=neutral,
         )
-        self._ignored = ignored
+        self._ignored = ignored + neutral
+        self._trial: asyncio.Task[Any] | None = None  # the task making the trial call
         self._durations: dict[str, Any] = {}  # histogram child per operation
 
     @property
@@ -189,21 +246,37 @@ class BackendGuard:
         func: Callable[[], Awaitable[T]],
         *,
         timeout: float | None = None,
+        idempotent: bool = False,
     ) -> T:
         """Run ``func()`` under the breaker with a timeout; map failures to backend errors.
 
         Exceptions listed in ``ignored`` (e.g. "secret not found") are the
         backend answering correctly: they pass through unchanged and count as
-        success for the breaker.
+        success for the breaker. Those in ``neutral`` were caused by the request or
+        the data (a value that does not decode, a wrong type, our own pool being
+        full): they pass through unchanged and leave the breaker as it was. An
+        ``idempotent`` call (a read that can safely run twice) retries ``transient``
+        errors under :attr:`retry`; the breaker sees one outcome for the whole call.
         """
-        if self.breaker.observe() == STATE_OPEN:
+        state = self.breaker.observe()
+        if state == STATE_OPEN:
             raise CircuitOpen(self.service, self.breaker.retry_after)
+        trial = False
+        if state == STATE_HALF_OPEN:
+            current = asyncio.current_task()
+            if self._trial is None:
+                # No await since the check: no other caller can slip in.
+                self._trial, trial = current, True
+            elif self._trial is not current:  # a call nested in the trial is part of it
+                raise CircuitTrialInProgress(self.service)
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         try:
             with self.breaker:
-                async with asyncio.timeout(limit):
-                    return await func()
+                async with asyncio.timeout(limit) as budget:
+                    if not idempotent or self.retry.attempts <= 1:
+                        return await func()
+                    return await self._with_retries(operation, func, budget)
         except TimeoutError as exc:
             raise BackendTimeout(self.service, limit) from exc
         except BackendError:
@@ -215,7 +288,32 @@ class BackendGuard:
                 self.service, f"{self.service} failed ({type(exc).__name__})"
             ) from exc
         finally:
+            if trial:
+                self._trial = None
             self._duration(operation).observe(time.perf_counter() - started)
+
+    async def _with_retries(
+        self, operation: str, func: Callable[[], Awaitable[T]], budget: asyncio.Timeout
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        failed = 0
+        while True:
+            try:
+                return await func()
+            except Exception as exc:
+                failed += 1
+                if (
+                    failed >= self.retry.attempts
+                    or isinstance(exc, (TimeoutError, BackendError, *self._ignored))
+                    or not self.transient(exc)
+                ):
+                    raise
+                pause = self.retry.backoff(failed)
+                deadline = budget.when()
+                if deadline is not None and loop.time() + pause >= deadline:
+                    raise  # no time left for another attempt: fail now, not at the deadline
+            BACKEND_CALL_RETRIES.labels(self.service, operation).inc()
+            await asyncio.sleep(pause)
 
     def _duration(self, operation: str) -> Any:
         """The histogram child of ``operation``, looked up once (``labels()`` locks)."""

@@ -64,8 +64,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    # SIGTERM budget, in order: drain (readiness 503, still accepting), grace (in-flight
+    # requests finish; the rest get a 503), close (backend clients); see lifecycle.py
     shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=120)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    shutdown_close_seconds: float = Field(default=5.0, gt=0, le=120)
     startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     cors_origins: CommaList = Field(
@@ -77,6 +80,12 @@ class Settings(BaseSettings):
     )
     trusted_proxies: CommaList = Field(default_factory=list)
     required_backends: CommaList = Field(default_factory=list)
+    readiness_interval_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="how often required backends are re-checked"
+    )
+    readiness_failure_threshold: int = Field(
+        default=3, ge=1, le=100, description="consecutive failed checks before 'down'"
+    )
 
     # --- resilience (defaults for every backend) --------------------------------------
     backend_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -94,6 +103,13 @@ class Settings(BaseSettings):
     rate_limit_metrics: int = Field(default=1000, ge=1)
     response_cache_enabled: bool = True
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    idempotency_max_stored_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="larger responses keep only status and digest, so keyed requests cannot "
+        "fill Redis",
+    )
 
     # --- Vault ---------------------------------------------------------------------------
     vault_addr: str | None = None
@@ -158,6 +174,14 @@ class Settings(BaseSettings):
     redis_nodes: CommaList = Field(default_factory=list)
     redis_password: SecretStr | None = None
     redis_pool_max: int = Field(default=50, ge=1, le=1000)
+    redis_key_prefix: str = Field(
+        default="quartstack",
+        # No glob characters (invalidation matches under it) and no braces (they would
+        # change the cluster hash tag of the rate-limit keys).
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="start of every key the service writes, so deployments sharing a Redis "
+        "never see each other's keys",
+    )
 
     # --- RabbitMQ ------------------------------------------------------------------------
     rabbitmq_host: str | None = None
@@ -173,6 +197,16 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=60, description="pause between reconnection attempts"
     )
     rabbitmq_max_message_bytes: int = Field(default=1024 * 1024, ge=1, le=128 * 1024 * 1024)
+
+    # --- signup events (the outbox relay) ------------------------------------------------
+    events_exchange: str = Field(
+        default="quartstack.events", min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9_.:-]+$"
+    )
+    outbox_relay_enabled: bool = Field(
+        default=True, description="run the relay in the API process (else: quartstack relay)"
+    )
+    outbox_relay_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_relay_poll_seconds: float = Field(default=2.0, gt=0, le=300)
 
     _split = field_validator(
         "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
@@ -237,6 +271,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{', '.join(dynamic)}=dynamic needs VAULT_ADDR")
         return self
 
+    @model_validator(mode="after")
+    def _required_are_configured(self) -> Settings:
+        """Readiness waiting for a backend this deployment does not configure would keep
+        every pod out of the Service forever: refuse to start instead."""
+        missing = [name for name in self.required_backends if name not in self.enabled_backends]
+        if missing:
+            hints = {"vault": "VAULT_ADDR", "redis": "REDIS_HOST or REDIS_NODES"}
+            needed = "; ".join(f"{n} needs {hints.get(n, n.upper() + '_HOST')}" for n in missing)
+            raise ValueError(
+                f"REQUIRED_BACKENDS: names backends that are not configured ({needed})"
+            )
+        return self
+
     @cached_property
     def enabled_backends(self) -> frozenset[str]:
         """Backends that are configured; the others answer 503 'not configured'."""
@@ -265,6 +312,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
-            problems.append(f"{name}: {error['msg']}")
+            if error["loc"]:
+                problems.append(f"{str(error['loc'][0]).upper()}: {error['msg']}")
+            else:  # a check across settings names its variables itself
+                problems.append(str(error.get("ctx", {}).get("error", error["msg"])))
         raise SettingsError("invalid setting " + "; ".join(problems)) from None

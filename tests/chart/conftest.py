@@ -19,7 +19,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "quartstack"
-SHARED = ROOT.parent / "shared"
+# Third-party schemas, copied into the repository (tests/chart/schemas/README.md).
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
 RELEASE = "quartstack"
 NAMESPACE = "quartstack"
 MONITORING_APIS = (

@@ -41,7 +41,7 @@ def test_promtool_check_rules(tmp_path):
         [promtool(), "check", "rules", str(rules)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test(tmp_path):
@@ -58,6 +58,8 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(tmp_path):
         "QuartstackVaultTokenRenewalFailing",
         "QuartstackVaultLeaseExpiring",
         "QuartstackTargetDown",
+        "QuartstackOutboxBacklogGrowing",
+        "QuartstackOutboxRelayStalled",
     }
     fired, silent = set(), set()
     for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]:
@@ -73,6 +75,8 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(tmp_path):
         ("QuartstackCircuitOpen", lambda e: e.replace("== 2", "== 1")),
         ("QuartstackHighErrorRatio", lambda e: e.replace('status=~"5.."', 'status=~"4.."')),
         ("QuartstackTargetDown", lambda e: e.replace("== 0", "== 1")),
+        ("QuartstackOutboxBacklogGrowing", lambda e: e.replace("> 0", "< 0")),
+        ("QuartstackOutboxRelayStalled", lambda e: e.replace("unless", "and")),
     ],
 )
 def test_unit_tests_catch_a_broken_alert(tmp_path, alert, broken):

@@ -15,7 +15,7 @@ from tests.chart.conftest import (
     KUBERNETES_VERSIONS,
     NAMESPACE,
     ROOT,
-    SHARED,
+    SCHEMAS,
     VALUES_FILES,
     find,
     helm,
@@ -24,8 +24,8 @@ from tests.chart.conftest import (
 )
 
 CRD_FILES = {
-    "ServiceMonitor": SHARED / "schemas" / "crd-servicemonitors.yaml",
-    "PrometheusRule": SHARED / "schemas" / "crd-prometheusrules.yaml",
+    "ServiceMonitor": SCHEMAS / "crd-servicemonitors.yaml",
+    "PrometheusRule": SCHEMAS / "crd-prometheusrules.yaml",
 }
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
@@ -115,13 +115,16 @@ def test_everything_on_and_off(rendered_all_on):
             "Deployment",
             "HorizontalPodAutoscaler",
             "Ingress",
+            "Job",  # quartstack migrate, a pre-install/pre-upgrade hook ...
             "NetworkPolicy",
             "Pod",
             "PodDisruptionBudget",
             "PrometheusRule",
             "Secret",
+            "Secret",  # ... with its own copy of the AppRole Secret
             "Service",
             "ServiceAccount",
+            "ServiceAccount",  # ... and its own ServiceAccount (hooks run before the release's)
             "ServiceMonitor",
         ]
     )
@@ -217,7 +220,8 @@ def test_schema_config_keys_are_the_apps_settings():
         for s in settings.body
         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
     }
-    managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "REDIS_NODES"}
+    managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "SHUTDOWN_CLOSE_SECONDS"}
+    managed |= {"REDIS_NODES", "REDIS_KEY_PREFIX"}
     managed |= {f"VAULT_{n}" for n in ("ADDR", "MOUNT", "APPROLE_DIR", "TOKEN_FILE")}
     for backend in ("POSTGRES", "MYSQL", "MONGODB", "REDIS", "RABBITMQ"):
         managed |= {f"{backend}_HOST", f"{backend}_PORT"}
@@ -246,9 +250,36 @@ def test_grace_period_must_cover_prestop_and_drain():
         "--set",
         "shutdown.shutdownGraceSeconds=40",
         "--set",
-        "shutdown.terminationGracePeriodSeconds=50",
+        "shutdown.terminationGracePeriodSeconds=55",
     )
     assert helm("template", "q", str(CHART), *ok, check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("sets", "renders"),
+    [
+        ((), True),  # 5 + 1 + 20 + 5 + 2 = 33 <= 35
+        (("shutdown.terminationGracePeriodSeconds=33",), True),
+        (("shutdown.terminationGracePeriodSeconds=32",), False),
+        (("config.SHUTDOWN_DRAIN_SECONDS=3",), True),  # 35
+        (("config.SHUTDOWN_DRAIN_SECONDS=3.5",), False),
+        (("shutdown.closeSeconds=8",), False),
+        (("shutdown.closeSeconds=7", "shutdown.terminationGracePeriodSeconds=37"), True),
+    ],
+)
+def test_grace_period_covers_the_whole_shutdown_budget(sets, renders):
+    """preStop + drain + grace + close + 2 s margin <= terminationGracePeriodSeconds: the
+    app exits within drain + grace + close after SIGTERM (tests/foundation/test_process.py)."""
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "q", str(CHART), *args, check=False)
+    assert (result.returncode == 0) is renders, result.stderr
+    if renders:
+        config = next(
+            d["data"] for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ConfigMap"
+        )
+        assert float(config["SHUTDOWN_CLOSE_SECONDS"]) > 0
+    else:
+        assert "terminationGracePeriodSeconds" in result.stderr
 
 
 def test_startup_probe_must_outlast_the_apps_startup_timeout():
@@ -342,7 +373,7 @@ def test_probes_and_ports_are_the_apps_real_ones(rendered_all_on):
     assert "REDIS_HOST" not in config
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/vault/approle"]["readOnly"] is True
-    secret = find(rendered_all_on, "Secret")
+    secret = find(rendered_all_on, "Secret", "quartstack-approle")
     assert set(secret["stringData"]) == {"role-id", "secret-id"}
     assert container["env"] == [{"name": "RATE_LIMIT_HEALTH", "value": "300"}]
     assert mounts["/etc/vault-ca"]["name"] == "vault-ca"
@@ -364,6 +395,22 @@ def test_vault_agent_mode_uses_injector_and_token_file():
     assert config["VAULT_TOKEN_FILE"] == "/vault/secrets/token"
     assert "VAULT_APPROLE_DIR" not in config
     assert not any(d["kind"] == "Secret" for d in documents)
+
+
+def test_redis_key_prefix_is_the_release_name_unless_set():
+    """Two releases sharing one Redis never share cached responses or rate limits."""
+
+    def prefix(release: str, *sets: str) -> str | None:
+        args = ["template", release, str(CHART), "--set", "backends.redis.host=redis"]
+        for item in sets:
+            args += ["--set", item]
+        documents = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+        return find(documents, "ConfigMap", "quartstack")["data"].get("REDIS_KEY_PREFIX")
+
+    assert prefix("shop-a") == "shop-a"
+    assert prefix("shop-b", "backends.redis.keyPrefix=shared-cache") == "shared-cache"
+    without_redis = find(render(*VALUES_FILES["everything-off"]), "ConfigMap")["data"]
+    assert "REDIS_KEY_PREFIX" not in without_redis
 
 
 def test_without_vault_nothing_vault_is_rendered():

@@ -13,7 +13,7 @@ from tests.chart.conftest import (
     CHART,
     KUBERNETES_VERSIONS,
     ROOT,
-    SHARED,
+    SCHEMAS,
     find,
     helm,
     kubectl,
@@ -21,7 +21,7 @@ from tests.chart.conftest import (
 )
 
 K8S = ROOT / "k8s"
-SKAFFOLD_SCHEMA = json.loads((SHARED / "schemas" / "skaffold-v4beta14.schema.json").read_text())
+SKAFFOLD_SCHEMA = json.loads((SCHEMAS / "skaffold-v4beta14.schema.json").read_text())
 SKAFFOLD = [d for d in yaml.safe_load_all((ROOT / "skaffold.yaml").read_text()) if d]
 # What skaffold substitutes into setValueTemplates for a built image.
 IMAGE_VARS = {

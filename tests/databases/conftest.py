@@ -2,7 +2,7 @@
 
 A dedicated database and user per run on the machine's PostgreSQL and MariaDB,
 an ``nx-27017`` process for MongoDB (behind a SCRAM front where a test needs a
-password), and a KV v2 mount of each test's own in the session Vault test server
+password), and a KV v2 mount of each test's own in the session OpenBao
 holding the ``postgres``, ``mysql`` and ``mongodb`` secrets, so that tests that
 rotate a secret touch no other test.
 """
@@ -17,9 +17,20 @@ from typing import Any
 import pytest
 
 from tests.databases.helpers import DatabaseAccounts
-from tests.support.databases import MySQLDatabase, PostgresDatabase, PrivatePostgres
+from tests.support.databases import (
+    MySQLDatabase,
+    PostgresDatabase,
+    PrivatePostgres,
+    sweep_database_leftovers,
+)
 from tests.support.mongo import NxMongoServer, ScramFront
 from tests.support.vault import VaultTestServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_leftovers_swept() -> None:
+    """What an interrupted run left on the SQL servers goes before this run starts."""
+    sweep_database_leftovers()
 
 
 @pytest.fixture(scope="session")

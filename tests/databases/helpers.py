@@ -23,7 +23,7 @@ DATABASES = ("postgres", "mysql", "mongodb")
 
 @dataclass
 class DatabaseAccounts:
-    """Where a test's database secrets live in the Vault test server."""
+    """Where a test's database secrets live in the session OpenBao."""
 
     vault: VaultTestServer
     mount: str

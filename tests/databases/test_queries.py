@@ -1,5 +1,5 @@
 """The example queries, health checks and pool metrics, against the real servers,
-with credentials from the Vault test server."""
+with credentials from the session OpenBao."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from quartstack.integrations.postgres import PostgresPool
 from tests.databases.helpers import QUERY
 from tests.support.app import metric_value, running_app
+from tests.support.polling import wait_until
 
 
 async def test_postgres_query_runs_over_the_pool_as_the_vault_user(db_settings, postgres_account):
@@ -90,7 +91,7 @@ async def test_mongodb_logs_in_with_the_vault_credentials_when_they_have_a_user(
 
 
 async def test_health_reports_each_server_version(db_settings, postgres_account, mysql_account):
-    pg_version = postgres_account.sql("SHOW server_version")
+    pg_version = postgres_account.sql("SELECT version()")  # the full string
     my_version = str(mysql_account.sql("SELECT VERSION()")[0][0])
     async with running_app(**db_settings) as (_, client):
         for name, version in (("postgres", pg_version), ("mysql", my_version)):
@@ -131,13 +132,18 @@ async def test_pool_gauges_are_current_at_scrape_time(db_settings, postgres_acco
                     "wait", "SELECT 'got it' FROM (SELECT pg_advisory_xact_lock(77)) l"
                 )
             )
-            async with asyncio.timeout(10):
-                while await scraped(client, "postgres", "in_use") != 1:
-                    await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: _scraped_is(client, "postgres", "in_use", 1),
+                what="/metrics showing the borrowed connection",
+            )
         finally:
             await holder.close()  # ends our session, and its lock
         assert await waiting == "got it"
         assert await scraped(client, "postgres", "in_use") == 0
+
+
+async def _scraped_is(client, service: str, state: str, value: float) -> bool:
+    return await scraped(client, service, state) == value
 
 
 async def scraped(client, service: str, state: str) -> float:
@@ -211,10 +217,14 @@ async def test_pools_close_when_the_app_stops(
         assert postgres_account.connection_count() >= 1
         assert mysql_account.connection_ids()
         assert mongo_front.authenticated_now >= 1
-    async with asyncio.timeout(10):  # the servers notice the closed sockets
-        while (
-            postgres_account.connection_count()
-            or mysql_account.connection_ids()
-            or mongo_front.authenticated_now
-        ):
-            await asyncio.sleep(0.05)
+    await wait_until(  # the servers notice the closed sockets
+        lambda: (
+            not (
+                postgres_account.connection_count()
+                or mysql_account.connection_ids()
+                or mongo_front.authenticated_now
+            )
+        ),
+        interval=0.05,
+        what="every server seeing the pools closed",
+    )

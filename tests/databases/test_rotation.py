@@ -20,6 +20,7 @@ import pytest
 
 from tests.databases.helpers import QUERY, assert_problem, log_messages
 from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.support.polling import wait_until
 
 
 @dataclass
@@ -127,7 +128,8 @@ class DatabaseLock:
         """Waits for the lock, then answers its own session id."""
         if self.name == "postgres":
             return "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(4242)) AS wait"
-        return f"SELECT CONNECTION_ID() FROM (SELECT GET_LOCK('{self._mysql_lock}', 20)) AS wait"
+        # GET_LOCK gives up after its timeout: far beyond what the test holds it for.
+        return f"SELECT CONNECTION_ID() FROM (SELECT GET_LOCK('{self._mysql_lock}', 600)) AS wait"
 
     async def acquire(self) -> None:
         db = self.account.db
@@ -187,10 +189,12 @@ async def test_requests_in_flight_on_the_old_pool_finish_then_it_closes(
                 backend = app.extensions[name]
                 read = backend.fetchval if name == "postgres" else backend.scalar
                 in_flight = asyncio.create_task(read("wait_for_lock", lock.waiting_query))
-                async with asyncio.timeout(5):
-                    while backend.pool_sizes()[0] == 0:  # it holds the old pool's connection
-                        assert not in_flight.done(), in_flight.result()
-                        await asyncio.sleep(0.005)
+
+                def holds_a_connection() -> bool:  # of the old pool
+                    assert not in_flight.done(), in_flight.result()
+                    return backend.pool_sizes()[0] > 0
+
+                await wait_until(holds_a_connection, interval=0.005, what="the query in flight")
 
                 account.change_password("rotated-" + secrets.token_hex(12))
                 accounts.publish(name, account.db.secret())
@@ -202,9 +206,11 @@ async def test_requests_in_flight_on_the_old_pool_finish_then_it_closes(
 
                 await lock.release()
                 old_session = int(await in_flight)  # it finished normally
-                async with asyncio.timeout(10):  # then the old pool closes its connection
-                    while await asyncio.to_thread(lock.session_alive, old_session):
-                        await asyncio.sleep(0.05)
+                await wait_until(  # then the old pool closes its connection
+                    lambda: asyncio.to_thread(lambda: not lock.session_alive(old_session)),
+                    interval=0.05,
+                    what="the old pool closing its connection",
+                )
                 assert (await client.get(path)).status_code == 200
     finally:
         await lock.release()

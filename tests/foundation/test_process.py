@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.net import TcpProxy
 from tests.support.process import ServiceProcess
+from tests.support.vault import VaultTestServer
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,55 @@ def test_bad_setting_stops_startup_with_one_clear_line(name, value, reason):
     assert value not in lines[0]
 
 
+def test_a_required_backend_that_is_not_configured_stops_startup():
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("REDIS_", "VAULT_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "quartstack", "serve"],
+        env={**env, "REQUIRED_BACKENDS": "redis"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        "quartstack: invalid setting REQUIRED_BACKENDS: names backends that are not configured "
+        "(redis needs REDIS_HOST or REDIS_NODES)"
+    )
+
+
+def _poll(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not seen within {timeout} s")
+        time.sleep(0.05)
+
+
+def _in_progress(process: ServiceProcess, endpoint: str) -> float:
+    """``http_requests_in_progress`` of one GET route, from a real scrape."""
+    text = httpx.get(process.url + "/metrics", timeout=5).text
+    prefix = f'http_requests_in_progress{{endpoint="{endpoint}",method="GET"}} '
+    line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+    return 0.0 if line is None else float(line[len(prefix) :])
+
+
+def _call_in_thread(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[threading.Thread, dict[str, object]]:
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            result["response"] = httpx.get(url, headers=headers, timeout=60)
+        except httpx.HTTPError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, result
+
+
 def test_sigterm_drains_in_flight_requests():
     with TcpProxy(6379) as proxy:
         env = {
@@ -81,18 +131,14 @@ def test_sigterm_drains_in_flight_requests():
             process.wait_started()
             assert httpx.get(process.url + "/examples/cache/drain-key").status_code == 200
             proxy.set_mode("delay", 2.5)
-            slow: dict[str, object] = {}
-
-            def call_slow() -> None:
-                slow["response"] = httpx.get(process.url + "/examples/cache/drain-key", timeout=30)
-
-            thread = threading.Thread(target=call_slow)
-            thread.start()
-            time.sleep(0.8)  # the slow request is now waiting on Redis
+            thread, slow = _call_in_thread(process.url + "/examples/cache/drain-key")
+            _poll(lambda: _in_progress(process, "/examples/cache/{key}") > 0, "the slow request")
             process.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            _poll(
+                lambda: httpx.get(process.url + "/health/ready", timeout=5).status_code == 503,
+                "readiness 503",
+            )
             ready = httpx.get(process.url + "/health/ready", timeout=5)
-            assert ready.status_code == 503
             assert ready.json()["checks"]["shutdown"] == "draining"
             thread.join(20)
             response = slow["response"]
@@ -105,6 +151,57 @@ def test_sigterm_drains_in_flight_requests():
             process.terminate()
         logs = "\n".join(process.log_lines())
         assert "draining: readiness is now 503" in logs and "drain finished" in logs
+
+
+def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
+    """drain + grace + close is the whole shutdown: a request stuck on a backend past the
+    grace is answered 503 (not Hypercorn's empty 500), the process exits 0 within the
+    budget, and its AppRole token is revoked in Vault."""
+    drain, grace, close = 0.5, 1.5, 3.0
+    with VaultTestServer() as vault, TcpProxy(6379) as proxy:
+        env = {
+            "VAULT_ADDR": vault.url,
+            "VAULT_APPROLE_DIR": str(vault.approle_dir(tmp_path / "approle", "budget")),
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(proxy.port),
+            "RATE_LIMIT_ENABLED": "false",
+            "BACKEND_TIMEOUT_SECONDS": "60",  # the request really outlives the grace
+            "SHUTDOWN_DRAIN_SECONDS": str(drain),
+            "SHUTDOWN_GRACE_SECONDS": str(grace),
+            "SHUTDOWN_CLOSE_SECONDS": str(close),
+        }
+        before = vault.token_accessors()
+        process = ServiceProcess(env).start()
+        try:
+            process.wait_started()
+            app_tokens = vault.token_accessors() - before
+            assert app_tokens, "the service logged in to Vault"
+            assert httpx.get(process.url + "/examples/cache/budget-key").status_code == 200
+            proxy.set_mode("delay", 60)
+            thread, slow = _call_in_thread(
+                process.url + "/examples/cache/budget-key", {"X-Request-ID": "cut-at-grace"}
+            )
+            _poll(lambda: _in_progress(process, "/examples/cache/{key}") > 0, "the slow request")
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.process is not None
+            assert process.process.wait(30) == 0
+            took = time.monotonic() - signalled
+            thread.join(10)
+        finally:
+            process.terminate()
+        assert took <= drain + grace + close + 1.0, took  # 1 s: interpreter exit, scheduling
+        response = slow.get("response")
+        assert isinstance(response, httpx.Response), slow
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "/problems/shutting-down"
+        assert response.json()["request_id"] == response.headers["x-request-id"] == "cut-at-grace"
+        assert response.headers["connection"] == "close"
+        assert not app_tokens & vault.token_accessors(), "the token is still valid in Vault"
+        logs = "\n".join(process.log_lines())
+        assert "vault token revoked" in logs
+        assert "Traceback" not in logs and "pending" not in logs  # a clean stop
 
 
 def _raw(server: ServiceProcess, payload: bytes, timeout: float = 5.0) -> bytes:

@@ -3,15 +3,17 @@ independent AMQP client to check what the app really put in the broker."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from tests.support.leftovers import stale, sweep
 from tests.support.net import wait_for_port
+from tests.support.polling import wait_until_sync
 from tests.support.vault import VaultTestServer
 
 BROKER_HOST = "127.0.0.1"
@@ -40,7 +42,31 @@ def start_broker_app() -> None:
     rabbitmqctl("start_app")
     rabbitmqctl("await_startup")
     wait_for_port(BROKER_PORT, timeout=60)
-    time.sleep(0.2)
+    wait_until_sync(amqp_answers, timeout=60, interval=0.1, what="the broker's AMQP handshake")
+
+
+def amqp_answers() -> bool:
+    """Whether the broker answers an AMQP 0-9-1 protocol header with Connection.Start
+    (a method frame on channel 0): an open port alone may still refuse clients."""
+    try:
+        with socket.create_connection((BROKER_HOST, BROKER_PORT), timeout=2) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            header = sock.recv(3)
+    except OSError:
+        return False
+    return header == b"\x01\x00\x00"
+
+
+def sweep_broker_leftovers() -> list[str]:
+    """Vhosts (with their queues) and users that interrupted runs left on the machine's
+    broker: only suite names older than an hour (tests/support/leftovers.py)."""
+    vhosts = rabbitmqctl("-q", "list_vhosts", "--no-table-headers", "name").split()
+    listing = rabbitmqctl("-q", "list_users", "--no-table-headers").splitlines()
+    users = [line.split()[0] for line in listing if line.strip()]  # "name<TAB>[tags]"
+    return [
+        *sweep("vhost", stale(vhosts, "-"), lambda v: rabbitmqctl("delete_vhost", v)),
+        *sweep("user", stale(users, "-"), lambda u: rabbitmqctl("delete_user", u)),
+    ]
 
 
 def write_rabbitmq_secret(

@@ -1,5 +1,5 @@
 """Fixtures for the RabbitMQ suite: a private vhost and user on the machine's broker,
-their credentials in the Vault test server, and an independent AMQP client."""
+their credentials in the session OpenBao, and an independent AMQP client."""
 
 from __future__ import annotations
 
@@ -17,16 +17,20 @@ from tests.rabbitmq.broker import (
     BrokerAccount,
     independent_connection,
     rabbitmqctl,
+    sweep_broker_leftovers,
     write_rabbitmq_secret,
 )
+from tests.support.leftovers import unique_name
 from tests.support.vault import VaultTestServer
 
 
 @pytest.fixture(scope="session")
 def broker_account() -> Iterator[BrokerAccount]:
-    """A vhost and a user of our own, with full rights on that vhost only."""
-    suffix = uuid.uuid4().hex[:10]
-    account = BrokerAccount(f"qs-test-{suffix}", f"qs-test-{suffix}", "rp-" + secrets.token_hex(12))
+    """A vhost and a user of our own, with full rights on that vhost only. What an
+    interrupted run left on the broker is swept first."""
+    sweep_broker_leftovers()
+    name = unique_name("-")
+    account = BrokerAccount(name, name, "rp-" + secrets.token_hex(12))
     rabbitmqctl("add_vhost", account.vhost)
     try:
         rabbitmqctl("add_user", account.user, account.password)

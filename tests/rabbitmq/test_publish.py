@@ -206,10 +206,34 @@ async def test_idempotency_key_publishes_once(
     received = await drain(await amqp.channel(), queue_name)
     assert [json.loads(m.body) for m in received] == [{"n": 1}, {"n": 3}]
     assert received[0].message_id == first_id
-    # The id is derived from the key, so a client's retry after a 503 keeps it.
-    assert first_id == str(
-        uuid.uuid5(uuid.UUID("5d0c3e8a-3f7e-4c1b-9a59-2f1a8c6a7e10"), f"{queue_name}\n{key}")
-    )
+
+
+async def test_a_retry_with_the_same_idempotency_key_keeps_the_message_id(
+    app_settings, amqp, queue_name
+):
+    """A retry that reaches the broker again (its first attempt failed, so nothing was
+    stored; here: no Redis at all) carries the first attempt's message id, so consumers
+    can drop the duplicate; another key, or the same key on another queue, another id."""
+    key = f"pub-{uuid.uuid4().hex}"
+    other_queue = f"{queue_name}-other"
+    async with running_app(**app_settings) as (_, client):
+        ids = []
+        for queue, idempotency_key in [
+            (queue_name, key),
+            (queue_name, key),
+            (queue_name, f"pub-{uuid.uuid4().hex}"),
+            (other_queue, key),
+        ]:
+            response = await client.post(
+                PUBLISH.format(queue), json={"n": 1}, headers={"Idempotency-Key": idempotency_key}
+            )
+            assert response.status_code == 200 and "Idempotency-Replayed" not in response.headers
+            ids.append((await response.get_json())["message_id"])
+    assert ids[0] == ids[1] and len(set(ids)) == 3, ids
+    channel = await amqp.channel()
+    received = await drain(channel, queue_name)
+    assert [m.message_id for m in received] == ids[:3]
+    await channel.queue_delete(other_queue)
 
 
 async def test_not_configured_is_503(queue_name):

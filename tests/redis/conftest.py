@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import redis as redis_sync
+from tests.support.app import TEST_KEY_PREFIX
 from tests.support.net import free_port, wait_for_port
 from tests.support.redis_cluster import RedisClusterProcesses, die_with_parent
 
@@ -27,8 +28,9 @@ def client_ip() -> str:
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    """A unique key prefix; whatever the test left under it on :6379 is removed."""
-    value = f"t{uuid.uuid4().hex[:10]}"
+    """A unique key prefix under the run's prefix (so an interrupted run's leftovers are
+    swept by the next run); whatever the test left under it on :6379 is removed."""
+    value = f"{TEST_KEY_PREFIX}:t{uuid.uuid4().hex[:10]}"
     yield value
     shared = redis_sync.Redis(port=6379)
     with contextlib.suppress(redis_sync.RedisError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import pytest
@@ -10,10 +11,15 @@ import pytest
 import redis as redis_sync
 from quartstack.settings import SettingsError, load_settings
 from tests.redis.conftest import private_redis_server
-from tests.support.app import captured_json_logs, running_app
+from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.support.polling import wait_until
 
 PROBLEM = "application/problem+json"
 REDIS = dict(redis_host="127.0.0.1", redis_port=6379)
+
+
+def _as(ip):
+    return {"scope_base": {"client": (ip, 40000)}}
 
 
 async def test_set_get_ttl_delete_and_expiry(prefix):
@@ -31,6 +37,7 @@ async def test_set_get_ttl_delete_and_expiry(prefix):
         assert direct.get(key) == "hello" and 0 < direct.ttl(key) <= 100
         read = await (await c.get(f"/examples/cache/{key}")).get_json()
         assert read["value"] == "hello" and read["exists"] is True
+        assert read["encoding"] == "utf-8"
         assert 95 <= read["ttl"] <= 100
 
         forever = f"{prefix}:b"
@@ -39,12 +46,22 @@ async def test_set_get_ttl_delete_and_expiry(prefix):
             "no expiration"
         )
         missing = await (await c.get(f"/examples/cache/{prefix}:missing")).get_json()
-        assert missing == {"key": f"{prefix}:missing", "value": None, "exists": False, "ttl": None}
+        assert missing == {
+            "key": f"{prefix}:missing",
+            "value": None,
+            "encoding": None,
+            "exists": False,
+            "ttl": None,
+        }
 
         short = f"{prefix}:c"
         await c.post(f"/examples/cache/{short}?value=gone&ttl=1")
-        await asyncio.sleep(1.3)
-        assert (await (await c.get(f"/examples/cache/{short}")).get_json())["exists"] is False
+        assert 0 < direct.pttl(short) <= 1000
+
+        async def expired() -> bool:
+            return (await (await c.get(f"/examples/cache/{short}")).get_json())["exists"] is False
+
+        await wait_until(expired, what="the 1 s TTL expiring")
 
         deleted = await c.delete(f"/examples/cache/{forever}")
         assert await deleted.get_json() == {"key": forever, "deleted": True, "action": "delete"}
@@ -130,7 +147,7 @@ def test_redis_nodes_setting_is_checked():
 
 def _redis_password_from_vault(port: int, vault_server) -> dict[str, object]:
     """Settings for an app on the private Redis at ``port`` whose password (``redis-1``)
-    comes from the Vault test server."""
+    comes from the session OpenBao."""
     return dict(
         redis_host="127.0.0.1",
         redis_port=port,
@@ -200,3 +217,59 @@ async def test_error_replies_that_mean_not_serving_are_503_not_500():
             opened = await c.get("/examples/cache/k")  # a failure for the breaker, too
             assert opened.status_code == 503
             assert (await opened.get_json())["type"] == "/problems/circuit-open"
+
+
+async def test_binary_values_are_base64_and_never_open_the_circuit(prefix, client_ip):
+    """A value that is not UTF-8 (written by another application) is the data, not a Redis
+    failure: 30 concurrent reads answer it as base64, the circuit stays closed, and the
+    rate limiter keeps refusing (an open circuit would make it fail open)."""
+    binary, text = f"{prefix}:bin", f"{prefix}:text"
+    direct = redis_sync.Redis(port=6379)
+    direct.set(binary, b"\xff\xfe")
+    direct.set(text, "h\u00e9llo".encode())
+    settings = dict(REDIS, rate_limit_enabled=True, rate_limit_default=3)
+    async with running_app(**settings) as (app, c):
+        failures = metric_value("circuit_breaker_failures_total", service="redis")
+        reads = await asyncio.gather(
+            *(c.get(f"/examples/cache/{binary}", **_as(f"{client_ip}{i}")) for i in range(30))
+        )
+        for read in reads:
+            assert read.status_code == 200, await read.get_data()
+            body = await read.get_json()
+            assert body["encoding"] == "base64" and base64.b64decode(body["value"]) == b"\xff\xfe"
+        assert app.extensions["redis"].guard.state == "closed"
+        assert metric_value("circuit_breaker_failures_total", service="redis") == failures
+        statuses = [(await c.get("/", **_as(client_ip))).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        plain = await (await c.get(f"/examples/cache/{text}", **_as(client_ip + "9"))).get_json()
+        assert plain["value"] == "h\u00e9llo" and plain["encoding"] == "utf-8"
+
+
+async def test_concurrent_requests_across_a_rotation_all_succeed(private_redis, vault_server):
+    """20 requests notice the rotated password at once: the client is rebuilt once, and
+    no request closes the fresh client another one is using (five rotations in a row, as
+    the race does not show every time)."""
+    direct = redis_sync.Redis(port=private_redis, decode_responses=True)
+    direct.config_set("requirepass", "rot-0-pw")
+    settings = dict(_redis_password_from_vault(private_redis, vault_server), redis_pool_max=30)
+    try:
+        vault_server.write_secret("redis-1", {"password": "rot-0-pw"})
+        async with running_app(**settings) as (_, c):
+            for rotation in range(1, 6):
+                warm = await asyncio.gather(*(c.get("/examples/cache/rot") for _ in range(20)))
+                assert {r.status_code for r in warm} == {200}
+                old, new = f"rot-{rotation - 1}-pw", f"rot-{rotation}-pw"
+                with redis_sync.Redis(port=private_redis, password=old) as authed:
+                    authed.config_set("requirepass", new)
+                vault_server.write_secret("redis-1", {"password": new})
+                with redis_sync.Redis(port=private_redis, password=new) as authed:
+                    authed.client_kill_filter(_type="normal", skipme=True)  # every pooled one
+                responses = await asyncio.gather(
+                    *(c.post(f"/examples/cache/rot{i}?value={rotation}") for i in range(20))
+                )
+                statuses = [r.status_code for r in responses]
+                assert statuses == [200] * 20, (rotation, statuses)
+            reads = await asyncio.gather(*(c.get(f"/examples/cache/rot{i}") for i in range(20)))
+            assert {(await r.get_json())["value"] for r in reads} == {"5"}
+    finally:
+        vault_server.delete_secret("redis-1")

@@ -8,7 +8,7 @@ import uuid
 
 from redis.cluster import RedisCluster as ClusterClient
 
-from tests.support.app import running_app
+from tests.support.app import TEST_KEY_PREFIX, metric_value, running_app
 
 
 def _cli_nodes(cluster, port):
@@ -109,31 +109,31 @@ async def test_failover_recovers_without_restart(redis_cluster, prefix):
         for key in keys:
             assert (await c.post(f"/examples/cache/{key}?value=v")).status_code == 200
         victim = redis_cluster.masters()[0]
-        redis_cluster.kill(victim)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            statuses = [(await c.get(f"/examples/cache/{key}")).status_code for key in keys]
-            if all(s == 200 for s in statuses):
-                break
-            assert all(s in (200, 503, 504) for s in statuses), statuses
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("cache routes did not recover after failover")
-        assert len(redis_cluster.masters()) == 3  # the replica was promoted
-        for key in keys:
-            assert (await c.post(f"/examples/cache/{key}?value=w")).status_code == 200
-        health = await c.get("/health/redis")
-        assert health.status_code == 200
-        body = await health.get_json()
-        assert body["cluster_state"] == "ok"
-        dead = [n for n in body["nodes"] if n["port"] == victim]
-        assert dead[0]["status"] == "unhealthy"
-        nodes = (await (await c.get("/redis/cluster/nodes")).get_json())["nodes"]
-        assert "fail" in next(n for n in nodes if n["port"] == victim)["flags"]
-    # bring the killed node back as a replica so later tests see six nodes
-    redis_cluster.start_node(victim)
-    redis_cluster.wait_ok()
-    redis_cluster.wait_replicas_linked()
+        try:
+            redis_cluster.kill(victim)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = [(await c.get(f"/examples/cache/{key}")).status_code for key in keys]
+                if all(s == 200 for s in statuses):
+                    break
+                assert all(s in (200, 503, 504) for s in statuses), statuses
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError("cache routes did not recover after failover")
+            assert len(redis_cluster.masters()) == 3  # the replica was promoted
+            for key in keys:
+                assert (await c.post(f"/examples/cache/{key}?value=w")).status_code == 200
+            health = await c.get("/health/redis")
+            assert health.status_code == 200
+            body = await health.get_json()
+            assert body["cluster_state"] == "ok"
+            dead = [n for n in body["nodes"] if n["port"] == victim]
+            assert dead[0]["status"] == "unhealthy"
+            nodes = (await (await c.get("/redis/cluster/nodes")).get_json())["nodes"]
+            assert "fail" in next(n for n in nodes if n["port"] == victim)["flags"]
+        finally:
+            # the killed node back, as a replica, so later tests see six linked nodes
+            redis_cluster.restore_node(victim)
 
 
 async def test_rate_limit_shared_on_the_cluster(redis_cluster, client_ip):
@@ -148,7 +148,7 @@ async def test_rate_limit_shared_on_the_cluster(redis_cluster, client_ip):
         for i in range(10):
             statuses.append((await (first if i % 2 else second).get("/", **scope)).status_code)
         assert statuses == [200] * 6 + [429] * 4
-    pattern = f"quartstack:rl:{{{client_ip}}}*"
+    pattern = f"{TEST_KEY_PREFIX}:rl:{{{client_ip}}}*"
     holders = [
         port
         for port in redis_cluster.masters()
@@ -172,11 +172,12 @@ async def test_idempotency_on_the_cluster(redis_cluster, prefix):
         await c.delete(f"/examples/cache/{prefix}")
 
 
-async def test_invalidation_scans_every_master(redis_cluster, prefix):
+async def test_invalidation_scans_every_master(redis_cluster):
+    name = f"s{uuid.uuid4().hex[:10]}"
     direct = ClusterClient(host="127.0.0.1", port=redis_cluster.masters()[0])
     for i in range(60):
-        direct.set(f"quartstack:resp:/examples/vault/secret/{prefix}-{i}", "{}", ex=300)
-    pattern = f"quartstack:resp:/examples/vault/secret/{prefix}-*"
+        direct.set(f"{TEST_KEY_PREFIX}:resp:/examples/vault/secret/{name}-{i}", "{}", ex=300)
+    pattern = f"{TEST_KEY_PREFIX}:resp:/examples/vault/secret/{name}-*"
 
     def on_each_master():
         return [
@@ -186,9 +187,7 @@ async def test_invalidation_scans_every_master(redis_cluster, prefix):
 
     assert all(on_each_master())
     async with running_app(redis_nodes=redis_cluster.node_list.split(",")) as (_, c):
-        response = await c.delete(
-            f"/redis/cache/responses?pattern=/examples/vault/secret/{prefix}-*"
-        )
+        response = await c.delete(f"/redis/cache/responses?pattern=/examples/vault/secret/{name}-*")
         assert response.status_code == 200
         assert (await response.get_json())["deleted"] == 60
     assert not any(on_each_master())
@@ -210,3 +209,38 @@ async def test_one_node_reporting_cluster_mode_is_used_as_a_cluster(redis_cluste
         assert health["cluster_enabled"] is True and health["total_nodes"] == 1
         for key in keys:
             await c.delete(f"/examples/cache/{key}")
+
+
+async def test_a_burst_beyond_the_pool_is_limited_exactly(redis_cluster, client_ip):
+    """Pool exhaustion is backpressure: 200 concurrent requests from one client with a
+    pool of 5 per node, and exactly the limit is answered 2xx (none fail open)."""
+    settings = dict(
+        redis_nodes=redis_cluster.node_list.split(","),
+        rate_limit_enabled=True,
+        rate_limit_default=50,
+        redis_pool_max=5,
+    )
+    scope = {"scope_base": {"client": (client_ip, 40000)}}
+    for port in redis_cluster.masters():  # the first batch on each master loads the script
+        redis_cluster.cli(port, "script", "flush")
+    async with running_app(**settings) as (_, c):
+        errors = metric_value("rate_limit_store_errors_total")
+        responses = await asyncio.gather(*(c.get("/", **scope) for _ in range(200)))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 50, sorted(set(statuses))
+        assert statuses.count(429) == 150
+        assert metric_value("rate_limit_store_errors_total") == errors
+
+
+async def test_a_burst_of_reads_waits_for_connections(redis_cluster, prefix):
+    """Commands and pipelines wait for a free connection on the cluster (as the standalone
+    pool does) instead of failing when REDIS_POOL_MAX are busy."""
+    settings = dict(redis_nodes=redis_cluster.node_list.split(","), redis_pool_max=3)
+    async with running_app(**settings) as (_, c):
+        writes = await asyncio.gather(
+            *(c.post(f"/examples/cache/{prefix}:{i}?value={i}") for i in range(100))
+        )
+        reads = await asyncio.gather(*(c.get(f"/examples/cache/{prefix}:{i}") for i in range(100)))
+        assert [r.status_code for r in writes + reads] == [200] * 200
+        assert [(await r.get_json())["value"] for r in reads] == [str(i) for i in range(100)]
+        await asyncio.gather(*(c.delete(f"/examples/cache/{prefix}:{i}") for i in range(100)))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import uuid
 from datetime import timedelta
@@ -12,14 +14,21 @@ from quart_rate_limiter import RateLimit, rate_exempt, rate_limit
 
 import redis as redis_sync
 from quartstack.app import create_app
-from quartstack.integrations.redis.idempotency import IdempotencyStore
 from quartstack.settings import load_settings
 from tests.redis.conftest import private_redis_server
-from tests.support.app import captured_json_logs, metric_value, running_app
+from tests.redis.fake_redis6 import FakeRedis6
+from tests.support.app import TEST_KEY_PREFIX, captured_json_logs, metric_value, running_app
 from tests.support.net import TcpProxy
+from tests.support.polling import wait_until
 
 PROBLEM = "application/problem+json"
+HEADER = "Idempotency-Key"
 REDIS = dict(redis_host="127.0.0.1", redis_port=6379, rate_limit_enabled=True)
+
+
+def _idempotency_record(key: str) -> str:
+    """Where the app under test keeps the record of an Idempotency-Key."""
+    return f"{TEST_KEY_PREFIX}:idem:{{{hashlib.sha256(key.encode()).hexdigest()}}}"
 
 
 def _as(ip):
@@ -140,6 +149,14 @@ async def test_idempotent_replay_and_key_reuse(prefix):
     redis_sync.Redis(port=6379).delete(prefix)
 
 
+def _claimed(idempotency_key: str) -> bool:
+    """Whether the record of ``idempotency_key`` is in Redis (read directly, not through
+    the delaying proxy). Its name embeds the key's digest, whatever prefix it has."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    with redis_sync.Redis(port=6379) as direct:
+        return any(True for _ in direct.scan_iter(f"*{digest}*", count=1000))
+
+
 async def test_idempotent_retry_while_running_is_409(prefix):
     key = f"idem-{uuid.uuid4().hex}"
     with TcpProxy(6379) as proxy:
@@ -151,7 +168,7 @@ async def test_idempotent_retry_while_running_is_409(prefix):
             first = asyncio.create_task(
                 c.post(f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key})
             )
-            await asyncio.sleep(0.7)  # the first request has claimed the key by now
+            await wait_until(lambda: _claimed(key), what="the first request's claim")
             second = await c.post(
                 f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}
             )
@@ -194,7 +211,7 @@ async def test_response_cache_for_vault_routes(vault_server):
         assert not_modified.status_code == 304 and await not_modified.get_data() == b""
         assert metric_value("cache_hits_total", endpoint=endpoint) == hits + 2
         assert metric_value("cache_misses_total", endpoint=endpoint) == misses + 1
-        stored = [k for k in redis_sync.Redis(port=6379).scan_iter(f"quartstack:resp:{path}*")]
+        stored = list(redis_sync.Redis(port=6379).scan_iter(f"{TEST_KEY_PREFIX}:resp:{path}*"))
         assert stored, "the response is stored in Redis, shared by replicas"
         label = "/examples/vault/secret/*"
         invalidated = metric_value("cache_invalidations_total", pattern=label)
@@ -212,7 +229,7 @@ async def test_health_all_cached_and_served_when_redis_down():
         settings = dict(REDIS, redis_port=proxy.port, rate_limit_enabled=False)
         async with running_app(**settings) as (_, c):
             with contextlib.suppress(Exception):
-                redis_sync.Redis(port=6379).delete("quartstack:resp:/health/all")
+                redis_sync.Redis(port=6379).delete(f"{TEST_KEY_PREFIX}:resp:/health/all")
             first = await c.get("/health/all")
             assert first.headers["X-Cache"] == "MISS"
             assert (await c.get("/health/all")).headers["X-Cache"] == "HIT"
@@ -249,7 +266,7 @@ async def test_several_limits_are_checked_and_counted_atomically(client_ip):
         refused = [(await c.get("/test/limited", **_as(client_ip))) for _ in range(3)]
         assert [r.status_code for r in refused] == [429] * 3
         assert refused[0].headers["RateLimit-Limit"] == "2"
-        minute_key = f"quartstack:rl:{{{client_ip}}}:/test/limited:4/60s:"
+        minute_key = f"{TEST_KEY_PREFIX}:rl:{{{client_ip}}}:/test/limited:4/60s:"
         # two counted requests at 15 s each: the refused ones left the minute limit alone
         assert 25_000 < redis_sync.Redis(port=6379).pttl(minute_key) <= 30_000
         for _ in range(3):
@@ -265,17 +282,19 @@ async def test_refused_request_does_not_claim_its_idempotency_key(client_ip, pre
             f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}, **_as(client_ip)
         )
         assert refused.status_code == 429
-        assert redis_sync.Redis(port=6379).exists(IdempotencyStore.redis_key(key)) == 0
+        assert redis_sync.Redis(port=6379).exists(_idempotency_record(key)) == 0
+        # Not claimed: the same key from another client is served afresh (a claim would
+        # make it a 409 while running, a replay once stored).
         other = client_ip + "9"
         accepted = await c.post(
             f"/examples/cache/{prefix}?value=v", headers={"Idempotency-Key": key}, **_as(other)
         )
         assert accepted.status_code == 200 and "Idempotency-Replayed" not in accepted.headers
-    redis_sync.Redis(port=6379).delete(IdempotencyStore.redis_key(key))
+    redis_sync.Redis(port=6379).delete(_idempotency_record(key))
 
 
 async def test_response_cache_is_shared_by_two_app_instances():
-    redis_sync.Redis(port=6379).delete("quartstack:resp:/health/all")
+    redis_sync.Redis(port=6379).delete(f"{TEST_KEY_PREFIX}:resp:/health/all")
     async with running_app(**REDIS) as (_, first), running_app(**REDIS) as (_, second):
         miss = await first.get("/health/all")
         assert miss.headers["X-Cache"] == "MISS"
@@ -298,8 +317,8 @@ async def test_invalidation_scans_in_batches_without_keys():
             raise AssertionError("KEYS should be disabled on this server")
         with direct.pipeline(transaction=False) as pipe:
             for i in range(1200):
-                pipe.set(f"quartstack:resp:/examples/vault/secret/s{i}", "{}", ex=300)
-            pipe.set("quartstack:resp:/health/all", "{}", ex=300)
+                pipe.set(f"{TEST_KEY_PREFIX}:resp:/examples/vault/secret/s{i}", "{}", ex=300)
+            pipe.set(f"{TEST_KEY_PREFIX}:resp:/health/all", "{}", ex=300)
             pipe.execute()
         async with running_app(redis_host="127.0.0.1", redis_port=port) as (_, c):
             before = metric_value("cache_invalidations_total", pattern="/examples/vault/secret/*")
@@ -320,3 +339,43 @@ async def test_invalidation_scans_in_batches_without_keys():
             disabled = await c.delete("/redis/cache/responses?pattern=/health/all")
             assert disabled.status_code == 409 and disabled.content_type == PROBLEM
             assert (await disabled.get_json())["type"] == "/problems/cache-disabled"
+
+
+async def test_idempotency_fails_open_cleanly_on_redis_6(prefix):
+    """Redis 6 refuses SET NX GET: keyed POSTs are processed, counted, logged once, no 500."""
+    async with FakeRedis6() as fake:
+        settings = dict(redis_host="127.0.0.1", redis_port=fake.port)
+        async with running_app(**settings) as (_, c):
+            before = metric_value("idempotency_not_enforced_total", reason="unsupported_server")
+            with captured_json_logs() as logs:
+                for value in ("one", "two", "three"):
+                    response = await c.post(
+                        f"/examples/cache/{prefix}?value={value}",
+                        headers={"Idempotency-Key": f"idem-{prefix}"},
+                    )
+                    assert response.status_code == 200, await response.get_data()
+                    assert "Idempotency-Replayed" not in response.headers
+            after = metric_value("idempotency_not_enforced_total", reason="unsupported_server")
+            assert after == before + 3
+            assert logs.getvalue().count("idempotency not enforced") == 1
+            assert fake.data[prefix.encode()] == b"three"
+
+
+async def test_a_response_too_large_to_keep_stores_status_and_digest(prefix):
+    key = f"idem-{uuid.uuid4().hex}"
+    value = "v" * 500
+    async with running_app(**REDIS, idempotency_max_stored_bytes=100) as (_, c):
+        first = await c.post(f"/examples/cache/{prefix}?value={value}", headers={HEADER: key})
+        assert first.status_code == 200
+        body = await first.get_data()
+        assert len(body) > 500
+        record = json.loads(redis_sync.Redis(port=6379).get(_idempotency_record(key)))
+        assert "body" not in record and record["status"] == 200
+        assert len(json.dumps(record)) < 400  # the body is not in Redis
+        retry = await c.post(f"/examples/cache/{prefix}?value={value}", headers={HEADER: key})
+        assert retry.status_code == 409 and retry.content_type == PROBLEM
+        assert (await retry.get_json())["type"] == "/problems/idempotency-response-not-stored"
+        assert retry.headers["Idempotency-Original-Status"] == "200"
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert retry.headers["Idempotency-Original-Digest"] == f"sha-256=:{digest}:"
+    redis_sync.Redis(port=6379).delete(prefix, _idempotency_record(key))

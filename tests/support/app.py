@@ -15,6 +15,11 @@ from quartstack.app import create_app
 from quartstack.lifecycle import lifecycle
 from quartstack.logging_setup import JsonFormatter
 from quartstack.settings import load_settings
+from tests.support.leftovers import unique_name
+
+#: This run's ``REDIS_KEY_PREFIX`` (``qs-test-<epoch>-<hex>``): its keys never meet those
+#: of a concurrent run, and the next run sweeps them if this one is interrupted.
+TEST_KEY_PREFIX = unique_name("-")
 
 
 @asynccontextmanager
@@ -23,6 +28,7 @@ async def running_app(
 ) -> AsyncIterator[tuple[Quart, TestClientProtocol]]:
     """An app built from ``settings`` with its lifespan running, and a test client."""
     settings.setdefault("rate_limit_enabled", False)
+    settings.setdefault("redis_key_prefix", TEST_KEY_PREFIX)
     app = create_app(load_settings(**settings))
     async with app.test_app() as test_app:
         if wait_started:

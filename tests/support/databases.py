@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pymysql
 
+from tests.support.leftovers import private_dir, stale, stale_dirs, sweep, unique_name
 from tests.support.net import free_port, wait_for_port
 
 
@@ -68,8 +68,10 @@ def _psql(
 class PostgresDatabase:
     """A unique role and database on a PostgreSQL server (the machine's by default)."""
 
-    def __init__(self, port: int = 5432, admin_password: str | None = None) -> None:
-        name = f"qs_{uuid.uuid4().hex[:10]}"
+    def __init__(
+        self, port: int = 5432, admin_password: str | None = None, name: str | None = None
+    ) -> None:
+        name = name or unique_name()
         self.admin_password = admin_password
         self.db = Database("127.0.0.1", port, name, "pw-" + uuid.uuid4().hex, name)
 
@@ -109,9 +111,9 @@ class PostgresDatabase:
 class PrivatePostgres:
     """A PostgreSQL cluster of our own with SCRAM auth, run as the postgres OS user."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="qs-pg-"))
+        self.dir = directory or private_dir("pg")  # swept by its name if a run is interrupted
         self.password = "admin-" + uuid.uuid4().hex
         self.bin = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 
@@ -168,26 +170,31 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _mysql(*statements: str, port: int = 3306) -> list[tuple[object, ...]]:
+    """Run ``statements`` as root; the rows of the last one."""
+    connection = pymysql.connect(
+        host="127.0.0.1", port=port, user="root", password="", autocommit=True
+    )
+    try:
+        rows: list[tuple[object, ...]] = []
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+                rows = list(cursor.fetchall())
+        return rows
+    finally:
+        connection.close()
+
+
 class MySQLDatabase:
     """A unique user and database on the machine's MariaDB."""
 
-    def __init__(self, port: int = 3306) -> None:
-        name = f"qs_{uuid.uuid4().hex[:10]}"
+    def __init__(self, port: int = 3306, name: str | None = None) -> None:
+        name = name or unique_name()
         self.db = Database("127.0.0.1", port, name, "pw-" + uuid.uuid4().hex, name)
 
     def sql(self, *statements: str) -> list[tuple[object, ...]]:
-        connection = pymysql.connect(
-            host="127.0.0.1", port=self.db.port, user="root", password="", autocommit=True
-        )
-        try:
-            rows: list[tuple[object, ...]] = []
-            with connection.cursor() as cursor:
-                for statement in statements:
-                    cursor.execute(statement)
-                    rows = list(cursor.fetchall())
-            return rows
-        finally:
-            connection.close()
+        return _mysql(*statements, port=self.db.port)
 
     def _accounts(self) -> list[str]:
         return [f"'{self.db.user}'@'{host}'" for host in ("%", "localhost", "127.0.0.1")]
@@ -227,3 +234,29 @@ class MySQLDatabase:
             f"DROP DATABASE IF EXISTS {self.db.database}",
             *[f"DROP USER IF EXISTS {a}" for a in self._accounts()],
         )
+
+
+def sweep_database_leftovers() -> list[str]:
+    """What interrupted runs left: roles, users and databases on the machine's
+    PostgreSQL and MariaDB, and private PostgreSQL clusters (daemons, so an interrupted
+    run leaves them running). Only suite names older than an hour (tests/support/leftovers.py)."""
+    pattern = "'qs\\_test\\_%'"
+    postgres = _psql(
+        f"SELECT rolname FROM pg_roles WHERE rolname LIKE {pattern} UNION "
+        f"SELECT datname FROM pg_database WHERE datname LIKE {pattern}"
+    ).split()
+    mysql = _mysql(
+        f"SELECT user FROM mysql.user WHERE user LIKE {pattern} UNION "
+        f"SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE {pattern}"
+    )
+    return [
+        *sweep("PostgreSQL role", stale(postgres), lambda n: PostgresDatabase(name=n).drop()),
+        *sweep(
+            "MariaDB user", stale(str(r[0]) for r in mysql), lambda n: MySQLDatabase(name=n).drop()
+        ),
+        *sweep(
+            "PostgreSQL cluster",
+            [str(d) for d in stale_dirs("pg")],
+            lambda d: PrivatePostgres(Path(d)).stop(),
+        ),
+    ]

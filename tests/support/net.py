@@ -7,6 +7,7 @@ test can block or an app can stall without freezing them.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import time
@@ -17,12 +18,23 @@ from typing import Any, Literal
 Mode = Literal["pass", "delay", "hang", "refuse"]
 
 
+#: Ports handed to servers the tests start: below the kernel's ephemeral range
+#: (32768-60999 by default), so an outgoing connection cannot take one between the
+#: check and the server's bind; the Redis Cluster fixture uses 20000 and up.
+_SERVER_PORTS = range(10000, 20000)
+
+
 def free_port() -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that nothing listens on right now, outside the ephemeral range."""
+    for _ in range(1000):
+        port = random.choice(_SERVER_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 10000-19999")
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
@@ -69,6 +81,8 @@ class TcpProxy:
         self.port = 0
         self.mode: Mode = "pass"
         self.delay = 0.0
+        #: Chunks being held back in ``delay`` mode right now (poll it to reach zero).
+        self.held = 0
         self._runner: _LoopThread | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -139,7 +153,11 @@ class TcpProxy:
                 if self.mode == "hang":
                     await asyncio.Event().wait()
                 if delayed and self.mode == "delay" and self.delay > 0:
-                    await asyncio.sleep(self.delay)
+                    self.held += 1
+                    try:
+                        await asyncio.sleep(self.delay)
+                    finally:
+                        self.held -= 1
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -85,6 +85,14 @@ class RedisClusterProcesses:
         )
         wait_for_port(port)
 
+    def restore_node(self, port: int) -> None:
+        """Start a killed node again (it rejoins as a replica) and wait until the
+        cluster is whole: for a test's ``finally``, so later tests see every node."""
+        if not self.alive(port):
+            self.start_node(port)
+        self.wait_ok()
+        self.wait_replicas_linked()
+
     def start(self) -> RedisClusterProcesses:
         for port in self.ports:
             self.start_node(port)

@@ -65,17 +65,124 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+#: The request line that starts an HTTP/1.1 request (hvac never pipelines: one request
+#: at a time per connection, so the last one seen is the one being answered).
+_REQUEST_LINE = re.compile(rb"^[A-Z]+ (\S+) HTTP/1\.[01]\r\n")
+
+
+_HEALTH = "/v1/sys/health"
+
+
+class _Exchange:
+    """The request a proxied connection is answering right now."""
+
+    path = ""
+
+
 class _FaultProxy(TcpProxy):
-    """The TCP proxy, plus a mode that answers every new request with an HTTP status
-    (what a failing load balancer in front of Vault does)."""
+    """The TCP proxy, plus what a load balancer in front of Vault can do: answer every
+    new request with an HTTP status, or hold the answers to requests whose path starts
+    with a prefix (until a deadline, or until the test releases them)."""
 
     status: int | None = None
 
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.latency = 0.0
+        self.latency_path = ""
+        self._release: asyncio.Event | None = None
+        #: ``sys/health`` requests that went through (Vault's audit log omits them).
+        self.health_requests = 0
+
+    def take_health_requests(self) -> int:
+        """The count so far, starting afresh (the count lives on the proxy's loop)."""
+        if self._runner is None:
+            return self.health_requests
+
+        async def take() -> int:
+            seen, self.health_requests = self.health_requests, 0
+            return seen
+
+        seen: int = self._runner.run(take())
+        return seen
+
+    def set_latency(self, seconds: float, path: str = "") -> None:
+        """Hold answers to ``path…`` for ``seconds``; setting it (0 included) releases
+        the answers held so far, so a test can hold "as long as it looks" and let go."""
+        self.latency, self.latency_path = seconds, path
+        if self._runner is None:
+            return
+
+        async def release() -> None:
+            if self._release is not None:
+                self._release.set()
+            self._release = asyncio.Event()
+
+        self._runner.run(release())
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         status = self.status
-        if status is None:
+        if status is not None:
+            await self._answer_with(status, reader, writer)
+            return
+        if self.mode != "pass":  # hang, refuse, delay: the plain proxy's modes
             await super()._handle(reader, writer)
             return
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            self._writers.add(up_writer)
+            exchange = _Exchange()
+            await asyncio.gather(
+                self._requests(reader, up_writer, exchange),
+                self._answers(up_reader, writer, exchange),
+                return_exceptions=True,
+            )
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def _requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exchange: _Exchange
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if match := _REQUEST_LINE.match(data):
+                    exchange.path = match.group(1).decode("latin-1")
+                    if exchange.path.split("?")[0] == _HEALTH:
+                        self.health_requests += 1
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+    async def _answers(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exchange: _Exchange
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._hold(exchange.path)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+    async def _hold(self, path: str) -> None:
+        if self.latency <= 0 or not path.startswith(self.latency_path):
+            return
+        if self._release is None:
+            self._release = asyncio.Event()
+        self.held += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.latency)
+        finally:
+            self.held -= 1
+
+    async def _answer_with(
+        self, status: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self._writers.add(writer)
         try:
             await reader.readuntil(b"\r\n\r\n")
@@ -356,6 +463,11 @@ class VaultTestServer:
             self._ok(self.http.post("/v1/auth/token/revoke", json={"token": token}))
         self._created_tokens.clear()
 
+    def token_accessors(self) -> set[str]:
+        """The accessor of every live token (``LIST auth/token/accessors``)."""
+        response = self._ok(self.http.request("LIST", "/v1/auth/token/accessors"))
+        return set(response.json()["data"]["keys"])
+
     def set_sealed(self, sealed: bool) -> None:
         """Seal with ``sys/seal``, or unseal with the server's unseal key and wait until
         it is active again."""
@@ -368,7 +480,8 @@ class VaultTestServer:
     # --- what the server saw: its audit log ----------------------------------------------
     def request_counts(self, reset: bool = False) -> dict[str, int]:
         """Requests the server handled per ``/v1/<path>`` since the last reset (from the
-        audit log); ``reset`` starts counting afresh after this call."""
+        audit log); ``reset`` starts counting afresh after this call. Vault does not audit
+        ``sys/health``: its count is the fault proxy's (absent without one)."""
         with self.audit_log.open("rb") as log:
             log.seek(self._audit_offset)
             chunk = log.read()
@@ -378,6 +491,10 @@ class VaultTestServer:
             entry = json.loads(line)
             if entry.get("type") == "request":
                 counts["/v1/" + entry["request"]["path"]] += 1
+        if self.proxy is not None:
+            seen = self.proxy.take_health_requests() if reset else self.proxy.health_requests
+            if seen:
+                counts[_HEALTH] = seen
         if reset:
             self._audit_offset += len(complete)
         return dict(counts)
@@ -388,10 +505,10 @@ class VaultTestServer:
             raise RuntimeError("this VaultTestServer has no fault proxy")
         return self.proxy
 
-    def set_latency(self, seconds: float) -> None:
-        """Hold every answer from Vault for ``seconds`` (0: back to normal)."""
-        proxy = self._fault_proxy()
-        proxy.set_mode("delay" if seconds > 0 else "pass", seconds)
+    def set_latency(self, seconds: float, path: str = "") -> None:
+        """Hold every answer from Vault (or those to requests whose path starts with
+        ``path``, e.g. ``/v1/secret/``) for ``seconds``; 0 also releases held answers."""
+        self._fault_proxy().set_latency(seconds, path)
 
     def set_failure(self, status: int | None) -> None:
         """Answer every request with HTTP ``status`` before it reaches Vault (None: normal)."""
@@ -464,6 +581,9 @@ class VaultTestServer:
                 json={
                     "plugin_name": "mysql-database-plugin",
                     "connection_url": "{{username}}:{{password}}" + f"@tcp(127.0.0.1:{port})/",
+                    # named like the suite's own users, so a sweep finds an interrupted
+                    # run's (tests/support/leftovers.py)
+                    "username_template": "qs_test_{{unix_time}}_{{uuid | truncate 8}}",
                     "allowed_roles": [role],
                     "username": admin_user,
                     "password": admin_password,
@@ -505,6 +625,7 @@ class VaultTestServer:
                 f"/v1/{mount}/config/connection",
                 json={
                     "connection_uri": management_url,
+                    "username_template": "qs-test-{{unix_time}}-{{uuid | truncate 8}}",
                     "username": admin_user,
                     "password": admin_password,
                 },

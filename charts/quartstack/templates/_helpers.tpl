@@ -90,8 +90,12 @@ app.kubernetes.io/part-of: quartstack
 still starting. */}}
 {{- define "quartstack.validate" -}}
 {{- $s := .Values.shutdown }}
-{{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (int $s.shutdownGraceSeconds)) }}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be larger than shutdown.preStopSleepSeconds + shutdown.shutdownGraceSeconds (%v)" $s.terminationGracePeriodSeconds (add $s.preStopSleepSeconds $s.shutdownGraceSeconds)) }}
+{{- /* the app exits within drain + grace + close after SIGTERM (quartstack.lifecycle);
+the 2 s margin covers the interpreter's exit and signal delivery */}}
+{{- $drain := float64 (default 1 .Values.config.SHUTDOWN_DRAIN_SECONDS) }}
+{{- $needed := addf (float64 $s.preStopSleepSeconds) $drain (float64 $s.shutdownGraceSeconds) (float64 $s.closeSeconds) 2 }}
+{{- if lt (float64 $s.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least shutdown.preStopSleepSeconds + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- $startup := .Values.probes.startup }}
 {{- $budget := mul $startup.periodSeconds $startup.failureThreshold }}

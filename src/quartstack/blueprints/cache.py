@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from quart import Blueprint
 from quart_schema import validate_querystring, validate_response
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from quartstack.blueprints.openapi import problems
@@ -22,7 +24,10 @@ _KEY_PATTERN = r"^[a-zA-Z0-9_:.-]+$"
 
 class CacheEntry(BaseModel):
     key: str
-    value: str | None
+    value: str | None = Field(description="The value as text, or base64 (see encoding)")
+    encoding: Literal["utf-8", "base64"] | None = Field(
+        description="'utf-8' for text, 'base64' for a value that is not UTF-8, null when missing"
+    )
     exists: bool
     ttl: int | Literal["no expiration"] | None = Field(
         description="Seconds left, 'no expiration', or null when the key is missing"
@@ -60,7 +65,9 @@ async def read_key(key: str) -> CacheEntry:
 
     async def read(client: AnyRedis) -> tuple[Any, Any]:
         async with client.pipeline(transaction=False) as pipe:
-            pipe.get(key)
+            # Raw bytes: any application may have written this key, and a value that is
+            # not UTF-8 is data to show, not a Redis failure.
+            pipe.execute_command("GET", key, **{NEVER_DECODE: True})
             pipe.ttl(key)
             value, ttl = await pipe.execute()
         return value, ttl
@@ -74,6 +81,7 @@ async def read_key(key: str) -> CacheEntry:
             409, "wrong-type", f"Key {key!r} holds a value that is not a string."
         ) from None
     exists = value is not None
+    text, encoding = _as_text(value)
     remaining: int | Literal["no expiration"] | None
     if not exists:
         remaining = None
@@ -81,7 +89,17 @@ async def read_key(key: str) -> CacheEntry:
         remaining = "no expiration"
     else:  # -2: it expired between GET and TTL
         remaining = max(0, int(ttl))
-    return CacheEntry(key=key, value=value, exists=exists, ttl=remaining)
+    return CacheEntry(key=key, value=text, encoding=encoding, exists=exists, ttl=remaining)
+
+
+def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"] | None]:
+    """The value as text when it is UTF-8, else as base64: the encoding says which."""
+    if value is None:
+        return None, None
+    try:
+        return value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), "base64"
 
 
 @blueprint.post("/<key>")

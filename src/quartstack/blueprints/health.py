@@ -1,9 +1,9 @@
 """Health and Kubernetes probe routes.
 
 ``/health/live`` and ``/health/`` touch no backend; ``/health/startup`` and
-``/health/ready`` reflect the lifecycle and the required backends; the
-per-backend and ``/health/all`` routes check backends now, each bounded by
-its own timeout.
+``/health/ready`` reflect the lifecycle and the last background check of the
+required backends; the per-backend and ``/health/all`` routes check backends
+now, each bounded by its own timeout.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import Backend, registry
 from quartstack.integrations.redis.response_cache import cached_response
 from quartstack.lifecycle import lifecycle
-from quartstack.metrics import BACKEND_UP, READINESS
-from quartstack.resilience import BackendError
+from quartstack.metrics import READINESS
+from quartstack.readiness import check_backend as readiness_check
 from quartstack.settings import BACKEND_NAMES
 
 blueprint = Blueprint("health", __name__, url_prefix="/health")
@@ -82,50 +82,31 @@ async def startup() -> tuple[Startup, int]:
 
 
 async def check_backend(backend: Backend) -> tuple[bool, dict[str, Any]]:
-    """Run one health check bounded by the health timeout; never raises."""
-    timeout = current_app.config["QUARTSTACK_HEALTH_TIMEOUT"]
-    try:
-        async with asyncio.timeout(timeout):
-            body = await backend.health()
-    except TimeoutError:
-        body, healthy = {"status": "unhealthy", "error": f"no answer within {timeout:g} s"}, False
-    except BackendError as exc:
-        body, healthy = {"status": "unhealthy", "error": str(exc)}, False
-    except Exception as exc:  # a health check must report, not crash the probe
-        body, healthy = {"status": "unhealthy", "error": type(exc).__name__}, False
-    else:
-        body = {"status": "healthy", **body}
-        healthy = True
-    BACKEND_UP.labels(backend.name).set(1 if healthy else 0)
-    return healthy, body
+    """Check one backend now, bounded by ``HEALTH_TIMEOUT_SECONDS``; never raises."""
+    return await readiness_check(backend, current_app.config["QUARTSTACK_HEALTH_TIMEOUT"])
 
 
 @blueprint.get("/ready")
 @validate_response(Readiness, 200)
 @validate_response(Readiness, 503)
 async def readiness() -> tuple[Readiness, int]:
-    """Readiness: started, not draining, and every required backend reachable."""
+    """Readiness: started, not draining, and every required backend up by its last
+    background check (no backend is called here: see quartstack.readiness)."""
     state = lifecycle()
     checks = {
         "startup": "ok" if state.started else "starting",
         "shutdown": "draining" if state.draining else "ok",
     }
-    reg = registry()
-    required = [name for name in reg.required]
-    results = await asyncio.gather(*(_required_check(reg.get(name), name) for name in required))
-    checks.update(zip(required, results, strict=True))
+    monitor = state.monitor
+    for name in registry().required:
+        checks[name] = monitor.status(name) if monitor is not None else "starting"
+    if monitor is not None:
+        checks.update(monitor.check_results())
     ready = all(value == "ok" for value in checks.values())
     READINESS.set(1 if ready else 0)
     return Readiness(status="ready" if ready else "not_ready", checks=checks), (
         200 if ready else 503
     )
-
-
-async def _required_check(backend: Backend | None, name: str) -> str:
-    if backend is None:
-        return "not configured"
-    healthy, body = await check_backend(backend)
-    return "ok" if healthy else f"unhealthy: {body.get('error', 'unknown')}"
 
 
 async def all_backends_health() -> tuple[AllHealth, int]:

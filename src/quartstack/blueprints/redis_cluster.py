@@ -154,8 +154,9 @@ async def node_info(node_name: str) -> NodeInfo:
 async def invalidate_responses(query_args: Invalidation) -> Invalidated:
     """Drop cached responses whose path matches the glob ``pattern``, e.g.
     ``/examples/vault/*``: SCAN on every master, never KEYS."""
+    get_backend("redis", RedisClient)  # 503 "not configured" without Redis, like every route
     cache = response_cache()
-    if cache is None:
+    if cache is None:  # Redis is there, RESPONSE_CACHE_ENABLED=false
         raise Problem(409, "cache-disabled", "The response cache is not enabled.")
     label = invalidation_label(current_app, query_args.pattern)
     if label is None:

@@ -13,13 +13,17 @@ from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.response_cache import cached_response
 from quartstack.integrations.vault.client import SecretNotFound, VaultAccessDenied, VaultClient
-from quartstack.redaction import MASK, is_sensitive_field
+from quartstack.masking import is_sensitive_field, mask
+from quartstack.redaction import MASK
 from quartstack.web.problems import Problem
 
 blueprint = Blueprint("vault", __name__, url_prefix="/examples/vault")
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
-_NOTE = "Fields whose names contain password, secret, token or key are masked."
+_NOTE = (
+    "Fields whose names contain password, pass, pwd, secret, token, key, credential, dsn, "
+    "url or uri are masked, and so are passwords inside URLs and known secret values."
+)
 
 
 class SecretBody(BaseModel):
@@ -33,18 +37,6 @@ class SecretKeyBody(BaseModel):
     key: str
     value: Any
     note: str
-
-
-def mask(data: Any) -> Any:
-    """Mask sensitive fields at any depth; other values keep their JSON type."""
-    if isinstance(data, dict):
-        return {
-            key: MASK if is_sensitive_field(str(key)) else mask(value)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [mask(item) for item in data]
-    return data
 
 
 async def _read(service_name: str) -> dict[str, Any]:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from quart import Quart, current_app
 
-from quartstack.resilience import BackendGuard, BackendNotConfigured
+from quartstack.resilience import BackendGuard, BackendNotConfigured, RetryPolicy
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
 
 REGISTRY_KEY = "quartstack.backends"
+
+logger = logging.getLogger("quartstack.backends")
 
 B = TypeVar("B", bound="Backend")
 
@@ -40,6 +43,13 @@ class Backend(abc.ABC):
             failure_threshold=settings.circuit_failure_threshold,
             recovery_timeout=settings.circuit_recovery_seconds,
             ignored=self.ignored_exceptions(),
+            retry=RetryPolicy(
+                attempts=settings.retry_attempts,
+                base_delay=settings.retry_base_delay_seconds,
+                max_delay=settings.retry_max_delay_seconds,
+            ),
+            transient=self.is_transient,
+            neutral=self.neutral_exceptions(),
         )
         self.app: Quart | None = None
 
@@ -50,6 +60,15 @@ class Backend(abc.ABC):
 
     def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
         """Exceptions that mean the backend answered correctly (not a circuit failure)."""
+        return ()
+
+    def is_transient(self, exc: Exception) -> bool:
+        """A connection error after which an idempotent read may run again (the
+        driver's own classes; never its timeouts)."""
+        return isinstance(exc, ConnectionError)
+
+    def neutral_exceptions(self) -> tuple[type[BaseException], ...]:
+        """Exceptions caused by the request or the data: they never move the breaker."""
         return ()
 
     def init_app(self, app: Quart) -> None:
@@ -109,9 +128,17 @@ class BackendRegistry:
 
     async def stop_all(self) -> None:
         """Stop in reverse startup order: a backend's pool closes and its Vault lease is
-        revoked while the Vault client it depends on is still there."""
+        revoked while the Vault client it depends on is still there. One failing does not
+        keep the others open."""
         for wave in reversed(self.startup_order()):
-            await asyncio.gather(*(backend.stop() for backend in wave), return_exceptions=True)
+            results = await asyncio.gather(*(b.stop() for b in wave), return_exceptions=True)
+            for backend, result in zip(wave, results, strict=True):
+                if isinstance(result, Exception):
+                    logger.error(
+                        "backend did not stop cleanly",
+                        extra={"backend": backend.name},
+                        exc_info=result,
+                    )
 
 
 def registry(app: Quart | None = None) -> BackendRegistry:

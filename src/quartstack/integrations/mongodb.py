@@ -181,6 +181,14 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
             return True
         return isinstance(exc, OperationFailure) and exc.code == _AUTHENTICATION_FAILED
 
+    def is_transient(self, exc: Exception) -> bool:
+        # A dropped connection, not a timeout (server selection or a network timeout
+        # have spent the budget already).
+        return super().is_transient(exc) or (
+            isinstance(exc, AutoReconnect)
+            and not isinstance(exc, (NetworkTimeout, ServerSelectionTimeoutError))
+        )
+
     def _pool_usage(self, pool: MongoPool) -> tuple[int, int]:
         counts = pool.connections
         return counts.in_use, max(0, counts.open - counts.in_use)

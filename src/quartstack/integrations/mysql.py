@@ -26,6 +26,7 @@ logger = logging.getLogger("quartstack.mysql")
 
 _ACCESS_DENIED = 1045
 _LOST_CONNECTION = {2006, 2013}  # server has gone away; lost connection during query
+_CANT_CONNECT = 2003
 
 
 def _mysql_code(exc: BaseException) -> int | None:
@@ -98,6 +99,9 @@ class MySQLPool(PooledBackend[aiomysql.Pool, aiomysql.Connection]):
 
     def _is_lost_connection(self, exc: BaseException) -> bool:
         return _mysql_code(exc) in _LOST_CONNECTION
+
+    def is_transient(self, exc: Exception) -> bool:
+        return super().is_transient(exc) or _mysql_code(exc) == _CANT_CONNECT
 
     def _pool_usage(self, pool: aiomysql.Pool) -> tuple[int, int]:
         return pool.size - pool.freesize, pool.freesize

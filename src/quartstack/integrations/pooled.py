@@ -97,6 +97,9 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
         """A pooled connection died while idle; a fresh one may well succeed."""
         return False
 
+    def is_transient(self, exc: Exception) -> bool:
+        return super().is_transient(exc) or self._is_lost_connection(exc)
+
     @abc.abstractmethod
     def _pool_usage(self, pool: P) -> tuple[int, int]:
         """(in use, idle) connections of ``pool``."""
@@ -217,13 +220,21 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
 
     # --- calls -----------------------------------------------------------------------
     async def run(
-        self, operation: str, func: Callable[[C], Awaitable[T]], *, idempotent: bool = False
+        self,
+        operation: str,
+        func: Callable[[C], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
     ) -> T:
         """Run ``func(connection)`` under the breaker, the timeout and the metrics.
 
         Rejected credentials are retried once on a rebuilt pool (the server refused
         the login, so nothing ran). A connection that died while idle in the pool is
-        retried once on a fresh one, but only when ``idempotent``.
+        retried once on a fresh one, but only when ``idempotent``; an idempotent call
+        also retries connection errors with backoff (``RETRY_*``, in the guard).
+        ``timeout`` replaces the backend timeout for work known to take longer
+        (a migration, a relay batch that waits for the broker).
         """
 
         async def call() -> T:
@@ -240,7 +251,7 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
                     else:
                         raise
 
-        return await self.guard.call(operation, call)
+        return await self.guard.call(operation, call, idempotent=idempotent, timeout=timeout)
 
     async def _use(self, generation: PoolGeneration[P], func: Callable[[C], Awaitable[T]]) -> T:
         generation.enter()

@@ -11,6 +11,8 @@ mode (prepared statements do not survive a server-connection switch there).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -25,6 +27,9 @@ _AUTH_ERRORS = (
     asyncpg.exceptions.InvalidPasswordError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
 )
+#: The server answered and refused the data (a unique or check violation): the
+#: request's problem, not the database's health. They reach the caller unchanged.
+_ANSWERED = (asyncpg.exceptions.IntegrityConstraintViolationError,)
 _LOST = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
@@ -54,6 +59,9 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
     @property
     def max_connections(self) -> int:
         return self.settings.postgres_pool_max
+
+    def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
+        return _ANSWERED
 
     async def _create(self, credentials: Credentials) -> asyncpg.Pool:
         settings = self.settings
@@ -99,6 +107,32 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
             operation, lambda connection: connection.fetchval(query), idempotent=True
         )
 
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, channel: str, on_notify: Callable[[], None]
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """Hold one pooled connection ``LISTEN``ing on ``channel`` for the block;
+        ``on_notify()`` runs on every notification. The connection counts against
+        the pool while held; ``UNLISTEN`` runs before it goes back (the pool's reset
+        does not undo session state)."""
+        generation = await self.guard.call("listen", self._ready)
+        generation.enter()
+
+        def callback(*_args: object) -> None:
+            on_notify()
+
+        try:
+            async with self._connection(generation.pool) as connection:
+                await self.guard.call("listen", lambda: connection.add_listener(channel, callback))
+                try:
+                    yield connection
+                finally:
+                    if not connection.is_closed():
+                        with contextlib.suppress(Exception):
+                            await connection.remove_listener(channel, callback)
+        finally:
+            generation.leave()
+
     async def health(self) -> dict[str, Any]:
-        version = await self.fetchval("health", "SHOW server_version")
+        version = await self.fetchval("health", "SELECT version()")
         return {"version": str(version)}

@@ -121,18 +121,18 @@ def init_observability(app: Quart) -> None:
         _requests(record.method, record.endpoint, status).inc()
         _duration(record.method, record.endpoint).observe(duration)
         if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                "request",
-                extra={
-                    "method": record.method,
-                    "route": record.endpoint,
-                    "path": request.path,
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 2),
-                    "client": client_address(),
-                    "error_type": g.get("problem_kind"),
-                },
-            )
+            fields = {
+                "method": record.method,
+                "route": record.endpoint,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+                "client": client_address(),
+            }
+            problem_kind = g.get("problem_kind")
+            if problem_kind is not None:  # only error lines carry it (no null on the rest)
+                fields["error_type"] = problem_kind
+            access_logger.info("request", extra=fields)
         return response
 
     async def end_request(_exc: BaseException | None) -> None:

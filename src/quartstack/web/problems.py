@@ -71,6 +71,21 @@ class Problem(Exception):
         self.errors = errors
 
 
+def problem_body(
+    status: int, kind: str, detail: str, instance: str, request_id: str, *, title: str | None = None
+) -> dict[str, Any]:
+    """The RFC 7807 fields every problem carries (also for answers sent at the ASGI
+    level, outside Quart's request context)."""
+    return {
+        "type": f"/problems/{kind}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": redact(detail),
+        "instance": instance,
+        "request_id": request_id,
+    }
+
+
 def problem_response(
     status: int,
     kind: str,
@@ -81,14 +96,9 @@ def problem_response(
     errors: list[dict[str, str]] | None = None,
 ) -> Response:
     """Build a problem+json response and count it in ``http_errors_total``."""
-    body: dict[str, Any] = {
-        "type": f"/problems/{kind}",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": redact(detail),
-        "instance": _instance(),
-        "request_id": getattr(g, "request_id", ""),
-    }
+    body = problem_body(
+        status, kind, detail, _instance(), getattr(g, "request_id", ""), title=title
+    )
     if errors is not None:
         body["errors"] = errors
     response = Response(
@@ -106,19 +116,18 @@ def _instance() -> str:
         return ""
 
 
+# Framework errors the app can meet (Hypercorn answers 414/431 itself, before the app);
+# any other status becomes ``http-<status>``. README's error table lists each one
+# (tests/foundation/test_error_table.py).
 _HTTP_KINDS: dict[int, str] = {
     400: "bad-request",
     404: "not-found",
     405: "method-not-allowed",
     408: "request-timeout",
-    411: "length-required",
     413: "payload-too-large",
-    414: "uri-too-long",
     415: "unsupported-media-type",
     422: "validation-error",
     429: "rate-limited",
-    431: "headers-too-large",
-    503: "service-unavailable",
 }
 
 

@@ -22,9 +22,9 @@ _DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
     "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
     "font-src 'self' https://fonts.gstatic.com data:; img-src 'self' data: https:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'"
+    "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'"
 )
-DOCS_PATHS = frozenset({"/docs", "/redocs", "/scalar"})
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/scalar"})
 
 _COMMON_HEADERS = {
     "X-Frame-Options": "DENY",

@@ -1,5 +1,5 @@
 """RabbitMQ integration: one robust connection, a pool of confirm-mode channels."""
 
-from quartstack.integrations.rabbitmq.client import QueueInfo, RabbitMQClient
+from quartstack.integrations.rabbitmq.client import ExchangeMessage, QueueInfo, RabbitMQClient
 
-__all__ = ["QueueInfo", "RabbitMQClient"]
+__all__ = ["ExchangeMessage", "QueueInfo", "RabbitMQClient"]

@@ -24,12 +24,13 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika import Channel, DeliveryMode, Message, RobustConnection
-from aio_pika.abc import AbstractChannel
+from aio_pika import Channel, DeliveryMode, ExchangeType, Message, RobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AuthenticationError,
@@ -104,6 +105,17 @@ class PublishUnconfirmed(BackendUnavailable):
 
 
 @dataclass(frozen=True)
+class ExchangeMessage:
+    """One message for :meth:`RabbitMQClient.publish_to_exchange`."""
+
+    routing_key: str
+    body: bytes
+    message_id: str
+    message_type: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
 class QueueInfo:
     exists: bool
     message_count: int | None = None
@@ -125,6 +137,7 @@ class RabbitMQClient(Backend):
         self._retiring: set[asyncio.Task[None]] = set()
         self._declared: OrderedDict[str, None] = OrderedDict()
         self._declaring: dict[str, asyncio.Future[None]] = {}
+        self._declared_exchanges: set[str] = set()
         # Throwaway channels (inspection, health) are bounded like the pool.
         self._spare_channels = asyncio.Semaphore(settings.rabbitmq_channel_pool_size)
 
@@ -218,6 +231,7 @@ class RabbitMQClient(Backend):
         self._connection = connection
         self._lost_at = None
         self._declared.clear()
+        self._declared_exchanges.clear()
 
     async def rotate_credentials(self) -> None:
         """Move to new credentials now (a dynamic lease nears its end): new publishes
@@ -265,6 +279,7 @@ class RabbitMQClient(Backend):
         # A queue may have been deleted meanwhile (a non-durable broker restart,
         # an operator): declare again before the next publish to each.
         self._declared.clear()
+        self._declared_exchanges.clear()
         self._lost_at = None
         logger.info("rabbitmq connection re-established")
 
@@ -323,6 +338,77 @@ class RabbitMQClient(Backend):
                 except PublishError as exc:
                     raise MessageUnroutable(queue) from exc
 
+    async def publish_to_exchange(
+        self, exchange: str, messages: Sequence[ExchangeMessage]
+    ) -> list[BackendError | None]:
+        """Publish ``messages`` (JSON), persistent, to durable topic ``exchange``, pipelined
+        on one confirm channel; return each one's outcome: None once the broker confirmed
+        it, else the error (see the publish route's kinds). Raises a BackendError when
+        none could be sent (no connection, circuit open): the breaker counts that, not
+        a single message the broker refused.
+
+        Not ``mandatory``: on a topic exchange the subscribers own their queues and
+        bindings, and a message no binding matches is dropped by design (pub/sub),
+        not an error the publisher could fix.
+        """
+        outgoing = [
+            Message(
+                m.body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=m.message_id,
+                type=m.message_type,
+                timestamp=m.timestamp or datetime.now(UTC),
+                app_id=NAME,
+            )
+            for m in messages
+        ]
+
+        async def send() -> list[BaseException | None]:
+            await self._ready_connection()
+            pool = self._pool
+            if pool is None:
+                raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
+            async with pool.acquire() as channel:
+                target = await self._topic_exchange(channel, exchange)
+                return await asyncio.gather(
+                    *(
+                        _confirmed_publish(channel, m.routing_key, message, target, mandatory=False)
+                        for m, message in zip(messages, outgoing, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+
+        try:
+            results = await self.guard.call("publish_batch", send)
+        except BackendError as exc:
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc(len(messages))
+            raise
+        outcomes: list[BackendError | None] = []
+        for result in results:
+            if result is None:
+                MESSAGES_PUBLISHED.inc()
+                outcomes.append(None)
+                continue
+            error = result if isinstance(result, BackendError) else PublishUnconfirmed()
+            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(error)).inc()
+            outcomes.append(error)
+        return outcomes
+
+    async def _topic_exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        """Durable topic exchange ``name`` on ``channel``, declared once per connection."""
+        if name in self._declared_exchanges:
+            return await channel.get_exchange(name, ensure=False)
+        try:
+            declared = await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        except ChannelPreconditionFailed as exc:
+            raise BackendUnavailable(
+                SERVICE, f"exchange {name!r} exists with another type or not durable"
+            ) from exc
+        self._declared_exchanges.add(name)
+        return declared
+
     async def _declare_once(self, channel: AbstractChannel, queue: str) -> None:
         """Declare durable ``queue`` unless this connection already did; concurrent
         first publishes to one queue share a single declaration."""
@@ -350,7 +436,7 @@ class RabbitMQClient(Backend):
     # --- inspection and health ----------------------------------------------------------
     async def queue_info(self, queue: str) -> QueueInfo:
         """Counts of ``queue`` by a passive declare: never creates it."""
-        return await self.guard.call("queue_info", lambda: self._inspect(queue))
+        return await self.guard.call("queue_info", lambda: self._inspect(queue), idempotent=True)
 
     async def _inspect(self, queue: str) -> QueueInfo:
         connection = await self._ready_connection()
@@ -386,15 +472,21 @@ class RabbitMQClient(Backend):
         return await self.guard.call("health", check)
 
 
-async def _confirmed_publish(channel: AbstractChannel, queue: str, message: Message) -> None:
+async def _confirmed_publish(
+    channel: AbstractChannel,
+    routing_key: str,
+    message: Message,
+    exchange: AbstractExchange | None = None,
+    *,
+    mandatory: bool = True,
+) -> None:
     """Send and wait for the broker's answer. Failing before the send is a plain 503
     (not published); failing after it is :class:`PublishUnconfirmed`."""
     if channel.is_closed:
         raise BackendUnavailable(SERVICE, "rabbitmq channel closed; message not sent")
+    target = exchange if exchange is not None else channel.default_exchange
     try:
-        confirmation = await channel.default_exchange.publish(
-            message, routing_key=queue, mandatory=True
-        )
+        confirmation = await target.publish(message, routing_key=routing_key, mandatory=mandatory)
     except PublishError:
         raise
     except DeliveryError as exc:  # Basic.Nack

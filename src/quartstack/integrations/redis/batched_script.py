@@ -10,8 +10,9 @@ waits for a batch to fill. redis-py has no auto-pipelining of its own.
 
 A batch is one call through the Redis client's circuit breaker and timeout: if
 it fails, every caller in it gets the error (the limiter then fails open), and
-the breaker counts one failure per batch. On a Redis Cluster, redis-py refuses
-scripts in pipelines, so the runs of a batch go out concurrently one by one.
+the breaker counts one failure per batch. On a Redis Cluster the batch is one
+pipeline per master (redis-py splits it by slot): a burst takes one connection per
+node instead of one per request, so it cannot exhaust the pool and fail open.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from quartstack.integrations.redis.client import NOT_SERVING, RedisClient
@@ -83,34 +83,18 @@ class BatchedScript:
                 future.set_result(reply)
 
     async def _pipeline(self, client: Any, batch: list[Call]) -> list[Any]:
-        if isinstance(client, RedisCluster):
-            # redis-py refuses EVALSHA in cluster pipelines: the calls go out one by
-            # one (concurrently), each routed to the master of its keys' slot.
-            replies = list(
-                await asyncio.gather(
-                    *(self._run_one(client, keys, args) for keys, args, _ in batch),
-                    return_exceptions=True,
-                )
-            )
-        else:
-            replies = await self._run_pipelined(client, batch)
+        replies = await self._run_pipelined(client, batch)
         for reply in replies:
             if isinstance(reply, NOT_SERVING):
                 raise reply  # Redis cannot serve now: a failure of the whole batch
         return replies
 
-    async def _run_one(
-        self, client: RedisCluster, keys: Sequence[str], args: Sequence[int | str]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
-        except NoScriptError:  # a restarted or newly promoted node: EVAL loads it
-            return await client.eval(self.script, len(keys), *keys, *args)  # type: ignore[misc]
-
     async def _run_pipelined(self, client: Any, batch: list[Call]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for keys, args, _ in batch:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            # execute_command, not evalsha(): redis-py blocks the evalsha() method of
+            # cluster pipelines, but routes the command by its keys like any other.
+            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         # A restarted or newly promoted node has no scripts: EVAL loads it there.
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -118,7 +102,7 @@ class BatchedScript:
             pipe = client.pipeline(transaction=False)
             for i in missing:
                 keys, args, _ = batch[i]
-                pipe.eval(self.script, len(keys), *keys, *args)
+                pipe.execute_command("EVAL", self.script, len(keys), *keys, *args)
             for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         return replies

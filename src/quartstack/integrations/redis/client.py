@@ -28,6 +28,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     ClusterError,
+    DataError,
     MaxConnectionsError,
     NoPermissionError,
     OutOfMemoryError,
@@ -35,9 +36,12 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quartstack.integrations.base import Backend
+from quartstack.integrations.pooled import PoolGeneration
 from quartstack.integrations.redis.cluster import parse_info_text
+from quartstack.integrations.redis.waiting_cluster import WaitingRedisCluster
 from quartstack.integrations.vault.credentials import credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
 from quartstack.resilience import BackendError, BackendGuard, BackendUnavailable
@@ -48,6 +52,8 @@ T = TypeVar("T")
 logger = logging.getLogger("quartstack.redis")
 
 AnyRedis = Redis | RedisCluster
+#: How long a client replaced after a rotation may serve its last calls before closing.
+RETIRE_TIMEOUT = 30.0
 _RAW_COMMANDS = ("CLUSTER NODES", "CLUSTER SLOTS", "CLUSTER INFO")
 
 #: Error replies that mean "Redis cannot serve this now" (cluster down or resharding,
@@ -69,11 +75,37 @@ class RedisNotServing(Exception):
 
 
 class RedisPoolExhausted(BackendUnavailable):
-    """Every pooled connection is busy: our overload, not a Redis failure, so the
-    circuit breaker ignores it (503 with Retry-After)."""
+    """Every pooled connection is busy: our overload, not a Redis failure, so it
+    leaves the circuit breaker as it was (503 with Retry-After)."""
 
     def __init__(self) -> None:
         super().__init__("redis", "redis: every pooled connection is busy", retry_after=1)
+
+
+class WaitingConnectionPool(BlockingConnectionPool):
+    """Waits for a free connection; a wait that runs out is our own overload, raised as
+    ``MaxConnectionsError`` (neutral for the breaker), not as the ``ConnectionError``
+    redis-py raises, which would count as Redis failing."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise MaxConnectionsError("no pooled connection became free") from exc
+            raise
+
+
+class RedisDataError(BackendError):
+    """A value Redis returned does not decode (not UTF-8, not what we stored): the data
+    is at fault, not Redis, so it leaves the breaker as it was. Callers that read their
+    own keys treat it like a miss; anywhere else it is a 409 problem, never a 500."""
+
+    status = 409
+    kind = "undecodable-value"
+
+    def __init__(self) -> None:
+        super().__init__("redis", "redis holds a value that cannot be decoded")
 
 
 @dataclass(frozen=True)
@@ -101,6 +133,8 @@ async def _classified(call: Awaitable[T]) -> T:
         return await call
     except MaxConnectionsError as exc:
         raise RedisPoolExhausted() from exc
+    except (UnicodeDecodeError, DataError) as exc:
+        raise RedisDataError() from exc
     except NOT_SERVING as exc:
         raise RedisNotServing(type(exc).__name__) from exc
 
@@ -114,7 +148,8 @@ class RedisClient(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.nodes = parse_nodes(settings)
-        self._client: AnyRedis | None = None
+        self._current: PoolGeneration[AnyRedis] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._node_clients: dict[str, Redis] = {}
         # One breaker per node for per-node introspection: a node that is down after a
         # failover (the cluster still serves) must not open the circuit of all traffic.
@@ -124,7 +159,7 @@ class RedisClient(Backend):
                 timeout=settings.backend_timeout_seconds,
                 failure_threshold=settings.circuit_failure_threshold,
                 recovery_timeout=settings.circuit_recovery_seconds,
-                ignored=self.ignored_exceptions(),
+                neutral=self.neutral_exceptions(),
             )
             for node in self.nodes
         }
@@ -132,14 +167,26 @@ class RedisClient(Backend):
         self._username: str | None = None
         self._connect_lock = asyncio.Lock()
 
+    def key(self, name: str) -> str:
+        """``name`` under ``REDIS_KEY_PREFIX``: every key the service writes goes through
+        here, so deployments sharing one Redis never read each other's state."""
+        return f"{self.settings.redis_key_prefix}:{name}"
+
+    @property
+    def _client(self) -> AnyRedis | None:
+        return self._current.pool if self._current is not None else None
+
     @property
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)
 
-    def ignored_exceptions(self) -> tuple[type[BaseException], ...]:
-        # A reply about the command (wrong type, bad script) means Redis answered;
-        # the transient error replies were turned into RedisNotServing before this.
-        return (ResponseError, RedisPoolExhausted)
+    def neutral_exceptions(self) -> tuple[type[BaseException], ...]:
+        # Caused by the request or the data, never by Redis failing: a reply about the
+        # command (WRONGTYPE, a bad script; the transient error replies were turned into
+        # RedisNotServing before this), a value that does not decode, our own pool being
+        # full under load. Counting them would let a client open the circuit at will,
+        # and an open circuit switches off rate limiting.
+        return (ResponseError, RedisDataError, RedisPoolExhausted)
 
     # --- lifecycle -------------------------------------------------------------------
     def init_app(self, app: Quart) -> None:
@@ -168,9 +215,12 @@ class RedisClient(Backend):
         clients: list[AnyRedis] = list(self._node_clients.values())
         if self._client is not None:
             clients.append(self._client)
-        self._client = None
-        self._node_clients.clear()
+        self._current = None
+        self._node_clients = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        for task in self._retiring:  # the requests are over: close retired clients now
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _options(self, retries: int = 2) -> dict[str, Any]:
         """Connection options shared by the data client and the per-node clients."""
@@ -187,50 +237,60 @@ class RedisClient(Backend):
             "client_name": "quartstack",
         }
 
+    @property
+    def _pool_wait_seconds(self) -> float:
+        """How long a call waits for a free connection: less than the call's own timeout,
+        so a long wait is reported as the pool being full (neutral), not as Redis timing
+        out (a failure)."""
+        return self.settings.backend_timeout_seconds * 0.8
+
     def _standalone(self, node: RedisNode, *, max_connections: int, retries: int = 2) -> Redis:
         """A client for one node whose pool waits (up to the timeout) for a free
         connection instead of failing at once when all are busy."""
-        pool = BlockingConnectionPool(
+        pool = WaitingConnectionPool(
             host=node.host,
             port=node.port,
             max_connections=max_connections,
-            timeout=self.settings.backend_timeout_seconds,
+            timeout=self._pool_wait_seconds,
             **self._options(retries=retries),
         )
         return Redis.from_pool(pool)
 
-    async def _connect(self) -> AnyRedis:
+    async def _connect(self) -> PoolGeneration[AnyRedis]:
         async with self._connect_lock:
-            if self._client is not None:
-                return self._client
-            if not self.nodes:
-                raise BackendUnavailable("redis", "no redis node is configured")
-            credentials = await credential_provider(self.app).get("redis")
-            self._username, self._password = credentials.user, credentials.password
-            first = self.nodes[0]
-            client: AnyRedis
-            connect: Awaitable[Any]
-            if len(self.nodes) > 1 or await self._reports_cluster(first):
-                client = RedisCluster(
-                    startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
-                    require_full_coverage=False,
-                    max_connections=self.settings.redis_pool_max,
-                    **self._options(),
-                )
-                connect = client.initialize()
-            else:
-                client = self._standalone(first, max_connections=self.settings.redis_pool_max)
-                connect = cast(Awaitable[bool], client.ping())
-            try:
-                await connect
-            except BaseException:
-                await client.aclose()
-                raise
-            self._client = client
-            logger.info(
-                "redis connected", extra={"cluster": self.is_cluster, "nodes": len(self.nodes)}
+            if self._current is None:
+                self._current = await self._open()
+            return self._current
+
+    async def _open(self) -> PoolGeneration[AnyRedis]:
+        """Build the data client with the credentials Vault has now and prove it works."""
+        if not self.nodes:
+            raise BackendUnavailable("redis", "no redis node is configured")
+        credentials = await credential_provider(self.app).get("redis")
+        self._username, self._password = credentials.user, credentials.password
+        first = self.nodes[0]
+        client: AnyRedis
+        connect: Awaitable[Any]
+        if len(self.nodes) > 1 or await self._reports_cluster(first):
+            client = WaitingRedisCluster(
+                startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes],
+                require_full_coverage=False,
+                max_connections=self.settings.redis_pool_max,
+                wait_seconds=self._pool_wait_seconds,
+                **self._options(),
             )
-            return client
+            connect = client.initialize()
+        else:
+            client = self._standalone(first, max_connections=self.settings.redis_pool_max)
+            connect = cast(Awaitable[bool], client.ping())
+        try:
+            await connect
+        except BaseException:
+            await client.aclose()
+            raise
+        cluster = isinstance(client, RedisCluster)
+        logger.info("redis connected", extra={"cluster": cluster, "nodes": len(self.nodes)})
+        return PoolGeneration(client)
 
     async def _reports_cluster(self, node: RedisNode) -> bool:
         info = await self.node_client(node).info("cluster")
@@ -252,15 +312,21 @@ class RedisClient(Backend):
         authentication failure with fresh credentials (the password was rotated in Vault)."""
 
         async def call() -> T:
+            generation = self._current or await self._connect()
             try:
-                client = self._client or await self._connect()
-                result = await _classified(func(client))
+                return await self._use(generation, func)
             except AuthenticationError:
-                await self._reset_after_auth_failure()
-                result = await _classified(func(await self._connect()))
-            return result
+                return await self._use(await self._rebuild(generation), func)
 
         return await self.guard.call(operation, call)
+
+    @staticmethod
+    async def _use(generation: PoolGeneration[AnyRedis], func: Callable[[Any], Awaitable[T]]) -> T:
+        generation.enter()
+        try:
+            return await _classified(func(generation.pool))
+        finally:
+            generation.leave()
 
     async def ensure_connected(self) -> None:
         """Connect now if not yet connected (then ``is_cluster`` is known)."""
@@ -277,14 +343,36 @@ class RedisClient(Backend):
             operation, lambda: _classified(func(self.node_client(node)))
         )
 
-    async def _reset_after_auth_failure(self) -> None:
-        old, self._client = self._client, None
-        await credential_provider(self.app).refresh("redis")
-        for client in list(self._node_clients.values()):
-            await client.aclose()
-        self._node_clients.clear()
-        if old is not None:
-            await old.aclose()
+    async def _rebuild(self, stale: PoolGeneration[AnyRedis]) -> PoolGeneration[AnyRedis]:
+        """Replace ``stale`` after Redis rejected its credentials: once, however many
+        requests noticed at the same time (as the SQL pools do). The stale client and the
+        node clients of its credentials close once the calls still using them finish."""
+        async with self._connect_lock:
+            current = self._current
+            if current is not None and current is not stale:
+                return current  # another request rebuilt it already
+            logger.warning("redis rejected the credentials; reconnecting with fresh ones")
+            await credential_provider(self.app).refresh("redis")
+            old_nodes, self._node_clients = list(self._node_clients.values()), {}
+            self._current = await self._open()
+        if current is stale:
+            task = asyncio.create_task(self._retire(stale, old_nodes), name="redis-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return self._current
+
+    @staticmethod
+    async def _retire(stale: PoolGeneration[AnyRedis], nodes: list[Redis]) -> None:
+        """Close ``stale`` once its calls finished (at most RETIRE_TIMEOUT; at once when
+        cancelled by ``stop``)."""
+        try:
+            async with asyncio.timeout(RETIRE_TIMEOUT):
+                await stale.drained.wait()
+        except TimeoutError:
+            pass
+        finally:
+            clients: list[AnyRedis] = [stale.pool, *nodes]
+            await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     def pool_sizes(self) -> tuple[int, int, int]:
         """(in use, idle, max) connections of the data client's pool(s)."""
@@ -325,13 +413,18 @@ class RedisClient(Backend):
         entry: dict[str, Any] = {"name": node.name, "host": node.host, "port": node.port}
         try:
             info = await asyncio.wait_for(
-                self.node_client(node).info("replication"),
-                self.settings.health_timeout_seconds,
+                self.node_client(node).info(), self.settings.health_timeout_seconds
             )
         except Exception as exc:  # one dead node is reported, not raised
             entry.update(status="unhealthy", error=type(exc).__name__)
         else:
-            entry.update(status="healthy", role=info.get("role"))
+            entry.update(
+                status="healthy",
+                role=info.get("role"),
+                version=info.get("redis_version"),
+                connected_clients=info.get("connected_clients"),
+                used_memory_human=info.get("used_memory_human"),
+            )
         return entry
 
     async def cluster_info(self) -> dict[str, Any]:

@@ -5,9 +5,12 @@ of the request; its response (status, the headers that matter, body) is stored
 for ``IDEMPOTENCY_TTL_SECONDS``. A retry with the same key and request replays the
 stored response with ``Idempotency-Replayed: true``; the same key with another
 request is a 422; a retry while the first is still running is a 409. A 5xx or
-429 is not stored, so the client can retry it. If Redis is unreachable the
-request is processed without the guarantee (logged), because refusing all POSTs
-would turn a cache outage into an API outage.
+429 is not stored, so the client can retry it. A body larger than
+``IDEMPOTENCY_MAX_STORED_BYTES`` is not stored (only its status and digest), so
+keyed requests cannot fill Redis; a retry of such a key is a 409. If Redis is
+unreachable, or too old for ``SET NX GET`` (Redis < 7), the request is processed
+without the guarantee (logged once, counted), because refusing all POSTs would turn
+a cache outage into an API outage.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import re
 from typing import Any
 
 from quart import Quart, Response, g, request
+from redis.exceptions import ResponseError
 
-from quartstack.integrations.redis.client import RedisClient
+from quartstack.integrations.redis.client import RedisClient, RedisDataError
+from quartstack.metrics import IDEMPOTENCY_NOT_ENFORCED
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
 from quartstack.web.problems import Problem
@@ -35,15 +40,19 @@ _KEPT_HEADERS = ("Content-Type", "Location", "ETag")
 _RUNNING_TTL = 300  # a crashed request frees its key after this
 
 
+class IdempotencyUnsupported(Exception):
+    """Redis refused ``SET NX GET``: it is older than 7.0."""
+
+
 class IdempotencyStore:
-    def __init__(self, redis: RedisClient, ttl: int) -> None:
+    def __init__(self, redis: RedisClient, ttl: int, max_stored_bytes: int) -> None:
         self.redis = redis
         self.ttl = ttl
+        self.max_stored_bytes = max_stored_bytes
 
-    @staticmethod
-    def redis_key(key: str) -> str:
+    def redis_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"quartstack:idem:{{{digest}}}"
+        return self.redis.key(f"idem:{{{digest}}}")
 
     async def claim(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         """Claim ``key``; return None if claimed now, else the stored record."""
@@ -51,14 +60,36 @@ class IdempotencyStore:
         redis_key = self.redis_key(key)
 
         # SET NX GET (Redis >= 7.0): claim and read the previous record in one atomic step.
-        stored = await self.redis.execute(
-            "idempotency_claim",
-            lambda c: c.set(redis_key, record, nx=True, get=True, ex=_RUNNING_TTL),
-        )
+        try:
+            stored = await self.redis.execute(
+                "idempotency_claim",
+                lambda c: c.set(redis_key, record, nx=True, get=True, ex=_RUNNING_TTL),
+            )
+        except ResponseError as exc:  # Redis 6 answers "syntax error"
+            raise IdempotencyUnsupported() from exc
         if stored is None:
             return None
-        result: dict[str, Any] = json.loads(stored)
+        try:
+            result: dict[str, Any] = json.loads(stored)
+        except ValueError:  # not a record we wrote
+            raise RedisDataError() from None
         return result
+
+    def record(self, fingerprint: str, response: Response, body: bytes) -> dict[str, Any]:
+        """What is kept of a finished request: the whole response, or above the size
+        limit only its status and digest."""
+        headers = {h: response.headers[h] for h in _KEPT_HEADERS if h in response.headers}
+        record: dict[str, Any] = {
+            "state": "done",
+            "fingerprint": fingerprint,
+            "status": response.status_code,
+            "headers": headers,
+        }
+        if len(body) > self.max_stored_bytes:
+            record["digest"] = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        else:
+            record["body"] = base64.b64encode(body).decode()
+        return record
 
     async def complete(self, key: str, record: dict[str, Any]) -> None:
         await self.redis.execute(
@@ -82,6 +113,17 @@ async def _fingerprint() -> str:
 
 
 def _replay(record: dict[str, Any]) -> Response:
+    if "body" not in record:
+        raise Problem(
+            409,
+            "idempotency-response-not-stored",
+            f"The response to this Idempotency-Key (status {record['status']}) was too large "
+            "to keep, so it cannot be replayed; the request was processed once.",
+            headers={
+                "Idempotency-Original-Status": str(record["status"]),
+                "Idempotency-Original-Digest": f"sha-256=:{record['digest']}:",
+            },
+        )
     response = Response(
         base64.b64decode(record["body"]), status=record["status"], headers=record["headers"]
     )
@@ -89,8 +131,28 @@ def _replay(record: dict[str, Any]) -> Response:
     return response
 
 
+class _NotEnforced:
+    """Counts every keyed request processed without the guarantee; logs once per reason
+    until a claim succeeds again (one line per outage, not one per request)."""
+
+    def __init__(self) -> None:
+        self._logged: set[str] = set()
+
+    def __call__(self, reason: str) -> None:
+        IDEMPOTENCY_NOT_ENFORCED.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            logger.warning("idempotency not enforced", extra={"reason": reason})
+
+    def restored(self) -> None:
+        self._logged.clear()
+
+
 def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None:
-    store = IdempotencyStore(redis, settings.idempotency_ttl_seconds)
+    store = IdempotencyStore(
+        redis, settings.idempotency_ttl_seconds, settings.idempotency_max_stored_bytes
+    )
+    not_enforced = _NotEnforced()
 
     @app.before_request
     async def claim_idempotency_key() -> Response | None:
@@ -108,9 +170,16 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
         fingerprint = await _fingerprint()
         try:
             stored = await store.claim(key, fingerprint)
-        except BackendError:
-            logger.warning("idempotency not enforced: redis unavailable")
+        except RedisDataError:
+            not_enforced("unreadable_record")
             return None
+        except BackendError:
+            not_enforced("redis_unavailable")
+            return None
+        except IdempotencyUnsupported:
+            not_enforced("unsupported_server")
+            return None
+        not_enforced.restored()
         if stored is None:
             g.idempotency = (key, fingerprint)
             return None
@@ -141,17 +210,7 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
                 await store.release(key)  # not an answer to keep: the client retries
                 return response
             body: bytes = await response.get_data(as_text=False)
-            headers = {h: response.headers[h] for h in _KEPT_HEADERS if h in response.headers}
-            await store.complete(
-                key,
-                {
-                    "state": "done",
-                    "fingerprint": fingerprint,
-                    "status": response.status_code,
-                    "headers": headers,
-                    "body": base64.b64encode(body).decode(),
-                },
-            )
+            await store.complete(key, store.record(fingerprint, response, body))
         except BackendError:
             logger.warning("idempotent response not stored: redis unavailable")
         return response

@@ -44,7 +44,7 @@ from quartstack.web.observability import current_endpoint
 logger = logging.getLogger("quartstack.rate_limit")
 
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/health/startup"})
-KEY_PREFIX = "quartstack:rl:"
+KEY_NAMESPACE = "rl:"  # under REDIS_KEY_PREFIX
 _MINUTE = timedelta(minutes=1)
 
 # GCRA over every limit of one request, in microseconds of the Redis server's clock
@@ -177,6 +177,7 @@ class DistributedRateLimiter(RateLimiter):
     def __init__(self, store: RedisRateLimitStore, settings: Settings) -> None:
         super().__init__(store=store, key_function=_client_key)
         self.atomic_store = store
+        self.key_prefix = store.redis.key(KEY_NAMESPACE)
         self.default_limit = RateLimit(settings.rate_limit_default, _MINUTE)
         self.health_limit = RateLimit(settings.rate_limit_health, _MINUTE)
         self.metrics_limit = RateLimit(settings.rate_limit_metrics, _MINUTE)
@@ -235,7 +236,7 @@ class DistributedRateLimiter(RateLimiter):
         client = client_address()
         if plan.static:
             limits: Sequence[RateLimit] = plan.limits
-            prefix = f"{KEY_PREFIX}{{{client}}}"
+            prefix = f"{self.key_prefix}{{{client}}}"
             keys = [prefix + suffix for suffix in plan.key_suffixes]
             args: Sequence[int] = plan.args
         else:
@@ -274,7 +275,7 @@ class DistributedRateLimiter(RateLimiter):
     async def _limit_key(self, client: str, endpoint: str, limit: RateLimit) -> str:
         """``{client}`` is the hash tag: all keys of one request share a cluster slot."""
         custom = await limit.key_function() if limit.key_function is not None else ""
-        return f"{KEY_PREFIX}{{{client}}}{_key_suffix(endpoint, limit)}{custom}"
+        return f"{self.key_prefix}{{{client}}}{_key_suffix(endpoint, limit)}{custom}"
 
     def _fail_open(self, exc: Exception) -> None:
         RATE_LIMIT_STORE_ERRORS.inc()

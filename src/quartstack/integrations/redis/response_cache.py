@@ -4,16 +4,24 @@
 body, ETag) under the request path, answers ``If-None-Match`` with 304, and sets
 ``ETag``, ``Cache-Control`` and ``X-Cache: HIT|MISS``. A Redis failure never
 fails the request: the route then answers uncached (a MISS).
+
+The key holds only the query parameters the route documents (none, for the cached
+routes today), in a canonical order: ``?x=<random>`` must neither bypass the cache
+nor fill Redis with copies. Concurrent misses for one key share one run of the
+route in the process (single flight): a cold ``/health/all`` hit by many clients
+at once checks the backends once, not once per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
 
 from quart import Quart, Response, current_app, request
 
@@ -25,7 +33,7 @@ from quartstack.web.observability import current_endpoint, route_template
 logger = logging.getLogger("quartstack.response_cache")
 
 RESPONSE_CACHE_KEY = "quartstack.response_cache"
-KEY_PREFIX = "quartstack:resp:"
+KEY_PREFIX = "resp:"  # under REDIS_KEY_PREFIX, added by ResponseCache
 CACHED_ATTRIBUTE = "_quartstack_cached_response"
 _GLOB_CHARS = "*?[\\"
 _SCAN_BATCH = 500
@@ -38,9 +46,11 @@ class ResponseCache:
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
+        self.flights = SingleFlight()
 
     async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
         """The stored entry and its seconds to live, or None."""
+        key = self.redis.key(key)
 
         async def read(client: AnyRedis) -> tuple[Any, Any]:
             async with client.pipeline(transaction=False) as pipe:
@@ -55,15 +65,16 @@ class ResponseCache:
         return json.loads(value), max(0, int(pttl) // 1000)
 
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
-        await self.redis.execute("cache_set", lambda c: c.set(key, json.dumps(entry), ex=ttl))
+        stored = self.redis.key(key)
+        await self.redis.execute("cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl))
 
     async def invalidate(self, pattern: str, label: str) -> int:
-        """Delete cached responses whose path (and query) matches the glob ``pattern``.
+        """Delete cached responses whose path matches the glob ``pattern``.
 
         SCAN, never KEYS (which blocks Redis while it walks every key); on a cluster
         ``scan_iter`` walks every master. ``label`` is the bounded metric label.
         """
-        match = KEY_PREFIX + pattern
+        match = self.redis.key(KEY_PREFIX + pattern)
 
         async def scan_delete(client: AnyRedis) -> int:
             deleted, batch = 0, []
@@ -110,9 +121,54 @@ def response_cache(app: Quart | None = None) -> ResponseCache | None:
     return cache if isinstance(cache, ResponseCache) else None
 
 
-def _cache_key() -> str:
-    query = request.query_string.decode("latin-1")
-    return KEY_PREFIX + request.path + (f"?{query}" if query else "")
+class SingleFlight:
+    """Concurrent misses for one key wait for the first one's entry (in this process).
+
+    The first caller renders the route; the others get its entry, or ``None`` when it
+    had none to share (uncacheable status, error, cancelled) and then render their own.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+
+    def joined(self, key: str) -> asyncio.Future[dict[str, Any] | None] | None:
+        """The flight in progress for ``key`` to wait on, or None: the caller leads one."""
+        flight = self._flights.get(key)
+        if flight is None:
+            self._flights[key] = asyncio.get_running_loop().create_future()
+        return flight
+
+    def land(self, key: str, entry: dict[str, Any] | None) -> None:
+        """The leader's result (``None``: nothing to share) goes to every waiter."""
+        flight = self._flights.pop(key, None)
+        if flight is not None and not flight.done():
+            flight.set_result(entry)
+
+
+def _canonical_query(params: tuple[str, ...]) -> str:
+    """The documented query parameters of the request, sorted; others are ignored."""
+    if not params:
+        return ""
+    kept = sorted((name, value) for name, value in request.args.items(multi=True) if name in params)
+    return "?" + urlencode(kept) if kept else ""
+
+
+def _cache_key(query_params: tuple[str, ...] = ()) -> str:
+    return KEY_PREFIX + request.path + _canonical_query(query_params)
+
+
+async def _render(view: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Response:
+    return cast(Response, await current_app.make_response(await view(*args, **kwargs)))
+
+
+async def _entry(response: Response) -> dict[str, Any]:
+    body: bytes = await response.get_data(as_text=False)
+    return {
+        "status": response.status_code,
+        "content_type": response.content_type,
+        "body": body.decode(),
+        "etag": _etag(body),
+    }
 
 
 def _etag(body: bytes) -> str:
@@ -131,12 +187,18 @@ def _respond(entry: dict[str, Any], cache_control: str, state: str) -> Response:
 
 
 def cached_response(
-    ttl: int, statuses: tuple[int, ...] = (200,), *, private: bool = False
+    ttl: int,
+    statuses: tuple[int, ...] = (200,),
+    *,
+    private: bool = False,
+    query_params: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
     """Cache the route's rendered response in Redis for ``ttl`` seconds.
 
     Put it above ``validate_response`` so the validated, rendered body is stored.
     ``private`` keeps shared HTTP caches (proxies, CDNs) from storing the answer.
+    ``query_params`` names the query parameters that change the answer (the only
+    ones in the key); any other query parameter is ignored.
     """
     scope = "private" if private else "public"
 
@@ -147,7 +209,7 @@ def cached_response(
             if cache is None:
                 return await view(*args, **kwargs)
             endpoint = current_endpoint()
-            key = _cache_key()
+            key = _cache_key(query_params)
             try:
                 hit = await cache.get(key)
             except BackendError:
@@ -156,23 +218,30 @@ def cached_response(
             if hit is not None:
                 CACHE_HITS.labels(endpoint).inc()
                 return _respond(hit[0], f"{scope}, max-age={hit[1]}", "HIT")
-            CACHE_MISSES.labels(endpoint).inc()
-            response = cast(Response, await current_app.make_response(await view(*args, **kwargs)))
-            if response.status_code not in statuses:
-                response.headers["X-Cache"] = "MISS"
-                return response
-            body: bytes = await response.get_data(as_text=False)
-            entry = {
-                "status": response.status_code,
-                "content_type": response.content_type,
-                "body": body.decode(),
-                "etag": _etag(body),
-            }
+            flight = cache.flights.joined(key)
+            if flight is not None:
+                shared = await asyncio.shield(flight)
+                if shared is not None:
+                    CACHE_HITS.labels(endpoint).inc()
+                    return _respond(shared, f"{scope}, max-age={ttl}", "HIT")
+                # Nothing shared: lead a new flight, or render alone if one already started.
+                flight = cache.flights.joined(key)
+            entry: dict[str, Any] | None = None
             try:
-                await cache.put(key, entry, ttl)
-            except BackendError:
-                logger.debug("response not cached: redis unavailable")
-            return _respond(entry, f"{scope}, max-age={ttl}", "MISS")
+                CACHE_MISSES.labels(endpoint).inc()
+                response = await _render(view, args, kwargs)
+                if response.status_code not in statuses:
+                    response.headers["X-Cache"] = "MISS"
+                    return response
+                entry = await _entry(response)
+                try:
+                    await cache.put(key, entry, ttl)
+                except BackendError:
+                    logger.debug("response not cached: redis unavailable")
+                return _respond(entry, f"{scope}, max-age={ttl}", "MISS")
+            finally:
+                if flight is None:
+                    cache.flights.land(key, entry)
 
         setattr(wrapper, CACHED_ATTRIBUTE, True)
         return cast(F, wrapper)

@@ -1,7 +1,10 @@
 """``VaultClient``: AppRole login, token renewal and cached KV v2 reads on hvac.
 
-hvac is synchronous, so every call runs on one dedicated thread: the event loop
-never blocks and calls are serialized on the process's single ``hvac.Client``.
+hvac is synchronous, so calls run on a small pool of threads (the event loop never
+blocks) and health checks on a thread of their own, so a slow KV read holds up
+neither other reads nor the health check. The threads share the process's one
+``hvac.Client``: its requests session pools connections thread-safely, and a login
+swaps the token in one assignment.
 The token is renewed at about two thirds of its TTL and replaced by a fresh login
 when it cannot be renewed or nears its max TTL; a 403 with an expired or revoked
 token triggers one re-login and one retry, a 403 with a valid token (the policy
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +27,10 @@ import hvac.exceptions
 import requests
 
 from quartstack.integrations.base import Backend
+from quartstack.integrations.vault.kv_cache import KvCache
+from quartstack.masking import is_sensitive_field, url_passwords
 from quartstack.metrics import VAULT_TOKEN_RENEWALS
-from quartstack.redaction import is_sensitive_field, register_secret
+from quartstack.redaction import register_secret, register_secrets
 from quartstack.resilience import BackendError, BackendUnavailable, retry
 from quartstack.settings import Settings
 
@@ -44,9 +49,14 @@ _REJECTIONS = (
     hvac.exceptions.Forbidden,
     hvac.exceptions.InvalidPath,
 )
+#: Redaction owner of the service's token: a new login's token replaces the old one.
+_LOGIN_OWNER = "vault:token"
 #: sys/health status codes of an unsealed, initialized node (active, standby, DR
 #: secondary, performance standby).
 _HEALTHY_CODES = (200, 429, 472, 473)
+#: Threads for authenticated calls: independent reads run side by side; a burst beyond
+#: this waits its turn (each call is still bounded by VAULT_TIMEOUT_SECONDS).
+CALL_THREADS = 4
 
 
 class SecretNotFound(Exception):
@@ -76,7 +86,9 @@ class VaultClient(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.guard.timeout = settings.vault_timeout_seconds
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault")
+        self._executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="vault")
+        # Health never queues behind calls: a probe must see Vault, not our backlog.
+        self._health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-health")
         self._client: hvac.Client | None = None
         self._login_lock = asyncio.Lock()
         self._generation = 0  # bumped at every successful login
@@ -86,7 +98,7 @@ class VaultClient(Backend):
         self._authenticated = False
         self._ever_authenticated = False
         self._login_rejected = False
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._cache = KvCache(settings.vault_cache_ttl_seconds)
         self._inflight: dict[tuple[str, bool], asyncio.Task[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -94,16 +106,15 @@ class VaultClient(Backend):
         # Vault answered: a missing path, a refused token or bad input is not an outage.
         return (*_REJECTIONS, VaultLoginRejected)
 
+    def is_transient(self, exc: Exception) -> bool:
+        return isinstance(exc, requests.exceptions.ConnectionError)
+
     @property
     def startup_blocked(self) -> bool:
         """Startup is not done while Vault rejects our credentials and no login ever
         succeeded: a misconfigured pod fails its startup probe instead of serving
         without secrets. An unreachable Vault does not block (the pod serves degraded)."""
         return self._login_rejected and not self._ever_authenticated
-
-    @property
-    def authenticated(self) -> bool:
-        return self._authenticated
 
     @property
     def generation(self) -> int:
@@ -138,10 +149,14 @@ class VaultClient(Backend):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._revoke_own_token()
+        executors = (self._executor, self._health_executor)
+        for executor in executors:
+            executor.shutdown(wait=False, cancel_futures=True)
         client = self._client
-        if client is not None:
-            self._executor.submit(client.adapter.close)  # after any call still running
-        self._executor.shutdown(wait=False)
+        if client is not None:  # close the session once the calls still running are done
+            threading.Thread(
+                target=_close_after, args=(executors, client), name="vault-close", daemon=True
+            ).start()
 
     async def _revoke_own_token(self) -> None:
         """Revoke the AppRole token on shutdown: a stopped replica's token should not
@@ -162,29 +177,44 @@ class VaultClient(Backend):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- calls on the hvac thread ----------------------------------------------------
-    async def _in_thread(self, func: Callable[[], T]) -> T:
+    # --- calls on the hvac threads ---------------------------------------------------
+    async def _in_thread(
+        self, func: Callable[[], T], executor: ThreadPoolExecutor | None = None
+    ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, func)
+        return await loop.run_in_executor(executor or self._executor, func)
 
-    async def _guarded(self, operation: str, func: Callable[[hvac.Client], T]) -> T:
+    async def _guarded(
+        self,
+        operation: str,
+        func: Callable[[hvac.Client], T],
+        executor: ThreadPoolExecutor | None = None,
+        idempotent: bool = False,
+    ) -> T:
         client = self._require_client()
-        return await self.guard.call(operation, lambda: self._in_thread(lambda: func(client)))
+        return await self.guard.call(
+            operation,
+            lambda: self._in_thread(lambda: func(client), executor),
+            idempotent=idempotent,
+        )
 
-    async def call(self, operation: str, func: Callable[[hvac.Client], T]) -> T:
-        """Run an authenticated hvac call; on 403 log in again once and retry once."""
+    async def call(
+        self, operation: str, func: Callable[[hvac.Client], T], *, idempotent: bool = False
+    ) -> T:
+        """Run an authenticated hvac call; on 403 log in again once and retry once.
+        An ``idempotent`` call (a read) also retries connection errors (``RETRY_*``)."""
         if not self._authenticated:
             await self._login_for_call(self._generation)
         generation = self._generation
         try:
-            return await self._guarded(operation, func)
+            return await self._guarded(operation, func, idempotent=idempotent)
         except hvac.exceptions.Forbidden:
             if await self._token_is_valid():
                 raise VaultAccessDenied(f"vault policy denies the service {operation}") from None
             logger.warning("vault answered 403; logging in again", extra={"operation": operation})
         await self._login_for_call(generation)
         try:
-            return await self._guarded(operation, func)
+            return await self._guarded(operation, func, idempotent=idempotent)
         except hvac.exceptions.Forbidden as exc:
             raise BackendUnavailable("vault", "vault denied access to the service") from exc
 
@@ -229,7 +259,7 @@ class VaultClient(Backend):
                 except VaultLoginRejected:
                     self._reject()
                     raise
-                register_secret(token)
+                register_secret(token, owner=_LOGIN_OWNER)
                 login = functools.partial(_adopt_token, token=token)
             else:
                 self._reject()
@@ -285,8 +315,8 @@ class VaultClient(Backend):
             raise VaultLoginRejected(
                 "cannot read the AppRole files role-id and secret-id in VAULT_APPROLE_DIR"
             ) from exc
-        register_secret(role_id)
-        register_secret(secret_id)
+        register_secret(role_id, owner="vault:role-id")
+        register_secret(secret_id, owner="vault:secret-id")
         return role_id, secret_id
 
     async def _login_until_success(self) -> None:
@@ -340,8 +370,8 @@ class VaultClient(Backend):
         skips the cache (and refills it) after a credential was rotated."""
         if not fresh:
             cached = self._cache.get(name)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
+            if cached is not None:
+                return cached
         key = (name, fresh)
         task = self._inflight.get(key)
         if task is None:
@@ -364,18 +394,18 @@ class VaultClient(Backend):
                 lambda c: c.secrets.kv.v2.read_secret_version(
                     path=name, mount_point=mount, raise_on_deleted_version=True
                 ),
+                idempotent=True,
             )
         except hvac.exceptions.InvalidPath:
             raise SecretNotFound(name) from None
         data: dict[str, Any] = response["data"]["data"]
-        register_sensitive_values(data)
-        ttl = self.settings.vault_cache_ttl_seconds
-        if ttl > 0:
-            self._cache[name] = (time.monotonic() + ttl, data)
+        # The secret's owner is its name: a rotated password replaces the old one.
+        register_secrets(f"vault:kv:{name}", sensitive_values(data))
+        self._cache.put(name, data)
         return data
 
     async def health(self) -> dict[str, Any]:
-        status, body = await self._guarded("health", _read_health)
+        status, body = await self._guarded("health", _read_health, self._health_executor)
         details = {key: body.get(key) for key in ("initialized", "sealed", "standby")}
         if body.get("sealed"):
             raise BackendUnavailable("vault", "vault is sealed")
@@ -383,12 +413,13 @@ class VaultClient(Backend):
             raise BackendUnavailable("vault", f"vault health check answered {status}")
         if not self._authenticated:
             raise BackendUnavailable("vault", "vault login has not succeeded")
-        return {"details": details, "version": body.get("version")}
+        # details.status repeats the top-level status: reference-contract clients read it
+        return {"details": {**details, "status": "healthy"}, "version": body.get("version")}
 
 
 def _approle_login(client: hvac.Client, *, role_id: str, secret_id: str) -> tuple[int, bool]:
     auth = client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
-    register_secret(auth["client_token"])
+    register_secret(auth["client_token"], owner=_LOGIN_OWNER)
     return int(auth["lease_duration"]), bool(auth["renewable"])
 
 
@@ -425,18 +456,30 @@ def _read_health(client: hvac.Client) -> tuple[int, dict[str, Any]]:
     return 200, result
 
 
-def register_sensitive_values(data: Any, sensitive: bool = False) -> None:
-    """Register for log scrubbing the values of sensitive fields (any depth, and
-    everything nested under them); numbers count too, as their text.
+def _close_after(executors: tuple[ThreadPoolExecutor, ...], client: hvac.Client) -> None:
+    for executor in executors:
+        executor.shutdown(wait=True)
+    client.adapter.close()
+
+
+def sensitive_values(data: Any, sensitive: bool = False) -> list[str]:
+    """The values of sensitive fields (any depth, and everything nested under them),
+    to scrub from logs; numbers count too, as their text.
 
     Only sensitive fields: registering user names or database names such as
     ``postgres`` would scrub those words from every log line.
     """
     if isinstance(data, dict):
-        for key, value in data.items():
-            register_sensitive_values(value, sensitive or is_sensitive_field(str(key)))
-    elif isinstance(data, list):
-        for value in data:
-            register_sensitive_values(value, sensitive)
-    elif sensitive and data is not None and not isinstance(data, bool):
-        register_secret(str(data))
+        return [
+            value
+            for key, item in data.items()
+            for value in sensitive_values(item, sensitive or is_sensitive_field(str(key)))
+        ]
+    if isinstance(data, list):
+        return [value for item in data for value in sensitive_values(item, sensitive)]
+    if data is None or isinstance(data, bool):
+        return []
+    values = [str(data)] if sensitive else []
+    if isinstance(data, str):
+        values.extend(url_passwords(data))  # a DSN, whatever its field is called
+    return values

@@ -102,7 +102,7 @@ class LeaseKeeper:
         except hvac.exceptions.InvalidPath:
             raise BackendUnavailable("vault", f"vault has no role at {path}") from None
         data = response["data"]
-        register_secret(data["password"])
+        register_secret(data["password"], owner=f"vault:lease:{self.service}")
         ttl = float(response["lease_duration"])
         lease = Lease(
             lease_id=response["lease_id"],
