@@ -11,8 +11,10 @@ alert or the dashboard uses must be exported by that process.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -131,9 +133,24 @@ def _chart_config(*values: Path) -> dict[str, str]:
     return find(render(*values), "ConfigMap", "quartstack")["data"]
 
 
+def runtime_install() -> tuple[dict[str, str], list[list[str]]]:
+    """The runtime stage's install RUN: its bind mounts (target -> source; a source in the
+    build stage keeps its path) and its pip commands, in order."""
+    text = _stage("runtime").replace("\\\n", " ")
+    run = next(line for line in text.splitlines() if line.startswith("RUN ") and "pip " in line)
+    mounts = {}
+    for spec in re.findall(r"--mount=(\S+)", run):
+        options = dict(item.split("=", 1) for item in spec.split(","))
+        assert options["type"] == "bind", spec
+        mounts[options["target"]] = options["source"]
+    commands = [re.search(r"\bpip\s.*", part) for part in run.split("&&")]
+    return mounts, [shlex.split(match.group(0)) for match in commands if match]
+
+
 @pytest.fixture(scope="session")
 def image() -> Iterator[Image]:
-    """Build the wheel and install it into a fresh venv as the runtime stage does."""
+    """Build the wheel and install it into a fresh venv as the runtime stage does: the
+    stage's own pip commands, with its bind mounts (the lock, /dist) pointed at ours."""
     root = Path(tempfile.mkdtemp(prefix="quartstack-image-"))
     try:
         dist = root / "dist"
@@ -142,16 +159,20 @@ def image() -> Iterator[Image]:
              "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
             check=True,
         )  # fmt: skip
-        wheel = next(dist.glob("quartstack-*.whl"))
         venv = root / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        install = re.search(r'pip install [^"]*"quartstack(\[[a-z,]+\])"', _stage("runtime"))
-        assert install, "the runtime stage installs quartstack with its extras"
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-             f"{wheel}{install.group(1)}"],
-            check=True,
-        )  # fmt: skip
+        mounts, commands = runtime_install()
+        ours = {"/dist": str(dist)}  # the build stage's output; the rest is the build context
+        for command in commands:
+            args = []
+            for arg in command[1:]:
+                for target, source in mounts.items():
+                    source = ours.get(source, str(ROOT / source))
+                    arg = re.sub(rf"^{re.escape(target)}(?=/|$)", source, arg)
+                args += sorted(glob.glob(arg)) if "*" in arg else [arg]
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "--disable-pip-version-check", *args], check=True
+            )
         workdir = root / "app"
         workdir.mkdir()
         yield Image(root, venv, workdir)
