@@ -102,10 +102,14 @@ class BatchedScript:
     async def _run_one(
         self, client: RedisCluster, keys: Sequence[str], args: Sequence[int | str]
     ) -> Any:
+        # Any: redis-py 7 types these replies ``str | Awaitable[str]``, redis-py 8 Awaitable.
+        reply: Any
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            reply = client.evalsha(self.sha, len(keys), *keys, *args)
+            return await reply
         except NoScriptError:  # a restarted or newly promoted node: EVAL loads it
-            return await client.eval(self.script, len(keys), *keys, *args)  # type: ignore[misc]
+            reply = client.eval(self.script, len(keys), *keys, *args)
+            return await reply
 
     async def _run_pipelined(self, client: Any, batch: list[Call]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
