@@ -6,8 +6,8 @@
 #                                version and sha256 in scripts/chart-tools.lock (`tox -e lock`);
 #                                pip refuses a download whose hash differs
 #   promtool                     Debian's prometheus package, version and .deb sha256 below
-#                                (apt-get; needs root); an installed one is checked against
-#                                the pinned version and promtool's sha256
+#                                (scripts/install-pinned-deb.sh: apt-get, needs root); an
+#                                installed one is checked against the version and promtool's sha256
 # The tests find helm and kubectl in .tools/ (or $HELM / $KUBECTL) and promtool on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,33 +53,6 @@ echo "helm $("$TOOLS/helm" version --short)"
 echo "kubectl $("$TOOLS/kubectl" version --client 2>/dev/null | head -1)"
 
 # --- promtool -----------------------------------------------------------------------------------
-installed="$(dpkg-query -W -f='${Version}' prometheus 2>/dev/null || true)"
-if [ "$installed" != "$PROMETHEUS_DEB_VERSION" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "promtool: install Debian's prometheus=$PROMETHEUS_DEB_VERSION as root" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "prometheus=$PROMETHEUS_DEB_VERSION")
-  deb="$(ls "$work"/prometheus_*.deb)"
-  echo "$PROMETHEUS_DEB_SHA256  $deb" | sha256sum --check --quiet
-  # The package's postinst starts a Prometheus server through invoke-rc.d; a
-  # policy-rc.d that answers 101 forbids that, so nothing ends up holding :9090.
-  made_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 0755 /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  status=0
-  apt-get install -y -qq --no-install-recommends --allow-downgrades "$deb" >/dev/null || status=$?
-  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  [ "$status" -eq 0 ] || exit "$status"
-fi
-echo "$PROMTOOL_SHA256  /usr/bin/promtool" | sha256sum --check --quiet
-if [ "$(command -v promtool)" != /usr/bin/promtool ]; then
-  echo "promtool on PATH is $(command -v promtool), not the pinned /usr/bin/promtool" >&2
-  exit 1
-fi
+bash scripts/install-pinned-deb.sh prometheus "$PROMETHEUS_DEB_VERSION" "$PROMETHEUS_DEB_SHA256" \
+  /usr/bin/promtool "$PROMTOOL_SHA256"
 promtool --version 2>&1 | head -1
