@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# Stage 1: build the quartstack wheel alone; its dependencies come from requirements.lock.
+# Stage 1: build the quartstack wheel alone (its dependencies come from requirements.lock),
+# with the build backend pinned and hash-checked too (scripts/build-requirements.lock).
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+RUN --mount=type=bind,source=scripts/build-requirements.lock,target=/build-requirements.lock \
+    pip install --no-cache-dir --disable-pip-version-check --require-hashes --only-binary=:all: \
+      -r /build-requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /dist .
+RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \
+      --wheel-dir /dist .
 
 # Stage 2: a slim runtime with only the installed wheels, running as a non-root user.
 FROM ${PYTHON_IMAGE} AS runtime

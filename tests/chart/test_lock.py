@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.chart.conftest import ROOT
-from tests.chart.test_image import runtime_install
+from tests.chart.test_image import _pip_runs, runtime_install
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TOX = configparser.ConfigParser(interpolation=None)
@@ -88,7 +88,13 @@ def _marker(text: str, env: dict[str, str]) -> bool:
 
 
 @pytest.mark.parametrize(
-    "lock", ["requirements.lock", "scripts/chart-requirements.lock", "scripts/chart-tools.lock"]
+    "lock",
+    [
+        "requirements.lock",
+        "scripts/build-requirements.lock",
+        "scripts/chart-requirements.lock",
+        "scripts/chart-tools.lock",
+    ],
 )
 def test_every_pin_is_exact_and_hashed(lock):
     entries = _lock(ROOT / lock)
@@ -100,6 +106,7 @@ def test_every_pin_is_exact_and_hashed(lock):
 def test_chart_env_and_tools_install_their_locks():
     assert TOX["testenv:chart"]["deps"].strip() == "-r scripts/chart-requirements.lock"
     for source, lock in [
+        ("scripts/build-requirements.in", "scripts/build-requirements.lock"),
         ("scripts/chart-requirements.in", "scripts/chart-requirements.lock"),
         ("scripts/chart-tools.in", "scripts/chart-tools.lock"),
     ]:
@@ -125,6 +132,19 @@ def test_dockerfile_installs_the_lock_with_hashes_then_the_wheel_alone():
     assert "--no-deps" in wheel and wheel[-1] == "/dist/quartstack-*.whl"
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "requirements.lock" not in ignored and "*.lock" not in ignored
+    assert "!scripts/build-requirements.lock" in ignored  # the build stage's pins
+
+
+def test_image_builds_the_wheel_with_the_pinned_backend():
+    [(mounts, [install]), (_, [wheel])] = _pip_runs("build")
+    assert mounts == {"/build-requirements.lock": "scripts/build-requirements.lock"}
+    assert {"--require-hashes", "--only-binary=:all:", "/build-requirements.lock"} <= set(install)
+    assert {"--no-deps", "--no-build-isolation"} <= set(wheel)
+    backend = PYPROJECT["build-system"]["requires"]
+    pinned = _lock(ROOT / "scripts/build-requirements.lock")
+    for requirement in map(Requirement, backend):
+        [(version, _, _)] = pinned[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version), (requirement, version)
 
 
 def test_linters_are_pinned_alike_in_tox_and_the_dev_extra():
