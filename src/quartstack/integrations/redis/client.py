@@ -282,7 +282,7 @@ class RedisClient(Backend):
             connect = client.initialize()
         else:
             client = self._standalone(first, max_connections=self.settings.redis_pool_max)
-            connect = cast(Awaitable[bool], client.ping())
+            connect = cast("Awaitable[Any]", client.ping())  # redis-py 7: bool | Awaitable
         try:
             await connect
         except BaseException:
