@@ -40,8 +40,51 @@ app.kubernetes.io/part-of: quartstack
 {{- end }}
 {{- end }}
 
+{{/* The image by digest when one is given (the tag is then ignored), else by tag. */}}
 {{- define "quartstack.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* One probe: the user's whole override, or an httpGet on the app's endpoint with the
+probe's timing fields. Call with (dict "probe" .Values.probes.<name>). */}}
+{{- define "quartstack.probe" -}}
+{{- $p := .probe }}
+{{- if $p.override }}
+{{- toYaml $p.override }}
+{{- else }}
+httpGet:
+  path: {{ $p.path }}
+  port: http
+{{- with $p.initialDelaySeconds }}
+initialDelaySeconds: {{ . }}
+{{- end }}
+periodSeconds: {{ $p.periodSeconds }}
+timeoutSeconds: {{ $p.timeoutSeconds }}
+successThreshold: {{ default 1 $p.successThreshold }}
+failureThreshold: {{ $p.failureThreshold }}
+{{- end }}
+{{- end }}
+
+{{/* The container's lifecycle: the user's override, else a preStop sleep so endpoints drop
+the pod before SIGTERM. The native sleep action (beta and on by default since Kubernetes
+1.30) needs no sleep binary in the image; older clusters get exec sleep. */}}
+{{- define "quartstack.lifecycle" -}}
+{{- if .Values.lifecycle }}
+{{- toYaml .Values.lifecycle }}
+{{- else if .Values.shutdown.preStopSleepSeconds }}
+preStop:
+{{- if semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version }}
+  sleep:
+    seconds: {{ .Values.shutdown.preStopSleepSeconds }}
+{{- else }}
+  exec:
+    command: ["sleep", "{{ .Values.shutdown.preStopSleepSeconds }}"]
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "quartstack.approleSecretName" -}}
@@ -98,10 +141,20 @@ the 2 s margin covers the interpreter's exit and signal delivery */}}
 {{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least shutdown.preStopSleepSeconds + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- $startup := .Values.probes.startup }}
-{{- $budget := mul $startup.periodSeconds $startup.failureThreshold }}
+{{- with $startup.override }}
+{{- /* Kubernetes' defaults apply to fields the override leaves out */}}
+{{- $startup = dict "periodSeconds" (default 10 .periodSeconds) "failureThreshold" (default 3 .failureThreshold) "initialDelaySeconds" (default 0 .initialDelaySeconds) }}
+{{- end }}
+{{- $budget := add (default 0 $startup.initialDelaySeconds) (mul $startup.periodSeconds $startup.failureThreshold) }}
 {{- $timeout := float64 (default 60 .Values.config.STARTUP_TIMEOUT_SECONDS) }}
 {{- if le (float64 $budget) $timeout }}
-{{- fail (printf "probes.startup allows %vs (periodSeconds x failureThreshold), which must be longer than the app's STARTUP_TIMEOUT_SECONDS (%v)" $budget $timeout) }}
+{{- fail (printf "probes.startup allows %vs (initialDelaySeconds + periodSeconds x failureThreshold), which must be longer than the app's STARTUP_TIMEOUT_SECONDS (%v)" $budget $timeout) }}
+{{- end }}
+{{- if and (hasKey .Values.service "nodePort") (not (kindIs "invalid" .Values.service.nodePort)) (eq .Values.service.type "ClusterIP") }}
+{{- fail "service.nodePort needs service.type NodePort or LoadBalancer" }}
+{{- end }}
+{{- if and (eq .Values.dnsPolicy "None") (not .Values.dnsConfig.nameservers) }}
+{{- fail "dnsPolicy None needs dnsConfig.nameservers" }}
 {{- end }}
 {{- if and (eq .Values.vault.auth "approle") .Values.vault.address (not .Values.vault.approle.existingSecret) (not (and .Values.vault.approle.roleId .Values.vault.approle.secretId)) }}
 {{- fail "vault.auth=approle needs vault.approle.existingSecret, or both vault.approle.roleId and vault.approle.secretId" }}

@@ -1,0 +1,169 @@
+"""The values users bring from other charts render into the objects they expect, and the
+values that would break a cluster are refused with a message saying which."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.conftest import CHART, VALUES_FILES, find, helm, render
+
+EXTRAS = VALUES_FILES["pod-extras"]
+DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+def _pod(documents: list[dict]) -> dict:
+    return find(documents, "Deployment")["spec"]["template"]["spec"]
+
+
+def _refused(*sets: str) -> str:
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "q", str(CHART), *args, check=False)
+    assert result.returncode != 0, sets
+    return result.stderr
+
+
+def test_pod_options_render_where_kubernetes_reads_them():
+    documents = render(*EXTRAS)
+    deployment = find(documents, "Deployment")["spec"]
+    pod = _pod(documents)
+    app, sidecar = pod["containers"]
+    assert app["image"] == f"ghcr.io/quartstack/quartstack@{DIGEST}"  # the digest wins
+    assert sidecar["name"] == "log-shipper"
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-vault"]
+    assert pod["priorityClassName"] == "high-priority"
+    assert pod["runtimeClassName"] == "gvisor"
+    assert pod["hostAliases"] == [{"ip": "10.0.0.10", "hostnames": ["vault.internal"]}]
+    assert pod["dnsPolicy"] == "None"
+    assert pod["dnsConfig"]["options"] == [{"name": "ndots", "value": "2"}]
+    assert deployment["revisionHistoryLimit"] == 2
+    assert deployment["strategy"] == {"type": "Recreate"}  # no rollingUpdate with Recreate
+    # extra sources first: the chart's ConfigMap (PORT, hosts) is last and wins
+    assert app["envFrom"] == [
+        {"secretRef": {"name": "backend-passwords"}},
+        {"configMapRef": {"name": "feature-flags", "optional": True}, "prefix": "FLAG_"},
+        {"configMapRef": {"name": "quartstack"}},
+    ]
+    assert app["resources"]["limits"]["hugepages-2Mi"] == "64Mi"
+    service = find(documents, "Service")
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+    assert service["metadata"]["labels"]["team"] == "payments"
+    assert service["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/aws-load-balancer-internal": "true"
+    }
+
+
+def test_defaults_render_none_of_the_options():
+    documents = render()
+    deployment = find(documents, "Deployment")["spec"]
+    pod = _pod(documents)
+    absent = {"initContainers", "priorityClassName", "runtimeClassName", "hostAliases"}
+    assert not absent & set(pod)
+    assert not {"dnsPolicy", "dnsConfig"} & set(pod)
+    assert len(pod["containers"]) == 1
+    assert pod["containers"][0]["image"] == "ghcr.io/quartstack/quartstack:0.1.0"
+    assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "quartstack"}}]
+    assert deployment["revisionHistoryLimit"] == 5
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    service = find(documents, "Service")
+    assert "annotations" not in service["metadata"]
+    assert "nodePort" not in service["spec"]["ports"][0]
+
+
+def test_probe_fields_and_a_whole_probe_override():
+    container = _pod(render(*EXTRAS))["containers"][0]
+    assert container["livenessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 20}
+    readiness = container["readinessProbe"]
+    assert readiness["initialDelaySeconds"] == 3 and readiness["successThreshold"] == 2
+    assert readiness["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/health/startup"
+    # Kubernetes requires successThreshold 1 for liveness and startup probes
+    assert "schema" in _refused("probes.liveness.successThreshold=2")
+    assert "schema" in _refused("probes.readiness.override.httpGett.port=http")
+
+
+STARTUP_OVERRIDE = "probes.startup.override.httpGet.port=http"
+
+
+@pytest.mark.parametrize(
+    ("sets", "renders"),
+    [
+        # an override's missing fields take Kubernetes' defaults: 10 s x 3 < 60 s
+        ((STARTUP_OVERRIDE,), False),
+        ((STARTUP_OVERRIDE, "probes.startup.override.failureThreshold=7"), True),
+        # initialDelaySeconds counts in the startup budget
+        (("config.STARTUP_TIMEOUT_SECONDS=150",), False),
+        (("config.STARTUP_TIMEOUT_SECONDS=150", "probes.startup.initialDelaySeconds=31"), True),
+    ],
+)  # fmt: skip
+def test_startup_budget_follows_the_probe_that_is_rendered(sets, renders):
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "q", str(CHART), *args, check=False)
+    assert (result.returncode == 0) is renders, result.stderr
+    if not renders:
+        assert "STARTUP_TIMEOUT_SECONDS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "prestop"),
+    [
+        ("1.29.9", {"exec": {"command": ["sleep", "5"]}}),
+        ("1.30.0", {"sleep": {"seconds": 5}}),  # native: no sleep binary needed
+    ],
+)
+def test_prestop_sleep_is_native_from_kubernetes_1_30(kube_version, prestop):
+    container = _pod(render(kube_version=kube_version))["containers"][0]
+    assert container["lifecycle"] == {"preStop": prestop}
+
+
+def test_lifecycle_override_replaces_the_prestop_sleep():
+    container = _pod(render(*EXTRAS))["containers"][0]
+    assert container["lifecycle"] == {
+        "preStop": {"httpGet": {"path": "/health/live", "port": "http"}}
+    }
+    container = _pod(render(sets=("shutdown.preStopSleepSeconds=0",)))["containers"][0]
+    assert "lifecycle" not in container  # nothing to wait for
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "image.digest=latest",
+        "image.digest=sha256:abc",
+        "service.nodePort=http",
+        "strategy.type=BlueGreen",
+        "strategy.rollingUpdate.maxSurge=lots",
+        "revisionHistoryLimit=-1",
+        "dnsPolicy=Cluster",
+        "dnsConfig.nameserver[0]=1.1.1.1",
+        "hostAliases[0].hostnames[0]=x",
+        "extraEnvFrom[0].secretRef.nmae=x",
+        "initContainers[0].name=no-image",
+        "lifecycle.preStop.sleeps.seconds=5",
+        "resources.limits.cpu=lots",
+        "resources.limit.cpu=1",
+    ],
+)
+def test_schema_rejects_bad_options(bad):
+    assert "values don't meet the specifications of the schema" in _refused(bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        "strategy.rollingUpdate.maxSurge=25%",
+        "resources.limits.nvidia\\.com/gpu=1",
+        "securityContext.procMount=Default",
+        "probes.readiness.override.grpc.port=9000",
+    ],
+)
+def test_schema_accepts_kubernetes_fields(good):
+    result = helm("template", "q", str(CHART), "--set", good, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_refuses_options_kubernetes_would_reject():
+    assert "service.nodePort needs service.type" in _refused("service.nodePort=30080")
+    assert "dnsConfig.nameservers" in _refused("dnsPolicy=None")
