@@ -167,3 +167,110 @@ def test_schema_accepts_kubernetes_fields(good):
 def test_refuses_options_kubernetes_would_reject():
     assert "service.nodePort needs service.type" in _refused("service.nodePort=30080")
     assert "dnsConfig.nameservers" in _refused("dnsPolicy=None")
+
+
+# --- PodDisruptionBudget and HPA -------------------------------------------------------------
+def _pdb(*sets: str, kube_version: str | None = None) -> dict:
+    documents = render(sets=("podDisruptionBudget.enabled=true", *sets), kube_version=kube_version)
+    return find(documents, "PodDisruptionBudget")["spec"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "budget"),
+    [
+        ((), {"maxUnavailable": 1}),  # neither set
+        (("podDisruptionBudget.minAvailable=1",), {"minAvailable": 1}),
+        (("podDisruptionBudget.minAvailable=50%",), {"minAvailable": "50%"}),
+        (("podDisruptionBudget.maxUnavailable=25%",), {"maxUnavailable": "25%"}),
+        (("podDisruptionBudget.maxUnavailable=2",), {"maxUnavailable": 2}),
+        # with the HPA the floor is minReplicas, not replicaCount
+        (
+            ("replicaCount=1", "autoscaling.enabled=true", "autoscaling.minReplicas=3",
+             "podDisruptionBudget.minAvailable=2"),
+            {"minAvailable": 2},
+        ),
+    ],
+)  # fmt: skip
+def test_pdb_takes_one_budget_as_count_or_percentage(sets, budget):
+    spec = _pdb(*sets)
+    assert {k: v for k, v in spec.items() if k in ("minAvailable", "maxUnavailable")} == budget
+    assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("replicaCount=1",), "replicaCount 1 blocks every node drain"),
+        (("podDisruptionBudget.minAvailable=2",), "keeps all 2 pods (replicaCount)"),
+        (("podDisruptionBudget.minAvailable=51%",), "keeps all 2 pods"),  # 1.02 -> 2
+        (
+            ("autoscaling.enabled=true", "autoscaling.minReplicas=3",
+             "podDisruptionBudget.minAvailable=3"),
+            "keeps all 3 pods (autoscaling.minReplicas)",
+        ),
+        (("podDisruptionBudget.maxUnavailable=0",), "maxUnavailable 0 blocks every node drain"),
+        (("podDisruptionBudget.maxUnavailable=0%",), "maxUnavailable 0% blocks every node drain"),
+        (
+            ("podDisruptionBudget.minAvailable=1", "podDisruptionBudget.maxUnavailable=1"),
+            "set minAvailable or maxUnavailable, not both",
+        ),
+    ],
+)  # fmt: skip
+def test_pdb_that_would_block_every_drain_is_refused(sets, message):
+    assert message in _refused("podDisruptionBudget.enabled=true", *sets)
+
+
+def test_pdb_guard_applies_only_when_the_pdb_is_rendered():
+    assert render(sets=("replicaCount=1",))  # no PDB, nothing to block
+    # one pod at the HPA's floor, but the HPA can add more and maxUnavailable 1 lets it go
+    _pdb("replicaCount=1", "autoscaling.enabled=true", "autoscaling.minReplicas=1")
+
+
+def test_unhealthy_pod_eviction_policy_follows_the_kubernetes_version():
+    assert "unhealthyPodEvictionPolicy" not in _pdb(kube_version="1.26.5")
+    assert _pdb(kube_version="1.27.0")["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    spec = _pdb("podDisruptionBudget.unhealthyPodEvictionPolicy=")
+    assert "unhealthyPodEvictionPolicy" not in spec
+    assert "schema" in _refused("podDisruptionBudget.unhealthyPodEvictionPolicy=Never")
+    assert "schema" in _refused("podDisruptionBudget.minAvailable=150%")
+
+
+def _hpa(*sets: str) -> tuple[dict, dict]:
+    documents = render(sets=("autoscaling.enabled=true", *sets))
+    return find(documents, "HorizontalPodAutoscaler")["spec"], find(documents, "Deployment")
+
+
+def test_hpa_scales_on_cpu_memory_or_both_and_owns_the_replicas():
+    def targets(spec: dict) -> dict:
+        return {
+            m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+            for m in spec["metrics"]
+        }
+
+    spec, deployment = _hpa()
+    assert targets(spec) == {"cpu": 70}
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    assert "behavior" not in spec
+    spec, _ = _hpa("autoscaling.targetMemoryUtilizationPercentage=80")
+    assert targets(spec) == {"cpu": 70, "memory": 80}
+    spec, _ = _hpa(
+        "autoscaling.targetCPUUtilizationPercentage=null",
+        "autoscaling.targetMemoryUtilizationPercentage=80",
+    )
+    assert targets(spec) == {"memory": 80}
+    no_target = _refused(
+        "autoscaling.enabled=true", "autoscaling.targetCPUUtilizationPercentage=null"
+    )
+    assert "needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" in no_target
+    assert "must not exceed" in _refused("autoscaling.enabled=true", "autoscaling.minReplicas=11")
+    assert find(render(), "Deployment")["spec"]["replicas"] == 2  # no HPA: replicaCount
+
+
+def test_hpa_behavior_is_passed_through_and_validated():
+    spec = find(render(*VALUES_FILES["prod"]), "HorizontalPodAutoscaler")["spec"]
+    assert spec["behavior"]["scaleDown"] == {
+        "stabilizationWindowSeconds": 300,
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+    }
+    assert "schema" in _refused("autoscaling.behavior.scaleDown.stabilizationWindow=600")
+    assert "schema" in _refused("autoscaling.behavior.scaleDown.selectPolicy=Fastest")

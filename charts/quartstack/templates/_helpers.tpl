@@ -160,3 +160,40 @@ the 2 s margin covers the interpreter's exit and signal delivery */}}
 {{- fail "vault.auth=approle needs vault.approle.existingSecret, or both vault.approle.roleId and vault.approle.secretId" }}
 {{- end }}
 {{- end }}
+
+{{/* The PDB's one budget line (minAvailable or maxUnavailable; maxUnavailable 1 when neither
+is set), refusing a budget that would block every voluntary eviction: then `kubectl drain`
+hangs on every node running a pod and cluster upgrades stall. The pod count that matters
+is the lowest one: replicaCount, or autoscaling.minReplicas while the HPA owns it.
+Percentages are rounded up, as the disruption controller does. */}}
+{{- define "quartstack.pdbBudget" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $min := ternary "" (toString $pdb.minAvailable) (kindIs "invalid" $pdb.minAvailable) }}
+{{- $max := ternary "" (toString $pdb.maxUnavailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- $replicas := int (ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled) }}
+{{- if and $min $max }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- if and (not .Values.autoscaling.enabled) (eq $replicas 1) }}
+{{- fail "podDisruptionBudget with replicaCount 1 blocks every node drain (or protects nothing): raise replicaCount, enable autoscaling or disable podDisruptionBudget" }}
+{{- end }}
+{{- if $min }}
+{{- $needed := 0 }}
+{{- if hasSuffix "%" $min }}
+{{- $needed = int (ceil (divf (mul $replicas (atoi (trimSuffix "%" $min))) 100)) }}
+{{- else }}
+{{- $needed = atoi $min }}
+{{- end }}
+{{- if ge $needed $replicas }}
+{{- fail (printf "podDisruptionBudget.minAvailable %s keeps all %d pods (%s) and blocks every node drain: lower it below the pod count, or use maxUnavailable" $min $replicas (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- end }}
+minAvailable: {{ hasSuffix "%" $min | ternary ($min | quote) $min }}
+{{- else if $max }}
+{{- if eq (trimSuffix "%" $max) "0" }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %s blocks every node drain: use 1 or more" $max) }}
+{{- end }}
+maxUnavailable: {{ hasSuffix "%" $max | ternary ($max | quote) $max }}
+{{- else }}
+maxUnavailable: 1
+{{- end }}
+{{- end }}
