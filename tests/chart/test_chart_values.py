@@ -3,7 +3,11 @@ values that would break a cluster are refused with a message saying which."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tests.chart.conftest import CHART, VALUES_FILES, find, helm, render
 
@@ -274,3 +278,48 @@ def test_hpa_behavior_is_passed_through_and_validated():
     }
     assert "schema" in _refused("autoscaling.behavior.scaleDown.stabilizationWindow=600")
     assert "schema" in _refused("autoscaling.behavior.scaleDown.selectPolicy=Fastest")
+
+
+# --- pod labels and spreading ------------------------------------------------------------------
+def test_a_chart_version_bump_alone_does_not_restart_pods(tmp_path):
+    bumped = tmp_path / "quartstack"
+    shutil.copytree(CHART, bumped)
+    chart_yaml = bumped / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.1.0", "version: 0.2.0"))
+
+    def pod_template(chart: Path) -> dict:
+        output = helm("template", "q", str(chart), "-f", str(VALUES_FILES["prod"][0])).stdout
+        documents = [d for d in yaml.safe_load_all(output) if d]
+        return find(documents, "Deployment")["spec"]["template"]
+
+    before, after = pod_template(CHART), pod_template(bumped)
+    assert before == after
+    labels = before["metadata"]["labels"]
+    assert "helm.sh/chart" not in labels and "app.kubernetes.io/version" not in labels
+    # the objects themselves still say which chart made them
+    assert "helm.sh/chart" in find(render(), "Deployment")["metadata"]["labels"]
+
+
+def test_spread_constraints_select_this_release_by_name_and_instance():
+    documents = render(*VALUES_FILES["prod"])
+    deployment = find(documents, "Deployment")["spec"]
+    selector = deployment["selector"]["matchLabels"]
+    assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
+    constraints = deployment["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for constraint in constraints:
+        assert constraint["labelSelector"] == {"matchLabels": selector}
+    # a constraint that brings its own selector keeps it
+    own = render(
+        sets=(
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "topologySpreadConstraints[0].labelSelector.matchLabels.tier=api",
+        )
+    )
+    constraint = find(own, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint[0]["labelSelector"] == {"matchLabels": {"tier": "api"}}

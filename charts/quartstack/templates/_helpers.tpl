@@ -32,6 +32,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: quartstack
 {{- end }}
 
+{{/* Labels of the pod template: nothing that changes with the chart's version (a chart
+bump alone must not restart every pod). */}}
+{{- define "quartstack.podLabels" -}}
+{{ include "quartstack.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: quartstack
+{{- end }}
+
 {{- define "quartstack.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "quartstack.fullname" .) .Values.serviceAccount.name }}
