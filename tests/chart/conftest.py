@@ -34,6 +34,7 @@ VALUES_FILES = {
     "everything-off": [CHART / "ci" / "everything-off-values.yaml"],
     "vault-agent": [CHART / "ci" / "agent-values.yaml"],
     "pod-extras": [CHART / "ci" / "pod-extras-values.yaml"],
+    "monitoring": [CHART / "ci" / "monitoring-values.yaml"],
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
 # kubernetes-validate bundles.

@@ -100,10 +100,14 @@ def test_validation_catches_a_broken_object(rendered_all_on):
         kubernetes_validate([deployment])
 
 
-def test_monitoring_objects_need_their_crds():
+def test_monitoring_objects_render_without_their_crds_unless_checked():
     kinds = {d["kind"] for d in render(*VALUES_FILES["everything-on"], apis=False)}
+    assert set(CRD_FILES) <= kinds  # helm template, kustomize, GitOps: no cluster to ask
+    checked = ("serviceMonitor.checkCapability=true", "prometheusRule.checkCapability=true")
+    everything_on = VALUES_FILES["everything-on"]
+    kinds = {d["kind"] for d in render(*everything_on, sets=checked, apis=False)}
     assert not kinds & set(CRD_FILES)  # guarded: no CRD, no object
-    kinds = {d["kind"] for d in render(*VALUES_FILES["everything-on"])}
+    kinds = {d["kind"] for d in render(*everything_on, sets=checked)}
     assert set(CRD_FILES) <= kinds
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, VALUES_FILES, find, helm, render
+from tests.chart.conftest import CHART, NAMESPACE, VALUES_FILES, find, helm, render
+from tests.chart.test_chart import _crd_validator
 
 EXTRAS = VALUES_FILES["pod-extras"]
 DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -323,3 +324,54 @@ def test_spread_constraints_select_this_release_by_name_and_instance():
     )
     constraint = find(own, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert constraint[0]["labelSelector"] == {"matchLabels": {"tier": "api"}}
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+def test_service_monitor_takes_scrape_security_and_relabelings():
+    documents = render(*VALUES_FILES["monitoring"], apis=False)  # no cluster: still rendered
+    monitor = find(documents, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    # it lives in monitoring, the Service in the release namespace
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "quartstack.quartstack.svc"
+    assert endpoint["authorization"]["credentials"] == {"name": "metrics-token", "key": "token"}
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    _crd_validator("ServiceMonitor").validate(monitor)
+    explicit = render(
+        sets=("serviceMonitor.enabled=true", "serviceMonitor.namespaceSelector.any=true")
+    )
+    assert find(explicit, "ServiceMonitor")["spec"]["namespaceSelector"] == {"any": True}
+    plain = find(render(sets=("serviceMonitor.enabled=true",)), "ServiceMonitor")
+    assert "namespace" not in plain["metadata"] and "namespaceSelector" not in plain["spec"]
+    assert set(plain["spec"]["endpoints"][0]) == {"port", "path", "interval", "scrapeTimeout"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "serviceMonitor.scheme=ftp",
+        "serviceMonitor.tlsConfig.insecureSkipVerfy=true",
+        "serviceMonitor.basicAuth.user.name=x",
+        "serviceMonitor.relabelings[0].target_label=x",
+        "serviceMonitor.namespaceSelector.matchName[0]=x",
+        "serviceMonitor.checkCapability=maybe",
+        "grafanaDashboard.sidecarLabel=",
+    ],
+)
+def test_schema_rejects_bad_monitoring_values(bad):
+    assert "values don't meet the specifications of the schema" in _refused(bad)
+
+
+def test_dashboard_carries_the_sidecar_label_users_configure():
+    documents = render(*VALUES_FILES["monitoring"])
+    dashboard = find(documents, "ConfigMap", "-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard_quartstack"] == "yes"
+    assert "grafana_dashboard" not in dashboard["metadata"]["labels"]  # the default is replaced
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Payments"}
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    default = find(render(sets=("grafanaDashboard.enabled=true",)), "ConfigMap", "-dashboard")
+    assert default["metadata"]["labels"]["grafana_dashboard"] == "1"  # kube-prometheus-stack's
+    assert "annotations" not in default["metadata"] and "namespace" not in default["metadata"]
