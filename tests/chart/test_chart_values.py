@@ -3,6 +3,7 @@ values that would break a cluster are refused with a message saying which."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from pathlib import Path
 
@@ -375,3 +376,47 @@ def test_dashboard_carries_the_sidecar_label_users_configure():
     default = find(render(sets=("grafanaDashboard.enabled=true",)), "ConfigMap", "-dashboard")
     assert default["metadata"]["labels"]["grafana_dashboard"] == "1"  # kube-prometheus-stack's
     assert "annotations" not in default["metadata"] and "namespace" not in default["metadata"]
+
+
+# --- production values and the Ingress ----------------------------------------------------------
+def _served(paths: list[dict], path: str) -> bool:
+    """Kubernetes Ingress matching: Exact is the whole path, Prefix whole path elements."""
+    for rule in paths:
+        if rule["pathType"] == "Exact" and path == rule["path"]:
+            return True
+        if rule["pathType"] == "Prefix":
+            prefix = rule["path"].rstrip("/")
+            if path == prefix or path.startswith(prefix + "/") or prefix == "":
+                return True
+    return False
+
+
+def test_default_ingress_publishes_the_api_only():
+    ingress = find(render(sets=("ingress.enabled=true",)), "Ingress")
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    for public in ("/", "/examples/vault/secret/postgres", "/examples/cache/k"):
+        assert _served(paths, public), public
+    hidden = ("/metrics", "/docs", "/redoc", "/scalar", "/openapi.json", "/health/all")
+    for private in (*hidden, "/redis/cluster/nodes", "/redis/cache/responses"):
+        assert not _served(paths, private), private
+    assert _served([{"path": "/", "pathType": "Prefix"}], "/metrics")  # what it used to do
+
+
+def test_production_values_are_safe_defaults():
+    documents = render(*VALUES_FILES["prod"])
+    config = find(documents, "ConfigMap", "quartstack")["data"]
+    assert config["VAULT_ADDR"].startswith("https://")
+    pod = _pod(documents)
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    ca_dir, ca_file = config["VAULT_CACERT"].rsplit("/", 1)
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[ca_dir])
+    assert {"key": ca_file, "path": ca_file} in volume["secret"]["items"]
+    assert config["REQUIRED_BACKENDS"] == "vault"
+    proxies = [ipaddress.ip_network(n) for n in config["TRUSTED_PROXIES"].split(",")]
+    # a few ingress controller addresses, not the pod CIDR
+    assert all(network.num_addresses <= 256 for network in proxies), proxies
+    policy = find(documents, "NetworkPolicy")["spec"]
+    callers = [peer["namespaceSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"]
+               if "namespaceSelector" in peer]  # fmt: skip
+    assert {"kubernetes.io/metadata.name": "ingress-nginx"} in callers
+    assert {"kubernetes.io/metadata.name": "monitoring"} in callers
