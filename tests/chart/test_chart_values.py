@@ -420,3 +420,10 @@ def test_production_values_are_safe_defaults():
                if "namespaceSelector" in peer]  # fmt: skip
     assert {"kubernetes.io/metadata.name": "ingress-nginx"} in callers
     assert {"kubernetes.io/metadata.name": "monitoring"} in callers
+
+
+def test_helm_test_pod_pulls_the_image_like_the_app():
+    documents = render(sets=("imagePullSecrets[0].name=registry", "image.digest=" + DIGEST))
+    app, test = _pod(documents), find(documents, "Pod")["spec"]
+    assert test["imagePullSecrets"] == app["imagePullSecrets"] == [{"name": "registry"}]
+    assert test["containers"][0]["image"] == app["containers"][0]["image"]
