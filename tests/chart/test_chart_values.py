@@ -427,3 +427,15 @@ def test_helm_test_pod_pulls_the_image_like_the_app():
     app, test = _pod(documents), find(documents, "Pod")["spec"]
     assert test["imagePullSecrets"] == app["imagePullSecrets"] == [{"name": "registry"}]
     assert test["containers"][0]["image"] == app["containers"][0]["image"]
+
+
+@pytest.mark.parametrize(("seconds", "renders"), [(7, True), (8, False)])
+def test_a_lifecycle_override_sleep_counts_in_the_shutdown_budget(seconds, renders):
+    """7 + 1 drain + 20 grace + 5 close + 2 margin = 35 = terminationGracePeriodSeconds."""
+    result = helm(
+        "template", "q", str(CHART), "--set", f"lifecycle.preStop.sleep.seconds={seconds}",
+        check=False,
+    )  # fmt: skip
+    assert (result.returncode == 0) is renders, result.stderr
+    if not renders:
+        assert "lifecycle.preStop.sleep.seconds" in result.stderr

@@ -144,9 +144,11 @@ still starting. */}}
 {{- /* the app exits within drain + grace + close after SIGTERM (quartstack.lifecycle);
 the 2 s margin covers the interpreter's exit and signal delivery */}}
 {{- $drain := float64 (default 1 .Values.config.SHUTDOWN_DRAIN_SECONDS) }}
-{{- $needed := addf (float64 $s.preStopSleepSeconds) $drain (float64 $s.shutdownGraceSeconds) (float64 $s.closeSeconds) 2 }}
+{{- /* a lifecycle override's own sleep counts instead of preStopSleepSeconds */}}
+{{- $prestop := dig "preStop" "sleep" "seconds" $s.preStopSleepSeconds (.Values.lifecycle | default dict) }}
+{{- $needed := addf (float64 $prestop) $drain (float64 $s.shutdownGraceSeconds) (float64 $s.closeSeconds) 2 }}
 {{- if lt (float64 $s.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least shutdown.preStopSleepSeconds + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least the preStop sleep (shutdown.preStopSleepSeconds, or lifecycle.preStop.sleep.seconds) + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- $startup := .Values.probes.startup }}
 {{- with $startup.override }}
