@@ -173,6 +173,15 @@ def test_schema_accepts_kubernetes_fields(good):
 def test_refuses_options_kubernetes_would_reject():
     assert "service.nodePort needs service.type" in _refused("service.nodePort=30080")
     assert "dnsConfig.nameservers" in _refused("dnsPolicy=None")
+    both_zero = "maxSurge and maxUnavailable cannot both be 0"
+    assert both_zero in _refused("strategy.rollingUpdate.maxSurge=0")  # maxUnavailable is 0
+    assert both_zero in _refused("strategy.rollingUpdate.maxSurge=0%")
+    allowed = ("strategy.rollingUpdate.maxSurge=0", "strategy.rollingUpdate.maxUnavailable=1")
+    assert find(render(sets=allowed), "Deployment")["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    assert render(sets=("strategy.type=Recreate", "strategy.rollingUpdate.maxSurge=0"))
 
 
 # --- PodDisruptionBudget and HPA -------------------------------------------------------------

@@ -163,6 +163,13 @@ the 2 s margin covers the interpreter's exit and signal delivery */}}
 {{- if and (hasKey .Values.service "nodePort") (not (kindIs "invalid" .Values.service.nodePort)) (eq .Values.service.type "ClusterIP") }}
 {{- fail "service.nodePort needs service.type NodePort or LoadBalancer" }}
 {{- end }}
+{{- with .Values.strategy.rollingUpdate }}
+{{- $surge := trimSuffix "%" (toString (default 0 .maxSurge)) }}
+{{- $unavailable := trimSuffix "%" (toString (default 0 .maxUnavailable)) }}
+{{- if and (eq $.Values.strategy.type "RollingUpdate") (eq $surge "0") (eq $unavailable "0") }}
+{{- fail "strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0 (the rollout could never replace a pod)" }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.dnsPolicy "None") (not .Values.dnsConfig.nameservers) }}
 {{- fail "dnsPolicy None needs dnsConfig.nameservers" }}
 {{- end }}
