@@ -323,6 +323,10 @@ def test_spread_constraints_select_this_release_by_name_and_instance():
     }
     for constraint in constraints:
         assert constraint["labelSelector"] == {"matchLabels": selector}
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]  # per revision
+    old = find(render(*VALUES_FILES["prod"], kube_version="1.26.0"), "Deployment")
+    for constraint in old["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+        assert "matchLabelKeys" not in constraint  # alpha before 1.27
     # a constraint that brings its own selector keeps it
     own = render(
         sets=(
@@ -334,6 +338,7 @@ def test_spread_constraints_select_this_release_by_name_and_instance():
     )
     constraint = find(own, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert constraint[0]["labelSelector"] == {"matchLabels": {"tier": "api"}}
+    assert "matchLabelKeys" not in constraint[0]
 
 
 # --- monitoring ----------------------------------------------------------------------------------
