@@ -323,7 +323,7 @@ def test_sigterm_drains_and_writes_only_to_tmp(image):
     assert 503 in statuses, statuses
     assert 200 not in statuses[statuses.index(503) :], statuses
     spec = find(render(), "Deployment")["spec"]["template"]["spec"]
-    prestop = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    prestop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]  # k8s >= 1.30
     assert prestop + elapsed < spec["terminationGracePeriodSeconds"]
     assert _snapshot(image.venv, image.workdir) == before
 
