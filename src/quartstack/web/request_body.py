@@ -2,10 +2,20 @@
 
 A body must declare a content type we understand and stay within the size
 limit; malformed JSON becomes a 400 problem instead of Quart's HTML error.
+
+JSON is parsed strictly (RFC 8259): UTF-8 only, no ``NaN``/``Infinity``, no
+number that overflows to infinity, no lone surrogate escape, and at most
+:data:`MAX_JSON_DEPTH` levels of nesting. Python's parser accepts the first
+ones and raises ``RecursionError`` (a 500) on deep nesting; every one of these
+would also fail later, when the value is encoded again to publish or answer.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from itertools import accumulate
 from typing import Any, NoReturn
 
 from quart import Quart, Request, request
@@ -23,12 +33,77 @@ ACCEPTED_MEDIA_TYPES = frozenset(
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
+#: Deepest nesting of arrays and objects a JSON body may have (README: Errors).
+MAX_JSON_DEPTH = 100
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class MalformedJSON(ValueError):
+    """A body that is not JSON this service accepts; the message says why (no input)."""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise MalformedJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise MalformedJSON("a number is out of range")
+    return value
+
+
+def _depth(data: bytes) -> int:
+    """Deepest nesting of ``data``, ignoring brackets inside strings."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit: skip the scan
+    brackets = _BRACKETS.findall(_JSON_STRING.sub(b"", data))
+    steps = (1 if bracket in (b"[", b"{") else -1 for bracket in brackets)
+    return max(accumulate(steps, initial=0))
+
+
+def loads_strict(data: bytes) -> Any:
+    """Parse a JSON body strictly (see the module docstring); :class:`MalformedJSON`
+    or another ``ValueError`` when it is not acceptable."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedJSON("the body is not valid UTF-8") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise MalformedJSON(f"it is nested deeper than {MAX_JSON_DEPTH} levels")
+    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if _SURROGATE_ESCAPE.search(data):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedJSON("a string holds a lone surrogate escape") from None
+    return value
+
 
 class ProblemRequest(Request):
-    """Quart's request, raising a problem when the JSON body cannot be parsed."""
+    """Quart's request, parsing JSON strictly and raising a problem when it cannot."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        """Quart's ``get_json`` with :func:`loads_strict` in place of ``json.loads``."""
+        if cache and self._cached_json[silent] is not Ellipsis:
+            return self._cached_json[silent]
+        if not (force or self.is_json):
+            return None
+        data = await self.get_data(cache=cache, as_text=False)
+        try:
+            result = loads_strict(data)
+        except (ValueError, RecursionError) as error:
+            result = None if silent else self.on_json_loading_failed(error)
+        if cache:
+            self._cached_json[silent] = result
+        return result
 
     def on_json_loading_failed(self, error: Exception) -> NoReturn:
-        raise Problem(400, "malformed-json", "The request body is not valid JSON.")
+        reason = f": {error}" if isinstance(error, MalformedJSON) else ""
+        raise Problem(400, "malformed-json", f"The request body is not valid JSON{reason}.")
 
 
 def _media_type(content_type: str) -> str:
