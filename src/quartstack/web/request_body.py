@@ -92,7 +92,7 @@ class ProblemRequest(Request):
             return self._cached_json[silent]
         if not (force or self.is_json):
             return None
-        data = await self.get_data(cache=cache, as_text=False)
+        data = await self.get_data(cache=cache, as_text=False, parse_form_data=False)
         try:
             result = loads_strict(data)
         except (ValueError, RecursionError) as error:
