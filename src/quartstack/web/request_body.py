@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any, NoReturn
+from urllib.parse import unquote_to_bytes
 
 from quart import Quart, Request, request
 
+from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
 from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem
 
@@ -116,6 +119,66 @@ def _has_body() -> bool:
     return (optional_header("Transfer-Encoding") or "").lower() == "chunked"
 
 
+def _head_size(scope: Mapping[str, Any]) -> int:
+    """Bytes of the request line and headers as sent (give or take the separators)."""
+    size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _percent_decodes_to_utf8(raw: bytes) -> bool:
+    if b"%" not in raw:
+        return True  # the server refuses raw non-ASCII bytes in the target itself
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ambiguous_framing(scope: Mapping[str, Any]) -> bool:
+    """``Transfer-Encoding`` with ``Content-Length``, or on HTTP/1.0 (RFC 9112 6.1, 6.3)."""
+    names = {name.lower() for name, _ in scope["headers"]}
+    if b"transfer-encoding" not in names:
+        return False
+    return b"content-length" in names or scope["http_version"] == "1.0"
+
+
+async def check_request_head() -> None:
+    """Refuse a request head the service will not serve, before anything else runs.
+
+    431 for a request line plus headers over :data:`MAX_REQUEST_HEAD_BYTES`:
+    Hypercorn's limit only applies to a head that arrives in several reads, one that
+    arrives in a single read (up to 64 KiB) reaches the app. 400 for a path or query
+    whose percent-escapes are not UTF-8. 400 and the connection closed for framing a
+    proxy in front could read differently (request smuggling): the body is not read,
+    so nothing after it on the connection is served.
+    """
+    scope = request.scope
+    if _head_size(scope) > MAX_REQUEST_HEAD_BYTES:
+        raise Problem(
+            431,
+            "headers-too-large",
+            f"The request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes.",
+        )
+    if not (
+        _percent_decodes_to_utf8(scope.get("raw_path") or b"")
+        and _percent_decodes_to_utf8(scope["query_string"])
+    ):
+        # Decoded with replacement characters, the request would silently mean another one.
+        raise Problem(
+            400, "invalid-encoding", "The path or query string is not percent-encoded UTF-8."
+        )
+    if scope["http_version"].startswith("1") and _ambiguous_framing(scope):
+        raise Problem(
+            400,
+            "ambiguous-framing",
+            "Transfer-Encoding is not accepted with Content-Length or on HTTP/1.0.",
+            headers={"Connection": "close"},
+        )
+
+
 async def check_request_body() -> None:
     if request.method not in _BODY_METHODS or not _has_body():
         return
@@ -137,6 +200,7 @@ async def check_request_body() -> None:
 def init_request_body_checks(app: Quart, max_body_bytes: int) -> None:
     app.request_class = ProblemRequest
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.before_request(check_request_head)
     app.before_request(check_request_body)
 
 
