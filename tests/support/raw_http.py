@@ -33,7 +33,8 @@ class RawExchange:
         return self.responses[0].headers.get("content-type", "")
 
 
-def _parse(data: bytes) -> tuple[RawResponse | None, bytes]:
+def parse_response(data: bytes) -> tuple[RawResponse | None, bytes]:
+    """The first complete response in ``data`` (or None) and the bytes after it."""
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
         return None, data
@@ -89,7 +90,7 @@ def exchange(
                 break
             buffer += chunk
             while True:
-                response, buffer = _parse(buffer)
+                response, buffer = parse_response(buffer)
                 if response is None:
                     break
                 result.responses.append(response)

@@ -9,7 +9,7 @@ from quart import Blueprint
 from quart_schema import validate_querystring, validate_response
 from redis.exceptions import ResponseError
 
-from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.openapi import path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
@@ -53,6 +53,7 @@ def _redis(key: str) -> RedisClient:
 
 
 @blueprint.get("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheEntry)
 @problems(409, 422, 429, 503, 504)
 async def read_key(key: str) -> CacheEntry:
@@ -85,6 +86,7 @@ async def read_key(key: str) -> CacheEntry:
 
 
 @blueprint.post("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_querystring(CacheWrite)
 @validate_response(CacheWritten)
 @problems(422, 429, 503, 504)
@@ -95,6 +97,7 @@ async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
 
 
 @blueprint.delete("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheDeleted)
 @problems(422, 429, 503, 504)
 async def delete_key(key: str) -> CacheDeleted:

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
-from quartstack.blueprints.openapi import problems
-from quartstack.blueprints.validation import check_path_param, validation_problem
+from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.validation import validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
 from quartstack.web.problems import Problem
@@ -86,11 +86,11 @@ async def publish(query_args: PublishQuery) -> Published:
 
 
 @blueprint.get("/queue/<queue_name>/info")
+@path_param("queue_name", _QUEUE_PATTERN, 100)
 @validate_response(QueueStatus)
 @problems(422, 429, 503, 504)
 async def queue_info(queue_name: str) -> QueueStatus:
     """Message and consumer counts by a passive declare; a missing queue is not created."""
-    check_path_param("queue_name", queue_name, _QUEUE_PATTERN, 100)
     if queue_name in _DOT_NAMES:
         raise validation_problem("path parameter 'queue_name'", "path.queue_name", _DOT_MESSAGE)
     info = await get_backend("rabbitmq", RabbitMQClient).queue_info(queue_name)
