@@ -112,6 +112,8 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
     ) -> dict[str, Any]:
         responses = {str(status): value for status, value in operation["responses"].items()}
         operation = {**operation}
+        if "requestBody" in operation:  # a documented body is one the route needs
+            operation["requestBody"] = {**operation["requestBody"], "required": True}
         text = getattr(func, _TEXT_RESPONSE, None)
         if text is not None:
             content_type, description = text
