@@ -1,9 +1,11 @@
 """The ``fuzz`` gate (``tox -e fuzz``): schemathesis against a real ``quartstack serve``
-with every backend configured as the suite does (the machine's PostgreSQL, MariaDB,
-Redis and RabbitMQ, nx-27017 for MongoDB, the Vault test server holding every
-credential). It fails on any 5xx, any answer that does not match the documented
-status, schema or content type, and any secret the test Vault issued appearing in a
-response. Deterministic (``--generation-deterministic``) and bounded per operation.
+with every backend configured as the suite does (the machine's PostgreSQL and MariaDB
+with an account of its own, RabbitMQ with a vhost and user of its own, a private
+``redis-server``, nx-27017 for MongoDB, the Vault test server holding every
+credential): generated requests write keys and queues, never into shared ones. It
+fails on any 5xx, any answer that does not match the documented status, schema or
+content type, and any secret the test Vault issued appearing in a response.
+Deterministic (``--generation-deterministic``) and bounded per operation.
 
 Not named ``test_*.py``: it needs the ``schemathesis`` CLI, which only the fuzz env
 installs, so the default suite does not collect it.
@@ -16,24 +18,67 @@ import secrets
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.rabbitmq.broker import BrokerAccount, rabbitmqctl, write_rabbitmq_secret
 from tests.support.databases import MySQLDatabase, PostgresDatabase
 from tests.support.mongo import NxMongoServer
+from tests.support.net import free_port, wait_for_port
 from tests.support.process import ServiceProcess
+from tests.support.redis_cluster import die_with_parent
 from tests.support.vault import VaultTestServer
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET_NAME = "0"
 
 
+@contextmanager
+def _private_redis(directory: Path) -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def _private_vhost(suffix: str) -> Iterator[BrokerAccount]:
+    account = BrokerAccount(f"qs-fuzz-{suffix}", f"qs-fuzz-{suffix}", secrets.token_hex(12))
+    rabbitmqctl("add_vhost", account.vhost)
+    try:
+        rabbitmqctl("add_user", account.user, account.password)
+        rabbitmqctl("set_permissions", "-p", account.vhost, account.user, ".*", ".*", ".*")
+        yield account
+    finally:
+        rabbitmqctl("delete_user", account.user, check=False)
+        rabbitmqctl("delete_vhost", account.vhost, check=False)
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     suffix = uuid.uuid4().hex[:8]
     issued: list[str] = []
-    with VaultTestServer() as vault, NxMongoServer() as mongo:
+    with (
+        VaultTestServer() as vault,
+        NxMongoServer() as mongo,
+        _private_redis(tmp_path_factory.mktemp("redis")) as redis_port,
+        _private_vhost(suffix) as broker,
+    ):
         postgres, mysql = PostgresDatabase(), MySQLDatabase()
         pg_db, my_db = postgres.create(), mysql.create()
         try:
@@ -44,9 +89,7 @@ def service(tmp_path_factory):
             vault.write_secret(
                 "mongodb", {"user": "", "password": "", "database": f"fuzz_{suffix}"}, mount=mount
             )
-            vault.write_secret(
-                "rabbitmq", {"user": "guest", "password": "guest", "vhost": "/"}, mount=mount
-            )
+            write_rabbitmq_secret(vault, mount, broker)
             example = {
                 "password": "fz-" + secrets.token_hex(12),
                 "api_token": "ft-" + secrets.token_hex(12),
@@ -56,7 +99,7 @@ def service(tmp_path_factory):
             # Named as schemathesis's coverage phase names a service (the shortest
             # string of the pattern), so generated requests read it.
             vault.write_secret(SECRET_NAME, example, mount=mount)
-            issued += [pg_db.password, my_db.password, vault.root_token]
+            issued += [pg_db.password, my_db.password, broker.password, vault.root_token]
             issued += [example["password"], example["api_token"]]
             env = {
                 "RATE_LIMIT_ENABLED": "false",
@@ -68,6 +111,7 @@ def service(tmp_path_factory):
                 "MONGODB_HOST": "127.0.0.1",
                 "MONGODB_PORT": str(mongo.port),
                 "REDIS_HOST": "127.0.0.1",
+                "REDIS_PORT": str(redis_port),
                 "RABBITMQ_HOST": "127.0.0.1",
                 "CIRCUIT_FAILURE_THRESHOLD": "1000",
             }
