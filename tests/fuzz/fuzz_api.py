@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +116,8 @@ def service(tmp_path_factory):
                 "RABBITMQ_HOST": "127.0.0.1",
                 "CIRCUIT_FAILURE_THRESHOLD": "1000",
             }
+            migrate = [sys.executable, "-m", "quartstack", "migrate"]
+            subprocess.run(migrate, env={**os.environ, **env}, check=True, timeout=120)
             with ServiceProcess(env) as process:
                 process.wait_live().wait_started()
                 yield process, issued, tmp_path_factory.mktemp("fuzz")

@@ -26,6 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _PATH_PARAMS = "_quartstack_path_params"
 _TEXT_RESPONSE = "_quartstack_text_response"
+_NO_CONTENT = "_quartstack_no_content"
 _BODY_METHODS = frozenset({"post", "put", "patch"})
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
 _STATUS_TEXT = {
@@ -76,6 +77,16 @@ def text_response(content_type: str, description: str) -> Callable[[F], F]:
     return decorate
 
 
+def no_content(description: str) -> Callable[[F], F]:
+    """Document a 204 (no body), which quart-schema's models cannot express."""
+
+    def decorate(func: F) -> F:
+        setattr(func, _NO_CONTENT, description)
+        return func
+
+    return decorate
+
+
 class ServiceOpenAPIProvider(OpenAPIProvider):
     """quart-schema's provider plus what the web layer answers on every route."""
 
@@ -121,6 +132,9 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
                 "description": description,
                 "content": {content_type: {"schema": {"type": "string"}}},
             }
+        empty = getattr(func, _NO_CONTENT, None)
+        if empty is not None:
+            responses["204"] = {"description": empty}
         rules = getattr(func, _PATH_PARAMS, {})
         parameters = []
         for parameter in operation["parameters"]:
