@@ -235,6 +235,9 @@ class RedisClient(Backend):
             "health_check_interval": 30,
             "decode_responses": True,
             "client_name": "quartstack",
+            # RESP2 on every redis-py major: redis-py 8 speaks RESP3 by default (HELLO),
+            # which changes reply shapes our code and scripts read.
+            "protocol": 2,
         }
 
     @property
