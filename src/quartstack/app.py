@@ -22,6 +22,7 @@ from quartstack.blueprints import (
     users,
     vault,
 )
+from quartstack.blueprints.openapi import ServiceOpenAPIProvider
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
 from quartstack.integrations.mongodb import MongoDatabase
 from quartstack.integrations.mysql import MySQLPool
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         ),
         redoc_ui_path="/redoc",
         scalar_ui_path=None,
+        openapi_provider_class=ServiceOpenAPIProvider,
     )
     init_lifecycle(app, settings)
 

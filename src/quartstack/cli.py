@@ -19,6 +19,7 @@ from hypercorn.config import Config
 
 from quartstack import __version__
 from quartstack.logging_setup import configure_logging
+from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
 from quartstack.settings import Settings, SettingsError, load_settings
 from quartstack.signup import cli as signup_cli
 
@@ -49,8 +50,9 @@ def hypercorn_config(settings: Settings, bind: str | None, workers: int) -> Conf
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
-    config.h11_max_incomplete_size = 16 * 1024
+    config.h11_max_incomplete_size = MAX_REQUEST_HEAD_BYTES
     config.keep_alive_timeout = 75
+    apply_hypercorn_fixes(settings.max_body_bytes)  # closed connections, 100-continue
     return config
 
 

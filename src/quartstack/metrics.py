@@ -133,7 +133,7 @@ BACKEND_POOL_CONNECTIONS = Gauge(
 )
 BACKEND_UP = Gauge(
     "backend_up",
-    "1 if the last health check of the backend succeeded, else 0.",
+    "1 if the backend's last health check or call succeeded; 0 if it failed or the circuit opened.",
     ["service"],
     registry=REGISTRY,
 )

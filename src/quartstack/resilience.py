@@ -24,6 +24,7 @@ from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBre
 from quartstack.metrics import (
     BACKEND_CALL_DURATION,
     BACKEND_CALL_RETRIES,
+    BACKEND_UP,
     CIRCUIT_CLOSED,
     CIRCUIT_FAILURES,
     CIRCUIT_HALF_OPENED,
@@ -134,7 +135,14 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
         )
         self.service = service
         self._reported = STATE_CLOSED
+        self._up: Any = None  # backend_up child, created at the first outcome
         CIRCUIT_STATE.labels(service).set(0)
+
+    def report_up(self, up: bool) -> None:
+        """``backend_up`` follows call outcomes and the circuit, not only health checks."""
+        if self._up is None:
+            self._up = BACKEND_UP.labels(self.service)
+        self._up.set(1 if up else 0)
 
     def observe(self) -> str:
         """Return the current state, emitting metrics if it changed since last seen."""
@@ -148,6 +156,8 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
                 STATE_CLOSED: CIRCUIT_CLOSED,
             }[state]
             counter.labels(self.service).inc()
+            if state == STATE_OPEN:
+                self.report_up(False)
         return state
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> Literal[False]:
@@ -157,8 +167,10 @@ class ObservedCircuitBreaker(CircuitBreaker):  # type: ignore[misc]
             return False
         if exc_type is not None and issubclass(exc_type, self.neutral):
             return False  # caused by the request or the data: proves nothing either way
-        if exc_type is not None and self.is_failure(exc_type, exc_value):
+        failed = exc_type is not None and self.is_failure(exc_type, exc_value)
+        if failed:
             CIRCUIT_FAILURES.labels(self.service).inc()
+        self.report_up(not failed)
         super().__exit__(exc_type, exc_value, traceback)
         self.observe()
         return False

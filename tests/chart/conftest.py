@@ -34,6 +34,8 @@ VALUES_FILES = {
     "everything-on": [CHART / "ci" / "everything-on-values.yaml"],
     "everything-off": [CHART / "ci" / "everything-off-values.yaml"],
     "vault-agent": [CHART / "ci" / "agent-values.yaml"],
+    "pod-extras": [CHART / "ci" / "pod-extras-values.yaml"],
+    "monitoring": [CHART / "ci" / "monitoring-values.yaml"],
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
 # kubernetes-validate bundles.
@@ -72,9 +74,15 @@ def promtool() -> str:
 
 
 def template_args(
-    *values: Path, sets: tuple[str, ...] = (), apis: bool = True, namespace: str = NAMESPACE
+    *values: Path,
+    sets: tuple[str, ...] = (),
+    apis: bool = True,
+    namespace: str = NAMESPACE,
+    kube_version: str | None = None,
 ) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+    if kube_version:  # else helm's own default (its newest Kubernetes)
+        args += ["--kube-version", kube_version]
     for path in values:
         args += ["-f", str(path)]
     for item in sets:
@@ -86,9 +94,16 @@ def template_args(
 
 
 def render(
-    *values: Path, sets: tuple[str, ...] = (), apis: bool = True, namespace: str = NAMESPACE
+    *values: Path,
+    sets: tuple[str, ...] = (),
+    apis: bool = True,
+    namespace: str = NAMESPACE,
+    kube_version: str | None = None,
 ) -> list[dict]:
-    output = helm(*template_args(*values, sets=sets, apis=apis, namespace=namespace)).stdout
+    args = template_args(
+        *values, sets=sets, apis=apis, namespace=namespace, kube_version=kube_version
+    )
+    output = helm(*args).stdout
     return [doc for doc in yaml.safe_load_all(output) if doc]
 
 

@@ -97,9 +97,22 @@ def test_vault_bootstrap_writes_what_the_app_reads(dev_stack):
     assert "custom-secret-id" in script and "auth/approle/login" in script
 
 
-@pytest.mark.parametrize("values_file", ["values-dev.yaml", "values-prod.yaml"])
-def test_chart_values_point_at_the_dev_stack(dev_stack, values_file):
-    values = yaml.safe_load((CHART / values_file).read_text())
+def _merge(base: dict, top: dict) -> dict:
+    """Helm's values merge: maps merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+@pytest.mark.parametrize("profile", ["dev", "prod"])
+def test_chart_values_point_at_the_dev_stack(dev_stack, profile):
+    """The values files each skaffold profile deploys, merged as helm does."""
+    release = next(r for name, r in _releases() if name == profile)
+    values: dict = {}
+    for path in release["valuesFiles"]:
+        values = _merge(values, yaml.safe_load((ROOT / path).read_text()))
     namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
     services = {
         d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]}
@@ -131,6 +144,8 @@ def test_chart_values_point_at_the_dev_stack(dev_stack, values_file):
         check(host, int(port))
     vault = re.fullmatch(r"http://([^:]+):(\d+)", values["vault"]["address"])
     check(vault.group(1), int(vault.group(2)))
+    # the dev stack's Vault has no TLS: no CA file that the pod could not find
+    assert not values["config"].get("VAULT_CACERT") and not values.get("extraVolumes")
 
 
 # --- skaffold.yaml ---------------------------------------------------------------------------

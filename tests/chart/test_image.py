@@ -11,8 +11,10 @@ alert or the dashboard uses must be exported by that process.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -125,30 +127,57 @@ def _chart_config(*values: Path) -> dict[str, str]:
     return find(render(*values), "ConfigMap", "quartstack")["data"]
 
 
+def _pip_runs(stage: str) -> list[tuple[dict[str, str], list[list[str]]]]:
+    """Each RUN of ``stage`` that calls pip: its bind mounts (target -> source) and its pip
+    commands, in order."""
+    text = _stage(stage).replace("\\\n", " ")
+    runs = []
+    for run in (line for line in text.splitlines() if line.startswith("RUN ") and "pip " in line):
+        mounts = {}
+        for spec in re.findall(r"--mount=(\S+)", run):
+            options = dict(item.split("=", 1) for item in spec.split(","))
+            assert options["type"] == "bind", spec
+            mounts[options["target"]] = options["source"]
+        commands = [re.search(r"\bpip\s.*", part) for part in run.split("&&")]
+        runs.append((mounts, [shlex.split(match.group(0)) for match in commands if match]))
+    return runs
+
+
+def runtime_install() -> tuple[dict[str, str], list[list[str]]]:
+    """The runtime stage's one install RUN: its bind mounts and pip commands."""
+    [run] = _pip_runs("runtime")
+    return run
+
+
+def _replay(stage: str, venv: Path, paths: dict[str, str], cwd: Path) -> None:
+    """Run ``stage``'s pip commands with ``venv``'s pip, its paths pointed at ours: ``paths``
+    maps a stage's own paths (/dist), and any other mount source is in the build context."""
+    for mounts, commands in _pip_runs(stage):
+        targets = {t: paths.get(s, str(ROOT / s)) for t, s in mounts.items()} | paths
+        for command in commands:
+            args = []
+            for arg in command[1:]:
+                for target, source in targets.items():
+                    arg = re.sub(rf"^{re.escape(target)}(?=/|$)", source, arg)
+                args += sorted(glob.glob(arg)) if "*" in arg else [arg]
+            pip = [str(venv / "bin" / "pip"), "--disable-pip-version-check", "--quiet"]
+            subprocess.run([*pip, *args], check=True, cwd=cwd)
+
+
 @pytest.fixture(scope="session")
 def image() -> Iterator[Image]:
-    """Build the wheel and install it into a fresh venv as the runtime stage does."""
+    """Build the wheel as the build stage does and install it into a fresh venv as the
+    runtime stage does: each stage's own pip commands, in a venv of its own."""
     root = Path(tempfile.mkdtemp(prefix="quartstack-image-"))
     try:
-        dist = root / "dist"
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
-            check=True,
-        )  # fmt: skip
-        wheel = next(dist.glob("quartstack-*.whl"))
-        venv = root / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        install = re.search(r'pip install [^"]*"quartstack(\[[a-z,]+\])"', _stage("runtime"))
-        assert install, "the runtime stage installs quartstack with its extras"
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-             f"{wheel}{install.group(1)}"],
-            check=True,
-        )  # fmt: skip
+        paths = {"/dist": str(root / "dist")}
+        for stage in ("build", "runtime"):
+            venv = root / ("venv" if stage == "runtime" else stage)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            _replay(stage, venv, paths, cwd=ROOT)
         workdir = root / "app"
         workdir.mkdir()
-        yield Image(root, venv, workdir)
+        yield Image(root, root / "venv", workdir)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -294,7 +323,7 @@ def test_sigterm_drains_and_writes_only_to_tmp(image):
     assert 503 in statuses, statuses
     assert 200 not in statuses[statuses.index(503) :], statuses
     spec = find(render(), "Deployment")["spec"]["template"]["spec"]
-    prestop = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    prestop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]  # k8s >= 1.30
     assert prestop + elapsed < spec["terminationGracePeriodSeconds"]
     assert _snapshot(image.venv, image.workdir) == before
 

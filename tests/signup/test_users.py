@@ -70,6 +70,8 @@ async def test_same_email_in_another_case_is_409_email_taken(settings):
         {"email": "a@example.com", "name": ""},
         {"email": "a@example.com", "name": "   "},
         {"email": "a@example.com", "name": "n" * 101},
+        {"email": "a@example.com", "name": "nul\u0000inside"},  # was a 503 (and a breaker fault)
+        {"email": "a@example.com", "name": "bell\u0007"},
         {"email": "a@example.com"},
     ],
 )
@@ -190,4 +192,7 @@ async def test_the_openapi_document_describes_the_users_routes():
     assert {"201", "409", "422"} <= set(create["responses"])
     assert "requestBody" in create
     delete = document["paths"]["/users/{id}"]["delete"]
-    assert {"404"} <= set(delete["responses"])
+    assert {"204", "404"} <= set(delete["responses"])
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    fields = body["properties"]
+    assert fields["email"]["pattern"] and fields["name"]["pattern"]  # what the service checks

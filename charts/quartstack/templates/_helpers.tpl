@@ -32,6 +32,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: quartstack
 {{- end }}
 
+{{/* Labels of the pod template: nothing that changes with the chart's version (a chart
+bump alone must not restart every pod). */}}
+{{- define "quartstack.podLabels" -}}
+{{ include "quartstack.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: quartstack
+{{- end }}
+
 {{- define "quartstack.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "quartstack.fullname" .) .Values.serviceAccount.name }}
@@ -40,8 +48,51 @@ app.kubernetes.io/part-of: quartstack
 {{- end }}
 {{- end }}
 
+{{/* The image by digest when one is given (the tag is then ignored), else by tag. */}}
 {{- define "quartstack.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* One probe: the user's whole override, or an httpGet on the app's endpoint with the
+probe's timing fields. Call with (dict "probe" .Values.probes.<name>). */}}
+{{- define "quartstack.probe" -}}
+{{- $p := .probe }}
+{{- if $p.override }}
+{{- toYaml $p.override }}
+{{- else }}
+httpGet:
+  path: {{ $p.path }}
+  port: http
+{{- with $p.initialDelaySeconds }}
+initialDelaySeconds: {{ . }}
+{{- end }}
+periodSeconds: {{ $p.periodSeconds }}
+timeoutSeconds: {{ $p.timeoutSeconds }}
+successThreshold: {{ default 1 $p.successThreshold }}
+failureThreshold: {{ $p.failureThreshold }}
+{{- end }}
+{{- end }}
+
+{{/* The container's lifecycle: the user's override, else a preStop sleep so endpoints drop
+the pod before SIGTERM. The native sleep action (beta and on by default since Kubernetes
+1.30) needs no sleep binary in the image; older clusters get exec sleep. */}}
+{{- define "quartstack.lifecycle" -}}
+{{- if .Values.lifecycle }}
+{{- toYaml .Values.lifecycle }}
+{{- else if .Values.shutdown.preStopSleepSeconds }}
+preStop:
+{{- if semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version }}
+  sleep:
+    seconds: {{ .Values.shutdown.preStopSleepSeconds }}
+{{- else }}
+  exec:
+    command: ["sleep", "{{ .Values.shutdown.preStopSleepSeconds }}"]
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "quartstack.approleSecretName" -}}
@@ -93,17 +144,73 @@ still starting. */}}
 {{- /* the app exits within drain + grace + close after SIGTERM (quartstack.lifecycle);
 the 2 s margin covers the interpreter's exit and signal delivery */}}
 {{- $drain := float64 (default 1 .Values.config.SHUTDOWN_DRAIN_SECONDS) }}
-{{- $needed := addf (float64 $s.preStopSleepSeconds) $drain (float64 $s.shutdownGraceSeconds) (float64 $s.closeSeconds) 2 }}
+{{- /* a lifecycle override's own sleep counts instead of preStopSleepSeconds */}}
+{{- $prestop := dig "preStop" "sleep" "seconds" $s.preStopSleepSeconds (.Values.lifecycle | default dict) }}
+{{- $needed := addf (float64 $prestop) $drain (float64 $s.shutdownGraceSeconds) (float64 $s.closeSeconds) 2 }}
 {{- if lt (float64 $s.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least shutdown.preStopSleepSeconds + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) must be at least the preStop sleep (shutdown.preStopSleepSeconds, or lifecycle.preStop.sleep.seconds) + config.SHUTDOWN_DRAIN_SECONDS + shutdown.shutdownGraceSeconds + shutdown.closeSeconds + 2 s margin (%v)" $s.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- $startup := .Values.probes.startup }}
-{{- $budget := mul $startup.periodSeconds $startup.failureThreshold }}
+{{- with $startup.override }}
+{{- /* Kubernetes' defaults apply to fields the override leaves out */}}
+{{- $startup = dict "periodSeconds" (default 10 .periodSeconds) "failureThreshold" (default 3 .failureThreshold) "initialDelaySeconds" (default 0 .initialDelaySeconds) }}
+{{- end }}
+{{- $budget := add (default 0 $startup.initialDelaySeconds) (mul $startup.periodSeconds $startup.failureThreshold) }}
 {{- $timeout := float64 (default 60 .Values.config.STARTUP_TIMEOUT_SECONDS) }}
 {{- if le (float64 $budget) $timeout }}
-{{- fail (printf "probes.startup allows %vs (periodSeconds x failureThreshold), which must be longer than the app's STARTUP_TIMEOUT_SECONDS (%v)" $budget $timeout) }}
+{{- fail (printf "probes.startup allows %vs (initialDelaySeconds + periodSeconds x failureThreshold), which must be longer than the app's STARTUP_TIMEOUT_SECONDS (%v)" $budget $timeout) }}
+{{- end }}
+{{- if and (hasKey .Values.service "nodePort") (not (kindIs "invalid" .Values.service.nodePort)) (eq .Values.service.type "ClusterIP") }}
+{{- fail "service.nodePort needs service.type NodePort or LoadBalancer" }}
+{{- end }}
+{{- with .Values.strategy.rollingUpdate }}
+{{- $surge := trimSuffix "%" (toString (default 0 .maxSurge)) }}
+{{- $unavailable := trimSuffix "%" (toString (default 0 .maxUnavailable)) }}
+{{- if and (eq $.Values.strategy.type "RollingUpdate") (eq $surge "0") (eq $unavailable "0") }}
+{{- fail "strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0 (the rollout could never replace a pod)" }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.dnsPolicy "None") (not .Values.dnsConfig.nameservers) }}
+{{- fail "dnsPolicy None needs dnsConfig.nameservers" }}
 {{- end }}
 {{- if and (eq .Values.vault.auth "approle") .Values.vault.address (not .Values.vault.approle.existingSecret) (not (and .Values.vault.approle.roleId .Values.vault.approle.secretId)) }}
 {{- fail "vault.auth=approle needs vault.approle.existingSecret, or both vault.approle.roleId and vault.approle.secretId" }}
+{{- end }}
+{{- end }}
+
+{{/* The PDB's one budget line (minAvailable or maxUnavailable; maxUnavailable 1 when neither
+is set), refusing a budget that would block every voluntary eviction: then `kubectl drain`
+hangs on every node running a pod and cluster upgrades stall. The pod count that matters
+is the lowest one: replicaCount, or autoscaling.minReplicas while the HPA owns it.
+Percentages are rounded up, as the disruption controller does. */}}
+{{- define "quartstack.pdbBudget" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $min := ternary "" (toString $pdb.minAvailable) (kindIs "invalid" $pdb.minAvailable) }}
+{{- $max := ternary "" (toString $pdb.maxUnavailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- $replicas := int (ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled) }}
+{{- if and $min $max }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- if and (not .Values.autoscaling.enabled) (eq $replicas 1) }}
+{{- fail "podDisruptionBudget with replicaCount 1 blocks every node drain (or protects nothing): raise replicaCount, enable autoscaling or disable podDisruptionBudget" }}
+{{- end }}
+{{- if $min }}
+{{- $needed := 0 }}
+{{- if hasSuffix "%" $min }}
+{{- $needed = int (ceil (divf (mul $replicas (atoi (trimSuffix "%" $min))) 100)) }}
+{{- else }}
+{{- $needed = atoi $min }}
+{{- end }}
+{{- if ge $needed $replicas }}
+{{- fail (printf "podDisruptionBudget.minAvailable %s keeps all %d pods (%s) and blocks every node drain: lower it below the pod count, or use maxUnavailable" $min $replicas (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- end }}
+minAvailable: {{ hasSuffix "%" $min | ternary ($min | quote) $min }}
+{{- else if $max }}
+{{- if eq (trimSuffix "%" $max) "0" }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %s blocks every node drain: use 1 or more" $max) }}
+{{- end }}
+maxUnavailable: {{ hasSuffix "%" $max | ternary ($max | quote) $max }}
+{{- else }}
+maxUnavailable: 1
 {{- end }}
 {{- end }}

@@ -11,7 +11,7 @@ from quart_schema import validate_querystring, validate_response
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
-from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.openapi import path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
@@ -58,6 +58,7 @@ def _redis(key: str) -> RedisClient:
 
 
 @blueprint.get("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheEntry)
 @problems(409, 422, 429, 503, 504)
 async def read_key(key: str) -> CacheEntry:
@@ -103,6 +104,7 @@ def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"
 
 
 @blueprint.post("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_querystring(CacheWrite)
 @validate_response(CacheWritten)
 @problems(422, 429, 503, 504)
@@ -113,6 +115,7 @@ async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
 
 
 @blueprint.delete("/<key>")
+@path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheDeleted)
 @problems(422, 429, 503, 504)
 async def delete_key(key: str) -> CacheDeleted:

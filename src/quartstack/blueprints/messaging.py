@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
-from quartstack.blueprints.openapi import problems
-from quartstack.blueprints.validation import check_path_param
+from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.validation import validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
 from quartstack.web.problems import Problem
@@ -20,6 +20,10 @@ from quartstack.web.request_body import json_object_body
 blueprint = Blueprint("messaging", __name__, url_prefix="/examples/messaging")
 
 _QUEUE_PATTERN = r"^[a-zA-Z0-9_.-]+$"
+# "." and ".." match the pattern but are path segments, not names: in a URL (this
+# API's info route, the broker's management API) they mean "here" and "up".
+_DOT_NAMES = frozenset({".", ".."})
+_DOT_MESSAGE = "'.' and '..' are not queue names"
 #: Message ids derived from an Idempotency-Key live in this namespace.
 _MESSAGE_ID_NAMESPACE = uuid.UUID("5d0c3e8a-3f7e-4c1b-9a59-2f1a8c6a7e10")
 
@@ -32,6 +36,8 @@ class PublishQuery(BaseModel):
     def _not_reserved(cls, value: str) -> str:
         if value.startswith("amq."):
             raise ValueError("queue names starting with 'amq.' are reserved by the broker")
+        if value in _DOT_NAMES:
+            raise ValueError(_DOT_MESSAGE)
         return value
 
 
@@ -80,11 +86,13 @@ async def publish(query_args: PublishQuery) -> Published:
 
 
 @blueprint.get("/queue/<queue_name>/info")
+@path_param("queue_name", _QUEUE_PATTERN, 100)
 @validate_response(QueueStatus)
 @problems(422, 429, 503, 504)
 async def queue_info(queue_name: str) -> QueueStatus:
     """Message and consumer counts by a passive declare; a missing queue is not created."""
-    check_path_param("queue_name", queue_name, _QUEUE_PATTERN, 100)
+    if queue_name in _DOT_NAMES:
+        raise validation_problem("path parameter 'queue_name'", "path.queue_name", _DOT_MESSAGE)
     info = await get_backend("rabbitmq", RabbitMQClient).queue_info(queue_name)
     return QueueStatus(
         queue=queue_name,

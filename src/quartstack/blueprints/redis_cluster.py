@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
-from quartstack.blueprints.openapi import problems
-from quartstack.blueprints.validation import check_path_param, validation_problem
+from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.validation import validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.redis.cluster import (
@@ -133,11 +133,11 @@ async def cluster_info() -> ClusterInfo:
 
 
 @blueprint.get("/nodes/<node_name>/info")
+@path_param("node_name", r"^[a-zA-Z0-9_.-]+$", 100)
 @validate_response(NodeInfo)
 @problems(404, 422, 503, 504)
 async def node_info(node_name: str) -> NodeInfo:
     """``INFO`` of one configured node (names from ``REDIS_NODES``, e.g. ``redis-1``)."""
-    check_path_param("node_name", node_name, r"^[a-zA-Z0-9_.-]+$", 100)
     redis = get_backend("redis", RedisClient)
     node = next((n for n in redis.nodes if n.name == node_name), None)
     if node is None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from quart import Blueprint, Response
 from quart_schema import validate_request, validate_response
 
-from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.openapi import no_content, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.postgres import PostgresPool
 from quartstack.signup import users
@@ -27,9 +27,18 @@ _EMAIL = re.compile(
 )
 
 
+# Not blank, and no control characters (PostgreSQL text cannot hold NUL at all); the
+# name is stored trimmed.
+_NAME = re.compile(r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
+
+
 class Signup(BaseModel):
-    email: str = Field(max_length=254, description="stored and compared in lower case")
-    name: str = Field(min_length=1, max_length=100)
+    email: str = Field(
+        max_length=254,
+        description="stored and compared in lower case",
+        json_schema_extra={"pattern": f"^{_EMAIL.pattern}$"},  # documented as checked
+    )
+    name: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": _NAME.pattern})
 
     @field_validator("email")
     @classmethod
@@ -42,9 +51,12 @@ class Signup(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not value.strip():
+        trimmed = value.strip()
+        if not trimmed:
             raise ValueError("must not be blank")
-        return value
+        if not _NAME.fullmatch(trimmed):
+            raise ValueError("must not contain control characters")
+        return trimmed
 
 
 class UserCreated(BaseModel):
@@ -83,6 +95,7 @@ async def sign_up(data: Signup) -> tuple[UserCreated, int, dict[str, str]]:
 
 
 @blueprint.delete("/<uuid:id>")
+@no_content("Erased (or already erased)")
 @problems(404, 429, 503, 504)
 async def delete_user(id: uuid.UUID) -> Response:
     """Erase the user's email and name (the id stays as a tombstone) and emit

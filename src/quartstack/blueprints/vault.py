@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from quart import Blueprint
 from quart_schema import validate_response
 
-from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.openapi import path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.response_cache import cached_response
@@ -52,6 +52,7 @@ async def _read(service_name: str) -> dict[str, Any]:
 
 
 @blueprint.get("/secret/<service_name>")
+@path_param("service_name", _NAME_PATTERN, 50)
 @cached_response(ttl=300, private=True)
 @validate_response(SecretBody)
 @problems(403, 404, 422, 503, 504)
@@ -62,12 +63,13 @@ async def read_secret(service_name: str) -> SecretBody:
 
 
 @blueprint.get("/secret/<service_name>/<key>")
+@path_param("service_name", _NAME_PATTERN, 50)
+@path_param("key", _NAME_PATTERN, 100)
 @cached_response(ttl=300, private=True)
 @validate_response(SecretKeyBody)
 @problems(403, 404, 422, 503, 504)
 async def read_secret_key(service_name: str, key: str) -> SecretKeyBody:
     """One field of the secret; any JSON type; masked if its name is sensitive."""
-    check_path_param("key", key, _NAME_PATTERN, 100)
     data = await _read(service_name)
     if key not in data:
         raise Problem(

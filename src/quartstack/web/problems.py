@@ -116,7 +116,7 @@ def _instance() -> str:
         return ""
 
 
-# Framework errors the app can meet (Hypercorn answers 414/431 itself, before the app);
+# Framework errors the app can meet (Hypercorn answers some 400/431 itself, before the app);
 # any other status becomes ``http-<status>``. README's error table lists each one
 # (tests/foundation/test_error_table.py).
 _HTTP_KINDS: dict[int, str] = {

@@ -2,14 +2,27 @@
 
 A body must declare a content type we understand and stay within the size
 limit; malformed JSON becomes a 400 problem instead of Quart's HTML error.
+
+JSON is parsed strictly (RFC 8259): UTF-8 only, no ``NaN``/``Infinity``, no
+number that overflows to infinity, no lone surrogate escape, and at most
+:data:`MAX_JSON_DEPTH` levels of nesting. Python's parser accepts the first
+ones and raises ``RecursionError`` (a 500) on deep nesting; every one of these
+would also fail later, when the value is encoded again to publish or answer.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any, NoReturn
+from urllib.parse import unquote_to_bytes
 
 from quart import Quart, Request, request
 
+from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
 from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem
 
@@ -23,12 +36,77 @@ ACCEPTED_MEDIA_TYPES = frozenset(
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
+#: Deepest nesting of arrays and objects a JSON body may have (README: Errors).
+MAX_JSON_DEPTH = 100
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class MalformedJSON(ValueError):
+    """A body that is not JSON this service accepts; the message says why (no input)."""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise MalformedJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise MalformedJSON("a number is out of range")
+    return value
+
+
+def _depth(data: bytes) -> int:
+    """Deepest nesting of ``data``, ignoring brackets inside strings."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit: skip the scan
+    brackets = _BRACKETS.findall(_JSON_STRING.sub(b"", data))
+    steps = (1 if bracket in (b"[", b"{") else -1 for bracket in brackets)
+    return max(accumulate(steps, initial=0))
+
+
+def loads_strict(data: bytes) -> Any:
+    """Parse a JSON body strictly (see the module docstring); :class:`MalformedJSON`
+    or another ``ValueError`` when it is not acceptable."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedJSON("the body is not valid UTF-8") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise MalformedJSON(f"it is nested deeper than {MAX_JSON_DEPTH} levels")
+    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if _SURROGATE_ESCAPE.search(data):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedJSON("a string holds a lone surrogate escape") from None
+    return value
+
 
 class ProblemRequest(Request):
-    """Quart's request, raising a problem when the JSON body cannot be parsed."""
+    """Quart's request, parsing JSON strictly and raising a problem when it cannot."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        """Quart's ``get_json`` with :func:`loads_strict` in place of ``json.loads``."""
+        if cache and self._cached_json[silent] is not Ellipsis:
+            return self._cached_json[silent]
+        if not (force or self.is_json):
+            return None
+        data = await self.get_data(cache=cache, as_text=False, parse_form_data=False)
+        try:
+            result = loads_strict(data)
+        except (ValueError, RecursionError) as error:
+            result = None if silent else self.on_json_loading_failed(error)
+        if cache:
+            self._cached_json[silent] = result
+        return result
 
     def on_json_loading_failed(self, error: Exception) -> NoReturn:
-        raise Problem(400, "malformed-json", "The request body is not valid JSON.")
+        reason = f": {error}" if isinstance(error, MalformedJSON) else ""
+        raise Problem(400, "malformed-json", f"The request body is not valid JSON{reason}.")
 
 
 def _media_type(content_type: str) -> str:
@@ -39,6 +117,66 @@ def _has_body() -> bool:
     if (request.content_length or 0) > 0:
         return True
     return (optional_header("Transfer-Encoding") or "").lower() == "chunked"
+
+
+def _head_size(scope: Mapping[str, Any]) -> int:
+    """Bytes of the request line and headers as sent (give or take the separators)."""
+    size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _percent_decodes_to_utf8(raw: bytes) -> bool:
+    if b"%" not in raw:
+        return True  # the server refuses raw non-ASCII bytes in the target itself
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ambiguous_framing(scope: Mapping[str, Any]) -> bool:
+    """``Transfer-Encoding`` with ``Content-Length``, or on HTTP/1.0 (RFC 9112 6.1, 6.3)."""
+    names = {name.lower() for name, _ in scope["headers"]}
+    if b"transfer-encoding" not in names:
+        return False
+    return b"content-length" in names or scope["http_version"] == "1.0"
+
+
+async def check_request_head() -> None:
+    """Refuse a request head the service will not serve, before anything else runs.
+
+    431 for a request line plus headers over :data:`MAX_REQUEST_HEAD_BYTES`:
+    Hypercorn's limit only applies to a head that arrives in several reads, one that
+    arrives in a single read (up to 64 KiB) reaches the app. 400 for a path or query
+    whose percent-escapes are not UTF-8. 400 and the connection closed for framing a
+    proxy in front could read differently (request smuggling): the body is not read,
+    so nothing after it on the connection is served.
+    """
+    scope = request.scope
+    if _head_size(scope) > MAX_REQUEST_HEAD_BYTES:
+        raise Problem(
+            431,
+            "headers-too-large",
+            f"The request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes.",
+        )
+    if not (
+        _percent_decodes_to_utf8(scope.get("raw_path") or b"")
+        and _percent_decodes_to_utf8(scope["query_string"])
+    ):
+        # Decoded with replacement characters, the request would silently mean another one.
+        raise Problem(
+            400, "invalid-encoding", "The path or query string is not percent-encoded UTF-8."
+        )
+    if scope["http_version"].startswith("1") and _ambiguous_framing(scope):
+        raise Problem(
+            400,
+            "ambiguous-framing",
+            "Transfer-Encoding is not accepted with Content-Length or on HTTP/1.0.",
+            headers={"Connection": "close"},
+        )
 
 
 async def check_request_body() -> None:
@@ -62,6 +200,7 @@ async def check_request_body() -> None:
 def init_request_body_checks(app: Quart, max_body_bytes: int) -> None:
     app.request_class = ProblemRequest
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.before_request(check_request_head)
     app.before_request(check_request_body)
 
 

@@ -235,6 +235,9 @@ class RedisClient(Backend):
             "health_check_interval": 30,
             "decode_responses": True,
             "client_name": "quartstack",
+            # RESP2 on every redis-py major: redis-py 8 speaks RESP3 by default (HELLO),
+            # which changes reply shapes our code and scripts read.
+            "protocol": 2,
         }
 
     @property
@@ -282,7 +285,7 @@ class RedisClient(Backend):
             connect = client.initialize()
         else:
             client = self._standalone(first, max_connections=self.settings.redis_pool_max)
-            connect = cast(Awaitable[bool], client.ping())
+            connect = cast("Awaitable[Any]", client.ping())  # redis-py 7: bool | Awaitable
         try:
             await connect
         except BaseException:
