@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from quartstack import __version__
 from quartstack.logging_setup import configure_logging
 from quartstack.settings import Settings, SettingsError, load_settings
+from quartstack.worker import cli as worker_cli
 
 logger = logging.getLogger("quartstack.cli")
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--reload", action="store_true", help="restart when source files change (development)"
     )
+    worker_cli.add_commands(commands)
     return parser
 
 
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quartstack: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command in worker_cli.COMMANDS:
+        return worker_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
     config = hypercorn_config(settings, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)

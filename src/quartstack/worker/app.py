@@ -1,0 +1,85 @@
+"""The worker process's app: the consumer, its backends, and probes and metrics only.
+
+A small Quart app rather than a bare loop, so the worker shares the API's
+lifecycle (startup in the background, readiness from the background checks of its
+backends, the close budget), its JSON logs and its metrics registry. Its required
+backends are fixed: the three it cannot work without.
+"""
+
+from __future__ import annotations
+
+from quart import Quart
+
+from quartstack import NAME
+from quartstack.app import SETTINGS_KEY
+from quartstack.blueprints import health, metrics
+from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.mongodb import MongoDatabase
+from quartstack.integrations.rabbitmq import RabbitMQClient
+from quartstack.integrations.redis.client import RedisClient
+from quartstack.integrations.vault.client import VaultClient
+from quartstack.integrations.vault.credentials import CredentialProvider
+from quartstack.lifecycle import init_lifecycle, lifecycle
+from quartstack.settings import Settings
+from quartstack.web.observability import init_observability
+from quartstack.web.problems import init_problem_handlers
+from quartstack.worker.consumer import ProjectionConsumer
+
+CONSUMER_KEY = "quartstack.worker.consumer"
+REQUIRED = ("rabbitmq", "mongodb", "redis")
+
+
+class WorkerNotConfigured(Exception):
+    """A backend the worker needs has no host configured."""
+
+
+def create_worker_app(settings: Settings) -> Quart:
+    missing = [name for name in REQUIRED if name not in settings.enabled_backends]
+    if missing:
+        raise WorkerNotConfigured(
+            "the worker needs " + ", ".join(f"{name.upper()}_HOST" for name in missing)
+        )
+    app = Quart(f"{NAME}-worker", static_folder=None)
+    app.config.update(
+        DEBUG=settings.debug,
+        PROPAGATE_EXCEPTIONS=False,
+        QUARTSTACK_HEALTH_TIMEOUT=settings.health_timeout_seconds,
+    )
+    app.extensions[SETTINGS_KEY] = settings
+    app.extensions[REGISTRY_KEY] = BackendRegistry(list(REQUIRED))
+    init_observability(app)
+    init_problem_handlers(app)
+    init_lifecycle(app, settings)
+
+    CredentialProvider(settings).init_app(app)
+    if "vault" in settings.enabled_backends:
+        VaultClient(settings).init_app(app)
+    mongo, redis = MongoDatabase(settings), RedisClient(settings)
+    rabbitmq = RabbitMQClient(settings)
+    for backend in (mongo, redis, rabbitmq):
+        backend.init_app(app)
+    consumer = ProjectionConsumer(settings, rabbitmq, mongo, redis)
+    app.extensions[CONSUMER_KEY] = consumer
+    for blueprint in (health.blueprint, metrics.blueprint):
+        app.register_blueprint(blueprint)
+
+    async def start_consumer() -> None:
+        async def when_started() -> None:
+            await lifecycle(app).wait_started()
+            consumer.start()
+
+        app.add_background_task(when_started)
+
+    async def stop_consumer() -> None:
+        await consumer.stop()
+
+    app.before_serving(start_consumer)
+    # First of the after-serving hooks: the consumer settles what it holds before
+    # the lifecycle closes the clients it uses.
+    app.after_serving_funcs.insert(0, stop_consumer)
+    return app
+
+
+def consumer_of(app: Quart) -> ProjectionConsumer:
+    consumer: ProjectionConsumer = app.extensions[CONSUMER_KEY]
+    return consumer

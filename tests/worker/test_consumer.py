@@ -1,0 +1,130 @@
+"""The worker against the real broker, nx-27017 and Redis: duplicates, poison, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractChannel
+
+from quartstack.worker.consumer import DELIVERIES_HEADER, REASON_HEADER
+from tests.rabbitmq.broker import independent_connection
+from tests.worker.conftest import WorkerEnv, running_worker
+from tests.worker.helpers import Projections, deleted, eventually, publish, queue_counts, registered
+
+
+async def _dead_letters(env: WorkerEnv) -> list[dict[str, object]]:
+    """Every message in the DLQ, taken and acked."""
+    connection = await independent_connection(env.account)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{env.queue}.dlq", passive=True)
+        letters = []
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            letters.append({"message_id": message.message_id, **(message.headers or {})})
+            await message.ack()
+        return letters
+
+
+async def test_events_are_projected_and_duplicates_applied_once(
+    worker_env: WorkerEnv, publisher: AbstractChannel
+):
+    projections = Projections(worker_env)
+    try:
+        async with running_worker(worker_env):
+            bodies = [registered(f"user{i}@d{i % 3}.example") for i in range(30)]
+            for body in bodies:
+                await publish(publisher, worker_env.exchange, body)
+            for body in bodies[:10]:  # the relay republishes after a crash: same event ids
+                await publish(publisher, worker_env.exchange, body)
+            gone = bodies[0]["data"]["id"]
+            await publish(publisher, worker_env.exchange, deleted(gone))
+
+            async def settled() -> bool:
+                ready, _ = await queue_counts(worker_env, worker_env.queue)
+                docs = await projections.user_docs()
+                return ready == 0 and len(docs) == 30 and docs[gone]["deleted_at"] is not None
+
+            await eventually(settled, what="30 users projected, one erased")
+            await asyncio.sleep(0)
+            assert await projections.total() == 30
+            days = await projections.day_counts()
+            domains = {k: int(v) for day in days.values() for k, v in day.items() if k != "total"}
+            assert domains == {
+                "domain:d0.example": 10,
+                "domain:d1.example": 10,
+                "domain:d2.example": 10,
+            }
+            docs = await projections.user_docs()
+            assert docs[gone]["email"] is None and docs[gone]["name"] is None
+            live = docs[bodies[1]["data"]["id"]]
+            assert live["email"] == "user1@d1.example" and live["email_domain"] == "d1.example"
+            # a late duplicate of the registration does not bring the erased user back
+            await publish(publisher, worker_env.exchange, bodies[0])
+            await eventually(lambda: _queue_empty(worker_env), what="the late duplicate consumed")
+            assert (await projections.user_docs())[gone]["email"] is None
+            assert await projections.total() == 30
+            assert await _dead_letters(worker_env) == []
+    finally:
+        await projections.close()
+
+
+async def _queue_empty(env: WorkerEnv) -> bool:
+    ready, _ = await queue_counts(env, env.queue)
+    return ready == 0
+
+
+async def test_poison_is_dead_lettered_with_its_reason_while_others_flow(
+    worker_env: WorkerEnv, publisher: AbstractChannel
+):
+    projections = Projections(worker_env)
+    try:
+        async with running_worker(worker_env):
+            await publish(publisher, worker_env.exchange, b"{not json", message_id="poison-1")
+            bad_version = registered()
+            bad_version["schema_version"] = 99
+            await publish(publisher, worker_env.exchange, bad_version)
+            good = [registered() for _ in range(5)]
+            for body in good:
+                await publish(publisher, worker_env.exchange, body)
+
+            async def all_good_applied() -> bool:
+                return len(await projections.user_docs()) == 5 and await _queue_empty(worker_env)
+
+            await eventually(all_good_applied, what="the good events applied")
+            letters = await _dead_letters(worker_env)
+        reasons = {letter["message_id"]: letter[REASON_HEADER] for letter in letters}
+        assert reasons == {
+            "poison-1": "body is not JSON",
+            bad_version["event_id"]: "unknown schema_version 99",
+        }
+        assert await projections.total() == 5
+    finally:
+        await projections.close()
+
+
+async def test_an_event_that_keeps_failing_is_dead_lettered_after_max_deliveries(
+    worker_env: WorkerEnv, publisher: AbstractChannel
+):
+    """Redis refuses the count (the day's key holds a string: WRONGTYPE, not an outage):
+    requeued, then dead-lettered at the WORKER_MAX_DELIVERIES-th (3rd) delivery."""
+    projections = Projections(worker_env)
+    body = registered()
+    day = body["data"]["created_at"][:10]
+    day_key = f"{worker_env.key_prefix}:signups:{{signups}}:day:{day}"
+    await projections.redis.set(day_key, "not a hash")
+    try:
+        async with running_worker(worker_env):
+            await publish(publisher, worker_env.exchange, body)
+            letters: list[dict[str, object]] = []
+
+            async def dead_lettered() -> bool:
+                letters.extend(await _dead_letters(worker_env))
+                return bool(letters)
+
+            await eventually(dead_lettered, what="the failing event dead-lettered")
+        assert letters[0]["message_id"] == body["event_id"]
+        assert letters[0][REASON_HEADER] == "failed 3 times: ResponseError"
+        assert letters[0][DELIVERIES_HEADER] == 3
+    finally:
+        await projections.redis.delete(day_key)
+        await projections.close()
