@@ -12,7 +12,7 @@ from tests.worker.conftest import WorkerEnv, running_worker
 from tests.worker.helpers import Projections, deleted, eventually, publish, queue_counts, registered
 
 
-async def _dead_letters(env: WorkerEnv) -> list[dict[str, object]]:
+async def dead_letters(env: WorkerEnv) -> list[dict[str, object]]:
     """Every message in the DLQ, taken and acked."""
     connection = await independent_connection(env.account)
     async with connection:
@@ -63,7 +63,7 @@ async def test_events_are_projected_and_duplicates_applied_once(
             await eventually(lambda: _queue_empty(worker_env), what="the late duplicate consumed")
             assert (await projections.user_docs())[gone]["email"] is None
             assert await projections.total() == 30
-            assert await _dead_letters(worker_env) == []
+            assert await dead_letters(worker_env) == []
     finally:
         await projections.close()
 
@@ -91,7 +91,7 @@ async def test_poison_is_dead_lettered_with_its_reason_while_others_flow(
                 return len(await projections.user_docs()) == 5 and await _queue_empty(worker_env)
 
             await eventually(all_good_applied, what="the good events applied")
-            letters = await _dead_letters(worker_env)
+            letters = await dead_letters(worker_env)
         reasons = {letter["message_id"]: letter[REASON_HEADER] for letter in letters}
         assert reasons == {
             "poison-1": "body is not JSON",
@@ -118,7 +118,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_after_max_deliveries
             letters: list[dict[str, object]] = []
 
             async def dead_lettered() -> bool:
-                letters.extend(await _dead_letters(worker_env))
+                letters.extend(await dead_letters(worker_env))
                 return bool(letters)
 
             await eventually(dead_lettered, what="the failing event dead-lettered")

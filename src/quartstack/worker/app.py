@@ -9,6 +9,7 @@ backends are fixed: the three it cannot work without.
 from __future__ import annotations
 
 from quart import Quart
+from quart_schema import QuartSchema
 
 from quartstack import NAME
 from quartstack.app import SETTINGS_KEY
@@ -49,6 +50,10 @@ def create_worker_app(settings: Settings) -> Quart:
     app.extensions[REGISTRY_KEY] = BackendRegistry(list(REQUIRED))
     init_observability(app)
     init_problem_handlers(app)
+    # Converts the probes' pydantic bodies; no API to document here.
+    QuartSchema(
+        app, openapi_path=None, redoc_ui_path=None, scalar_ui_path=None, swagger_ui_path=None
+    )
     init_lifecycle(app, settings)
 
     CredentialProvider(settings).init_app(app)
