@@ -19,6 +19,7 @@ from quartstack.blueprints import (
     metrics,
     redis_cluster,
     root,
+    user_queries,
     vault,
 )
 from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         cache.blueprint,
         redis_cluster.blueprint,
         messaging.blueprint,
+        user_queries.blueprint,
     ):
         app.register_blueprint(blueprint)
     init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores

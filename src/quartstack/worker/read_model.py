@@ -1,7 +1,8 @@
 """The users read model in MongoDB: what the query routes serve, applied from events.
 
 One document per user id (``_id``), denormalised for the queries: ``email_domain``
-and ``signup_day`` beside the user's fields, ``deleted_at`` once erased.
+and ``signup_day`` beside the user's fields; ``state`` "registered", or "deleted"
+(with ``deleted_at``) once erased.
 
 Guard: the user's lifecycle, not a version number. The events carry no
 per-user sequence, and a user has exactly two, in a fixed order (registered, then
@@ -28,6 +29,7 @@ from quartstack.integrations.mongodb import Document, MongoDatabase
 from quartstack.worker.events import UserDeleted, UserEvent, UserRegistered
 
 COLLECTION = "users"
+REGISTERED, DELETED = "registered", "deleted"
 
 
 async def apply(mongo: MongoDatabase, event: UserEvent) -> None:
@@ -46,6 +48,7 @@ async def _insert(db: AsyncDatabase[Document], event: UserRegistered) -> None:
         "created_at": event.created_at,
         "signup_day": event.created_at.date().isoformat(),
         "registered_event_id": event.event_id,
+        "state": REGISTERED,
         "deleted_at": None,
     }
     with contextlib.suppress(DuplicateKeyError):  # a competing worker inserted it first
@@ -55,7 +58,13 @@ async def _insert(db: AsyncDatabase[Document], event: UserRegistered) -> None:
 
 
 async def _tombstone(db: AsyncDatabase[Document], event: UserDeleted) -> None:
-    erased = {"email": None, "name": None, "email_domain": None, "deleted_at": event.occurred_at}
+    erased = {
+        "state": DELETED,
+        "email": None,
+        "name": None,
+        "email_domain": None,
+        "deleted_at": event.occurred_at,
+    }
     try:
         await db[COLLECTION].update_one({"_id": event.user_id}, {"$set": erased}, upsert=True)
     except DuplicateKeyError:  # a competing first write: the filter matches now
@@ -76,7 +85,9 @@ async def list_users(
 ) -> list[Document]:
     """Live users in id order, ``limit`` from after id ``after`` (a keyset cursor:
     stable under concurrent inserts, no skipped or repeated rows)."""
-    query: dict[str, Any] = {"deleted_at": None}
+    # Equality on a string, not ``deleted_at: null``: nx-27017 (our test stand-in)
+    # mismatches null equality combined with a range on _id.
+    query: dict[str, Any] = {"state": REGISTERED}
     if domain is not None:
         query["email_domain"] = domain
     if after is not None:
