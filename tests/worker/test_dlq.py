@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from aio_pika.abc import AbstractChannel
 
+from tests.support.app import metric_value
 from tests.worker.conftest import WorkerEnv, running_worker
 from tests.worker.helpers import Projections, eventually, publish, queue_counts, registered
 
@@ -25,8 +27,9 @@ def _cli(env: WorkerEnv, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_list_shows_the_reason_and_replay_applies_once_fixed(
-    worker_env: WorkerEnv, publisher: AbstractChannel
+    worker_env: WorkerEnv, publisher: AbstractChannel, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setattr("quartstack.worker.consumer.DLQ_WATCH_SECONDS", 0.1)
     projections = Projections(worker_env)
     body = registered()
     day_key = f"{worker_env.key_prefix}:signups:{{signups}}:day:{body['data']['created_at'][:10]}"
@@ -41,6 +44,11 @@ async def test_list_shows_the_reason_and_replay_applies_once_fixed(
                 return ready == 2
 
             await eventually(both_dead, what="two dead letters")
+
+            async def depth_exported() -> bool:
+                return metric_value("worker_dead_letter_queue_messages") == 2
+
+            await eventually(depth_exported, what="the DLQ depth on /metrics")
 
             listed = _cli(worker_env, "list")
             assert listed.returncode == 0, listed.stderr

@@ -44,6 +44,7 @@ from quartstack.worker import counters, read_model, topology
 from quartstack.worker.events import InvalidEvent, UserEvent, UserRegistered, parse_event
 from quartstack.worker.metrics import (
     CONSUMING,
+    DEAD_LETTER_QUEUE_DEPTH,
     DEAD_LETTERED,
     EVENT_DURATION,
     EVENTS_CONSUMED,
@@ -60,6 +61,8 @@ DELIVERIES_HEADER = "x-dead-letter-deliveries"
 #: First pause after a failed attempt, doubled each time up to the setting's cap.
 _FIRST_RETRY_SECONDS = 0.2
 _OUTAGES = (BackendUnavailable, BackendTimeout)
+#: How often the dead-letter queue's depth is read.
+DLQ_WATCH_SECONDS = 15.0
 
 
 class _Requeue(Exception):
@@ -86,16 +89,21 @@ class ProjectionConsumer:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._dead_letter_channel: AbstractChannel | None = None
         self._indexes_ready = False
+        self._watch: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="projection-consumer")
+        self._watch = asyncio.create_task(self._watch_dead_letters(), name="dlq-depth")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop consuming; events in hand get ``grace`` seconds, then are requeued."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self._stopping.set()
         task, self._task = self._task, None
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         handlers = set(self._handlers)
         if handlers:
             done, pending = await asyncio.wait(handlers, timeout=grace)
@@ -155,6 +163,19 @@ class ProjectionConsumer:
             if not channel.is_closed:
                 with contextlib.suppress(Exception):
                     await channel.close()
+
+    async def _watch_dead_letters(self) -> None:
+        """Export the DLQ's depth for the "dead letters present" alert: it also counts
+        what the broker dead-lettered itself (delivery limit), which no counter sees."""
+        queue = topology.dlq_name(self.settings)
+        while not self._stopping.is_set():
+            try:
+                info = await self.rabbitmq.queue_info(queue)
+                depth = info.message_count if info.message_count is not None else -1
+            except Exception:  # a gauge must not stop the worker
+                depth = -1
+            DEAD_LETTER_QUEUE_DEPTH.set(depth)
+            await self._pause(DLQ_WATCH_SECONDS)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -48,3 +48,8 @@ CONSUMING = Gauge(
     "1 while this worker has an active consumer on its queue.",
     registry=REGISTRY,
 )
+DEAD_LETTER_QUEUE_DEPTH = Gauge(
+    "worker_dead_letter_queue_messages",
+    "Messages waiting in the worker's dead-letter queue (read every 15 s; -1 unknown).",
+    registry=REGISTRY,
+)
