@@ -7,7 +7,9 @@ import asyncio
 from aio_pika.abc import AbstractChannel
 
 from quartstack.worker.consumer import DELIVERIES_HEADER, REASON_HEADER
+from quartstack.worker.dlq import describe
 from tests.rabbitmq.broker import independent_connection
+from tests.support.app import metric_value
 from tests.worker.conftest import WorkerEnv, running_worker
 from tests.worker.helpers import Projections, deleted, eventually, publish, queue_counts, registered
 
@@ -29,6 +31,10 @@ async def test_events_are_projected_and_duplicates_applied_once(
     worker_env: WorkerEnv, publisher: AbstractChannel
 ):
     projections = Projections(worker_env)
+    lag_before = metric_value("worker_projection_lag_seconds_count")
+    applied_before = metric_value(
+        "worker_events_consumed_total", type="user.registered", result="applied"
+    )
     try:
         async with running_worker(worker_env):
             bodies = [registered(f"user{i}@d{i % 3}.example") for i in range(30)]
@@ -47,6 +53,12 @@ async def test_events_are_projected_and_duplicates_applied_once(
             await eventually(settled, what="30 users projected, one erased")
             await asyncio.sleep(0)
             assert await projections.total() == 30
+            # 40 registrations consumed (10 duplicates among them) and 1 deletion, all acked
+            applied = metric_value(
+                "worker_events_consumed_total", type="user.registered", result="applied"
+            )
+            assert applied - applied_before == 40
+            assert metric_value("worker_projection_lag_seconds_count") - lag_before == 41
             days = await projections.day_counts()
             domains = {k: int(v) for day in days.values() for k, v in day.items() if k != "total"}
             assert domains == {
@@ -128,3 +140,39 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_after_max_deliveries
     finally:
         await projections.redis.delete(day_key)
         await projections.close()
+
+
+async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(
+    worker_env: WorkerEnv, publisher: AbstractChannel
+):
+    """The backstop for what the worker never gets to settle (it dies on the message):
+    the queue's x-delivery-limit makes the broker dead-letter it, reason in x-death."""
+    async with running_worker(worker_env):
+        pass  # declares the topology, then stops: the queue keeps it
+    body = registered()
+    await publish(publisher, worker_env.exchange, body)
+    connection = await independent_connection(worker_env.account)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(worker_env.queue, passive=True)
+        returned = 0
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            await message.nack(requeue=True)  # a consumer that never settles it
+            returned += 1
+            assert returned <= 10
+        dlq = await channel.declare_queue(f"{worker_env.queue}.dlq", passive=True)
+
+        async def in_dlq() -> bool:
+            return (
+                await channel.declare_queue(dlq.name, passive=True)
+            ).declaration_result.message_count == 1
+
+        await eventually(in_dlq, what="the message dead-lettered by the broker")
+        letter = await dlq.get(no_ack=False)
+        assert letter.message_id == body["event_id"]
+        assert letter.headers["x-first-death-reason"] == "delivery_limit"
+        described = describe(letter)  # as `quartstack dlq list` prints it
+        assert described["reason"] == "broker: delivery_limit"
+        assert described["routing_key"] == "user.registered"
+        await letter.ack()
+    assert returned == int(worker_env.settings["worker_max_deliveries"]) + 1
