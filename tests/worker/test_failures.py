@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from aio_pika.abc import AbstractChannel
 
+from quartstack.lifecycle import lifecycle
+from quartstack.settings import load_settings
+from quartstack.worker.app import create_worker_app
+from tests.rabbitmq.broker import independent_connection
 from tests.support.app import metric_value
 from tests.support.net import TcpProxy
 from tests.worker.conftest import WorkerEnv, running_worker
@@ -19,7 +23,7 @@ async def test_mongodb_outage_holds_events_and_applies_them_once_it_returns(
     try:
         async with running_worker(worker_env, mongodb_port=proxy.port) as app:
             client = app.test_client()
-            assert (await client.get("/health/ready")).status_code == 200
+            await eventually(lambda: _ready(client), what="ready before the outage")
             proxy.set_mode("refuse")
             proxy.close_connections()
             retries_before = metric_value("worker_outage_retries_total")
@@ -93,3 +97,33 @@ async def test_two_workers_competing_apply_each_event_once(
 
 async def _total_is(projections: Projections, expected: int) -> bool:
     return await projections.total() == expected
+
+
+async def test_a_worker_that_cannot_consume_is_not_ready(worker_env: WorkerEnv):
+    """The queue exists with other arguments (a classic queue of that name, or a changed
+    delivery limit): the consumer cannot start, and readiness says why."""
+    connection = await independent_connection(worker_env.account)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(worker_env.queue, durable=True)  # classic, no limit
+        app = create_worker_app(load_settings(**worker_env.settings))
+        async with app.test_app():
+            await lifecycle(app).wait_started()
+            client = app.test_client()
+
+            async def not_ready_for_the_consumer() -> bool:
+                response = await client.get("/health/ready")
+                checks = (await response.get_json())["checks"]
+                return (
+                    response.status_code == 503
+                    and checks["mongodb"] == checks["redis"] == checks["rabbitmq"] == "ok"
+                    and "PRECONDITION_FAILED" in checks["consumer"]
+                )
+
+            await eventually(not_ready_for_the_consumer, what="readiness naming the consumer")
+        await channel.queue_delete(worker_env.queue)
+
+    async with running_worker(worker_env) as app:  # declared as it needs: ready
+        await eventually(lambda: _ready(app.test_client()), what="ready once consuming")
+        response = await app.test_client().get("/health/ready")
+        assert (await response.get_json())["checks"]["consumer"] == "ok"

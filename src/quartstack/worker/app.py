@@ -8,19 +8,22 @@ backends are fixed: the three it cannot work without.
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Quart
 from quart_schema import QuartSchema
 
 from quartstack import NAME
 from quartstack.app import SETTINGS_KEY
 from quartstack.blueprints import health, metrics
-from quartstack.integrations.base import REGISTRY_KEY, BackendRegistry
+from quartstack.integrations.base import REGISTRY_KEY, Backend, BackendRegistry
 from quartstack.integrations.mongodb import MongoDatabase
 from quartstack.integrations.rabbitmq import RabbitMQClient
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle, lifecycle
+from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
 from quartstack.web.observability import init_observability
 from quartstack.web.problems import init_problem_handlers
@@ -28,6 +31,31 @@ from quartstack.worker.consumer import ProjectionConsumer
 
 CONSUMER_KEY = "quartstack.worker.consumer"
 REQUIRED = ("rabbitmq", "mongodb", "redis")
+READY_WHEN = (*REQUIRED, "consumer")
+
+
+class ConsumerCheck(Backend):
+    """Readiness of the consumer itself, through the same background monitor as the
+    backends: a worker whose consumer is not on the queue (e.g. the queue exists with
+    other arguments after an upgrade) is not ready, so a rollout stops there."""
+
+    name = READY_WHEN[-1]
+
+    def __init__(self, settings: Settings, consumer: ProjectionConsumer) -> None:
+        super().__init__(settings)
+        self.consumer = consumer
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def health(self) -> dict[str, Any]:
+        if not self.consumer.consuming:
+            reason = self.consumer.last_error or "not consuming yet"
+            raise BackendUnavailable(self.name, f"not consuming: {reason}")
+        return {"queue": self.settings.worker_queue}
 
 
 class WorkerNotConfigured(Exception):
@@ -47,7 +75,7 @@ def create_worker_app(settings: Settings) -> Quart:
         QUARTSTACK_HEALTH_TIMEOUT=settings.health_timeout_seconds,
     )
     app.extensions[SETTINGS_KEY] = settings
-    app.extensions[REGISTRY_KEY] = BackendRegistry(list(REQUIRED))
+    app.extensions[REGISTRY_KEY] = BackendRegistry(list(READY_WHEN))
     init_observability(app)
     init_problem_handlers(app)
     # Converts the probes' pydantic bodies; no API to document here.
@@ -65,6 +93,7 @@ def create_worker_app(settings: Settings) -> Quart:
         backend.init_app(app)
     consumer = ProjectionConsumer(settings, rabbitmq, mongo, redis)
     app.extensions[CONSUMER_KEY] = consumer
+    ConsumerCheck(settings, consumer).init_app(app)
     for blueprint in (health.blueprint, metrics.blueprint):
         app.register_blueprint(blueprint)
 

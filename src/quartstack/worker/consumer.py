@@ -84,6 +84,8 @@ class ProjectionConsumer:
         self.mongo = mongo
         self.redis = redis
         self.consuming = False
+        #: Why the consumer is not running, for readiness (None while it runs).
+        self.last_error: str | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -122,6 +124,7 @@ class ProjectionConsumer:
                 await self._consume_until_closed()
                 delay = _FIRST_RETRY_SECONDS
             except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
                     "consumer not running; retrying",
                     extra={"cause": type(exc).__name__, "reason": str(exc), "retry_s": delay},
@@ -142,6 +145,7 @@ class ProjectionConsumer:
             self._dead_letter_channel = channel
             tag = await declared.queue.consume(self._on_message, no_ack=False)
             self.consuming = True
+            self.last_error = None
             CONSUMING.set(1)
             logger.info("consuming", extra={"queue": self.settings.worker_queue})
             stop = asyncio.create_task(self._stopping.wait())
@@ -206,6 +210,13 @@ class ProjectionConsumer:
         except (asyncio.CancelledError, _Requeue):
             await _settle(message.nack(requeue=True))
             EVENTS_CONSUMED.labels(event_type, "requeued").inc()
+            return
+        except Exception as exc:  # e.g. the channel died before the ack: redelivered later
+            logger.warning(
+                "event not settled; the broker will deliver it again",
+                extra={"message_id": message.message_id, "cause": type(exc).__name__},
+            )
+            EVENTS_CONSUMED.labels(event_type, "unsettled").inc()
             return
         EVENTS_CONSUMED.labels(event_type, result).inc()
         EVENT_DURATION.labels(event_type).observe(time.perf_counter() - started)
