@@ -75,3 +75,22 @@ def test_message_properties_must_match_the_body():
         _parse(body, message_id="another")
     with pytest.raises(InvalidEvent, match="message type"):
         _parse(body, message_type="user.deleted")
+
+
+def test_the_relays_bytes_as_postgresql_renders_the_jsonb_payload():
+    """The outbox keeps the payload as jsonb and the relay publishes ``payload::text``:
+    keys reordered, a space after each separator (quartstack.signup.users.event_body)."""
+    raw = (
+        b'{"data": {"id": "5b0e7a4e-2c1d-4a8b-9f3e-0c1d2e3f4a5b", "name": "Ann", "email": '
+        b'"ann@example.org", "created_at": "2026-12-02T01:00:00.123456+00:00"}, "type": '
+        b'"user.registered", "event_id": "9c2b1a0f-3e4d-4c5b-8a69-7f8e9d0c1b2a", '
+        b'"occurred_at": "2026-12-02T01:00:00.123456+00:00", "schema_version": 1}'
+    )
+    event = parse_event(
+        raw, message_id="9c2b1a0f-3e4d-4c5b-8a69-7f8e9d0c1b2a", message_type="user.registered"
+    )
+    assert isinstance(event, UserRegistered)
+    assert (event.user_id, event.email_domain) == (
+        "5b0e7a4e-2c1d-4a8b-9f3e-0c1d2e3f4a5b",
+        "example.org",
+    )
