@@ -176,3 +176,32 @@ async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(
         assert described["routing_key"] == "user.registered"
         await letter.ack()
     assert returned == int(worker_env.settings["worker_max_deliveries"]) + 1
+
+
+async def test_a_deletion_that_overtakes_its_registration_wins(
+    worker_env: WorkerEnv, publisher: AbstractChannel
+):
+    """Out of order (the relay's batches race): the tombstone stays, the erased user never
+    appears, and the signup is still counted once."""
+    projections = Projections(worker_env)
+    body = registered("late@example.net")
+    user_id = body["data"]["id"]
+    try:
+        async with running_worker(worker_env):
+            await publish(publisher, worker_env.exchange, deleted(user_id))
+            await eventually(lambda: _has_user(projections, user_id), what="the tombstone")
+            await publish(publisher, worker_env.exchange, body)
+            await eventually(lambda: _total_is(projections, 1), what="the signup counted")
+            await eventually(lambda: _queue_empty(worker_env), what="both consumed")
+        document = (await projections.user_docs())[user_id]
+        assert document["state"] == "deleted" and document["email"] is None
+    finally:
+        await projections.close()
+
+
+async def _has_user(projections: Projections, user_id: str) -> bool:
+    return user_id in await projections.user_docs()
+
+
+async def _total_is(projections: Projections, expected: int) -> bool:
+    return await projections.total() == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aio_pika.abc import AbstractChannel
 
 from quartstack.lifecycle import lifecycle
@@ -15,13 +16,15 @@ from tests.worker.helpers import Projections, eventually, publish, queue_counts,
 from tests.worker.test_consumer import dead_letters
 
 
-async def test_mongodb_outage_holds_events_and_applies_them_once_it_returns(
-    worker_env: WorkerEnv, publisher: AbstractChannel
+@pytest.mark.parametrize("backend", ["mongodb", "redis"])
+async def test_a_backend_outage_holds_events_and_applies_them_once_it_returns(
+    worker_env: WorkerEnv, publisher: AbstractChannel, backend: str
 ):
     projections = Projections(worker_env)
-    proxy = TcpProxy(worker_env.mongo_port).start()
+    real_port = worker_env.mongo_port if backend == "mongodb" else 6379
+    proxy = TcpProxy(real_port).start()
     try:
-        async with running_worker(worker_env, mongodb_port=proxy.port) as app:
+        async with running_worker(worker_env, **{f"{backend}_port": proxy.port}) as app:
             client = app.test_client()
             await eventually(lambda: _ready(client), what="ready before the outage")
             proxy.set_mode("refuse")
@@ -39,10 +42,10 @@ async def test_mongodb_outage_holds_events_and_applies_them_once_it_returns(
             async def not_ready() -> bool:
                 response = await client.get("/health/ready")
                 checks = (await response.get_json())["checks"]
-                return response.status_code == 503 and checks["mongodb"] != "ok"
+                return response.status_code == 503 and checks[backend] != "ok"
 
-            await eventually(not_ready, what="readiness showing MongoDB down")
-            assert await projections.total() == 0  # Redis is after MongoDB: nothing counted
+            await eventually(not_ready, what=f"readiness showing {backend} down")
+            assert await projections.total() == 0  # nothing counted while it is down
             proxy.set_mode("pass")
 
             async def all_applied() -> bool:
@@ -52,7 +55,7 @@ async def test_mongodb_outage_holds_events_and_applies_them_once_it_returns(
 
             await eventually(all_applied, what="every held event applied after the outage")
             await eventually(
-                lambda: _ready(client), what="readiness back once MongoDB answers again"
+                lambda: _ready(client), what="readiness back once the backend answers again"
             )
         assert await dead_letters(worker_env) == []
     finally:
