@@ -223,7 +223,9 @@ class ProjectionConsumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> str:
         try:
-            event = parse_event(message.body, message_id=message.message_id, message_type=None)
+            event = parse_event(
+                message.body, message_id=message.message_id, message_type=message.type
+            )
         except InvalidEvent as exc:
             await self._dead_letter(message, exc.reason, kind="invalid")
             return "dead_lettered"

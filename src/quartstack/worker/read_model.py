@@ -19,7 +19,6 @@ race it (a concurrent first insert loses with a duplicate key error, which means
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -106,7 +105,3 @@ async def ensure_indexes(mongo: MongoDatabase) -> None:
         lambda db: db[COLLECTION].create_index("email_domain"),
         idempotent=True,
     )
-
-
-def as_datetime(value: Any) -> datetime | None:
-    return value if isinstance(value, datetime) else None
