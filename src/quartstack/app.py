@@ -19,6 +19,7 @@ from quartstack.blueprints import (
     metrics,
     redis_cluster,
     root,
+    user_queries,
     users,
     vault,
 )
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         redis_cluster.blueprint,
         messaging.blueprint,
         users.blueprint,
+        user_queries.blueprint,
     ):
         app.register_blueprint(blueprint)
     init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores
