@@ -2,8 +2,9 @@
 
 Reads come from the worker's read model (MongoDB) and counters (Redis), never
 from the write model, so they scale apart from signups and are eventually
-consistent: a user signed up a moment ago may not be projected yet (404 until
-the worker applies ``user.registered``).
+consistent. One exception keeps that honest: ``GET /users/{id}`` for a user the
+worker has not projected yet answers from the write model with
+``projection: "pending"`` rather than a false 404.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from quart import Blueprint
+from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
 from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.mongodb import Document, MongoDatabase
+from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.redis.client import RedisClient
+from quartstack.signup import users
 from quartstack.web.problems import Problem
 from quartstack.worker import counters, read_model
 
@@ -36,7 +39,10 @@ class ProjectedUser(BaseModel):
     name: str | None
     email_domain: str | None
     created_at: datetime | None
-    projection: str = Field(description='"applied": served from the read model')
+    projection: str = Field(
+        description='"applied": served from the read model; "pending": signed up, not projected '
+        "yet (served from the write model)"
+    )
 
 
 class UserList(BaseModel):
@@ -95,12 +101,23 @@ def _decode_cursor(cursor: str) -> str:
 @validate_response(ProjectedUser)
 @problems(404, 429, 503, 504)
 async def get_user(id: uuid.UUID) -> ProjectedUser:
-    """One user from the read model; 404 ``user-not-found`` for an unknown, erased or
-    not yet projected id."""
+    """One user from the read model; one not projected yet from the write model
+    (``projection: "pending"``); 404 ``user-not-found`` for an unknown or erased id."""
     document = await read_model.get_user(get_backend("mongodb", MongoDatabase), str(id))
-    if document is None or document.get("deleted_at") is not None:
-        raise Problem(404, "user-not-found", "No user has this id.")
-    return _user(document)
+    if document is not None and document.get("deleted_at") is None:
+        return _user(document)
+    if document is None and isinstance(current_app.extensions.get("postgres"), PostgresPool):
+        user = await users.find_user(get_backend("postgres", PostgresPool), id)
+        if user is not None:
+            return ProjectedUser(
+                id=user.id,
+                email=user.email,
+                name=user.name,
+                email_domain=user.email.rpartition("@")[2],
+                created_at=user.created_at,
+                projection="pending",
+            )
+    raise Problem(404, "user-not-found", "No user has this id.")
 
 
 @blueprint.get("")
