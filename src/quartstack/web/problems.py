@@ -71,6 +71,18 @@ class Problem(Exception):
         self.errors = errors
 
 
+def validation_problem(where: str, field: str, message: str, type: str = "value_error") -> Problem:
+    """The 422 for one invalid ``field`` found by our own checks, in the same shape as
+    quart-schema's errors so clients parse one format."""
+    return Problem(
+        422,
+        "validation-error",
+        f"The {where} is invalid.",
+        title="Validation failed",
+        errors=[{"field": field, "message": message, "type": type}],
+    )
+
+
 def problem_body(
     status: int, kind: str, detail: str, instance: str, request_id: str, *, title: str | None = None
 ) -> dict[str, Any]:

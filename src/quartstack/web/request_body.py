@@ -24,7 +24,7 @@ from quart import Quart, Request, request
 
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
 from quartstack.web.headers import optional_header
-from quartstack.web.problems import Problem
+from quartstack.web.problems import Problem, validation_problem
 
 ACCEPTED_MEDIA_TYPES = frozenset(
     {
@@ -207,10 +207,5 @@ def init_request_body_checks(app: Quart, max_body_bytes: int) -> None:
 def json_object_body(data: Any) -> dict[str, Any]:
     """The parsed body if it is a JSON object, else a 422 problem."""
     if not isinstance(data, dict):
-        raise Problem(
-            422,
-            "validation-error",
-            "The request body must be a JSON object.",
-            errors=[{"field": "body", "message": "must be a JSON object", "type": "dict_type"}],
-        )
+        raise validation_problem("request body", "body", "must be a JSON object", "dict_type")
     return data
