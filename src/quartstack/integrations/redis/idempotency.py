@@ -231,11 +231,27 @@ class ResponseRecords:
                 await self.store.release(claimed[0])
 
 
-def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None:
-    store = IdempotencyStore(
-        redis, settings.idempotency_ttl_seconds, settings.idempotency_max_stored_bytes
-    )
-    records = ResponseRecords(store)
-    app.before_request(KeyClaims(store).claim)
-    app.after_request(records.keep)
-    app.teardown_request(records.release_abandoned)
+class Idempotency:
+    """``Idempotency-Key`` for every POST when Redis is configured (init it after Redis
+    and after the rate limiter: a refused request must not claim a key)."""
+
+    KEY = "quartstack.idempotency"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: IdempotencyStore | None = None
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        redis = app.extensions.get(RedisClient.name)
+        if not isinstance(redis, RedisClient):
+            return
+        self.store = IdempotencyStore(
+            redis,
+            self.settings.idempotency_ttl_seconds,
+            self.settings.idempotency_max_stored_bytes,
+        )
+        records = ResponseRecords(self.store)
+        app.before_request(KeyClaims(self.store).claim)
+        app.after_request(records.keep)
+        app.teardown_request(records.release_abandoned)

@@ -303,15 +303,26 @@ async def _client_key() -> str:
     return client_address()
 
 
-def init_rate_limiting(app: Quart, settings: Settings, redis: RedisClient | None) -> None:
-    """Install the limiter when enabled and Redis is configured.
+class RateLimiting:
+    """Install the limiter when enabled and Redis is configured (init it after Redis).
 
     Without Redis there is no limiting (logged): a per-process limit would
     multiply with the replica count and mislead more than it protects.
     """
-    if not settings.rate_limit_enabled:
-        return
-    if redis is None:
-        logger.info("rate limiting is off: Redis is not configured")
-        return
-    DistributedRateLimiter(RedisRateLimitStore(redis), settings).init_app(app)
+
+    KEY = "quartstack.rate_limiting"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limiter: DistributedRateLimiter | None = None
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        if not self.settings.rate_limit_enabled:
+            return
+        redis = app.extensions.get(RedisClient.name)
+        if not isinstance(redis, RedisClient):
+            logger.info("rate limiting is off: Redis is not configured")
+            return
+        self.limiter = DistributedRateLimiter(RedisRateLimitStore(redis), self.settings)
+        self.limiter.init_app(app)
