@@ -25,8 +25,8 @@ from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle, lifecycle
 from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
-from quartstack.web.observability import init_observability
-from quartstack.web.problems import init_problem_handlers
+from quartstack.web.observability import Observability
+from quartstack.web.problems import ProblemHandlers
 from quartstack.worker.consumer import ProjectionConsumer
 
 CONSUMER_KEY = "quartstack.worker.consumer"
@@ -76,8 +76,8 @@ def create_worker_app(settings: Settings) -> Quart:
     )
     app.extensions[SETTINGS_KEY] = settings
     app.extensions[REGISTRY_KEY] = BackendRegistry(list(READY_WHEN))
-    init_observability(app)
-    init_problem_handlers(app)
+    Observability(settings).init_app(app)
+    ProblemHandlers(settings).init_app(app)
     # Converts the probes' pydantic bodies; no API to document here.
     QuartSchema(
         app, openapi_path=None, redoc_ui_path=None, scalar_ui_path=None, swagger_ui_path=None
