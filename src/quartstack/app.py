@@ -19,6 +19,7 @@ from quartstack.blueprints import (
     metrics,
     redis_cluster,
     root,
+    user_queries,
     users,
     vault,
 )
@@ -28,7 +29,10 @@ from quartstack.integrations.mongodb import MongoDatabase
 from quartstack.integrations.mysql import MySQLPool
 from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.rabbitmq import RabbitMQClient
-from quartstack.integrations.redis.extension import init_redis
+from quartstack.integrations.redis.client import RedisClient
+from quartstack.integrations.redis.idempotency import Idempotency
+from quartstack.integrations.redis.rate_limit import RateLimiting
+from quartstack.integrations.redis.response_cache import ResponseCaching
 from quartstack.integrations.vault.client import VaultClient
 from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.lifecycle import init_lifecycle
@@ -36,11 +40,11 @@ from quartstack.metrics import APP_INFO
 from quartstack.settings import Settings, load_settings
 from quartstack.signup import init_signup
 from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
-from quartstack.web.observability import init_observability
-from quartstack.web.problems import init_problem_handlers
-from quartstack.web.request_body import init_request_body_checks
-from quartstack.web.scrub import init_success_body_scrubbing
-from quartstack.web.security import init_cors, init_security_headers
+from quartstack.web.observability import Observability
+from quartstack.web.problems import ProblemHandlers
+from quartstack.web.request_body import RequestBodyChecks
+from quartstack.web.scrub import SuccessBodyScrubbing
+from quartstack.web.security import Cors, SecurityHeaders
 
 SETTINGS_KEY = "quartstack.settings"
 
@@ -60,11 +64,11 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.extensions[REGISTRY_KEY] = BackendRegistry(settings.required_backends)
     APP_INFO.labels(NAME, __version__).set(1)
 
-    init_observability(app)
-    init_problem_handlers(app)
-    init_request_body_checks(app, settings.max_body_bytes)
-    init_security_headers(app, settings)
-    init_cors(app, settings)
+    Observability(settings).init_app(app)
+    ProblemHandlers(settings).init_app(app)
+    RequestBodyChecks(settings).init_app(app)
+    SecurityHeaders(settings).init_app(app)
+    Cors(settings).init_app(app)
     QuartSchema(
         app,
         info=Info(
@@ -79,6 +83,11 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_lifecycle(app, settings)
 
     _init_backends(app, settings)
+    # Request hooks that share state through Redis (inactive without it); the limiter
+    # first: a refused request must not claim an Idempotency-Key.
+    RateLimiting(settings).init_app(app)
+    Idempotency(settings).init_app(app)
+    ResponseCaching(settings).init_app(app)
     init_signup(app, settings)
     for blueprint in (
         root.blueprint,
@@ -90,9 +99,11 @@ def create_app(settings: Settings | None = None) -> Quart:
         redis_cluster.blueprint,
         messaging.blueprint,
         users.blueprint,
+        user_queries.blueprint,
     ):
         app.register_blueprint(blueprint)
-    init_success_body_scrubbing(app)  # last registered runs first: before idempotency stores
+    # Last registered, so its after_request runs first: before idempotency stores a body.
+    SuccessBodyScrubbing(settings).init_app(app)
     return app
 
 
@@ -105,9 +116,8 @@ def _init_backends(app: Quart, settings: Settings) -> None:
         ("postgres", PostgresPool),
         ("mysql", MySQLPool),
         ("mongodb", MongoDatabase),
+        ("redis", RedisClient),
+        ("rabbitmq", RabbitMQClient),
     ):
         if name in settings.enabled_backends:
             backend(settings).init_app(app)
-    init_redis(app, settings)
-    if "rabbitmq" in settings.enabled_backends:
-        RabbitMQClient(settings).init_app(app)

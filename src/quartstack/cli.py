@@ -22,6 +22,7 @@ from quartstack.logging_setup import configure_logging
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
 from quartstack.settings import Settings, SettingsError, load_settings
 from quartstack.signup import cli as signup_cli
+from quartstack.worker import cli as worker_cli
 
 logger = logging.getLogger("quartstack.cli")
 
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--reload", action="store_true", help="restart when source files change (development)"
     )
     signup_cli.add_commands(commands)
+    worker_cli.add_commands(commands)
     return parser
 
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command in signup_cli.COMMANDS:
         return signup_cli.run_command(args, settings)
+    if args.command in worker_cli.COMMANDS:
+        return worker_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
     config = hypercorn_config(settings, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)

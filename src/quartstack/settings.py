@@ -183,6 +183,27 @@ class Settings(BaseSettings):
         "never see each other's keys",
     )
 
+    # --- the worker (projections of the signup events; exchange below) ------------------
+    worker_port: int = Field(default=8001, ge=1, le=65535)
+    worker_queue: str = Field(
+        default="quartstack.projections",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[a-zA-Z0-9_.:-]+$",
+        description="quorum queue the worker consumes; its dead letters go to <queue>.dlq",
+    )
+    worker_prefetch: int = Field(default=32, ge=1, le=1000)
+    worker_max_deliveries: int = Field(
+        default=5, ge=1, le=100, description="deliveries before a failing message is dead-lettered"
+    )
+    worker_retry_max_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="longest pause between retries of an outage"
+    )
+    worker_dedup_ttl_seconds: int = Field(
+        default=7 * 86400, ge=60, description="how long an applied event id is remembered"
+    )
+    worker_stats_retention_days: int = Field(default=90, ge=1, le=3660)
+
     # --- RabbitMQ ------------------------------------------------------------------------
     rabbitmq_host: str | None = None
     rabbitmq_port: int = Field(default=5672, ge=1, le=65535)
@@ -198,7 +219,7 @@ class Settings(BaseSettings):
     )
     rabbitmq_max_message_bytes: int = Field(default=1024 * 1024, ge=1, le=128 * 1024 * 1024)
 
-    # --- signup events (the outbox relay) ------------------------------------------------
+    # --- signup events (the outbox relay publishes, the worker consumes) ---------------
     events_exchange: str = Field(
         default="quartstack.events", min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9_.:-]+$"
     )

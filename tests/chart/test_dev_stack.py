@@ -206,12 +206,14 @@ def test_skaffold_releases_render_with_the_built_image(dev_stack, profile, relea
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
     kubernetes_validate([d for d in documents if not d["apiVersion"].startswith("monitoring.")])
-    container = find(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = find(documents, "Deployment", "quartstack")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert container["image"] == "quartstack:3f2a9c1@" + IMAGE_VARS["IMAGE_DIGEST_quartstack"]
     namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
     assert release["namespace"] == namespace
     forward = SKAFFOLD[1]["portForward"][0]
-    service = find(documents, "Service")
+    service = find(documents, "Service", "quartstack")
     assert service["metadata"]["name"] == forward["resourceName"]
     assert forward["port"] in {p["port"] for p in service["spec"]["ports"]}
     if profile == "dev":

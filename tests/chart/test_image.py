@@ -278,7 +278,9 @@ def test_chart_settings_are_accepted_by_the_app(image, name):
     validation, so no pod crash-loops on a setting the chart wrote."""
     documents = render(*VALUES_FILES[name])
     env = dict(find(documents, "ConfigMap", "quartstack")["data"])
-    container = find(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = find(documents, "Deployment", "quartstack")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     check = (
         "from quartstack.settings import load_settings\n"

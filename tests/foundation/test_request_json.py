@@ -4,8 +4,9 @@ turn into a 500 or into a value that cannot be encoded again is a 400 malformed-
 from __future__ import annotations
 
 import pytest
+from quart import request
 
-from quartstack.web.request_body import MAX_JSON_DEPTH
+from quartstack.web.request_body import MAX_JSON_DEPTH, json_object_body
 from tests.foundation.test_web_layer import _app_with_test_routes, _call, _problem
 
 BAD_BODIES = {
@@ -56,3 +57,22 @@ async def test_valid_json_still_accepted(body, value):
     )
     assert response.status_code == 200, await response.get_data()
     assert (await response.get_json())["received"] == value
+
+
+async def test_a_body_that_is_not_an_object_is_a_422_like_every_validation_error():
+    """Our own checks answer in quart-schema's shape, so clients parse one format."""
+    app = _app_with_test_routes()
+
+    @app.post("/_test/object")
+    async def echo_object():
+        return {"received": json_object_body(await request.get_json())}
+
+    response = await _call(
+        app, "POST", "/_test/object", data=b"[1]", headers={"Content-Type": "application/json"}
+    )
+    problem = await _problem(response, 422, "validation-error")
+    assert problem["title"] == "Validation failed"
+    assert problem["detail"] == "The request body is invalid."
+    assert problem["errors"] == [
+        {"field": "body", "message": "must be a JSON object", "type": "dict_type"}
+    ]

@@ -122,6 +122,22 @@ async def test_fails_open_when_redis_is_unreachable(client_ip):
             assert limited.status_code == 429  # limiting is back once Redis answers
 
 
+async def test_redis_down_at_startup_is_logged_and_connects_on_first_use():
+    with TcpProxy(6379) as proxy:
+        proxy.set_mode("refuse")
+        with captured_json_logs() as logs:
+            async with running_app(**dict(REDIS, redis_port=proxy.port)) as (_, c):
+                assert (await c.get("/health/startup")).status_code == 200
+                down = [json.loads(line) for line in logs.getvalue().splitlines()]
+                assert any(
+                    line["message"] == "redis unavailable at startup; will connect on first use"
+                    and line["service"] == "redis"
+                    for line in down
+                )
+                proxy.set_mode("pass")
+                assert (await c.get("/health/redis")).status_code == 200
+
+
 async def test_idempotent_replay_and_key_reuse(prefix):
     key = f"idem-{uuid.uuid4().hex}"
     async with running_app(**REDIS) as (_, c):

@@ -11,10 +11,9 @@ from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
 from quartstack.blueprints.openapi import path_param, problems
-from quartstack.blueprints.validation import validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
-from quartstack.web.problems import Problem
+from quartstack.web.problems import Problem, validation_problem
 from quartstack.web.request_body import json_object_body
 
 blueprint = Blueprint("messaging", __name__, url_prefix="/examples/messaging")
@@ -114,7 +113,9 @@ async def _message_object(limit: int) -> dict[str, Any]:
     if len(data) > limit:
         raise _too_large(limit)
     if not data:
-        raise _invalid_body("a non-empty JSON object is required", "missing")
+        raise validation_problem(
+            "request body", "body", "a non-empty JSON object is required", "missing"
+        )
     if not request.is_json:
         raise Problem(
             415,
@@ -123,22 +124,12 @@ async def _message_object(limit: int) -> dict[str, Any]:
         )
     message = json_object_body(await request.get_json())
     if not message:
-        raise _invalid_body("must not be an empty object", "too_short")
+        raise validation_problem("request body", "body", "must not be an empty object", "too_short")
     return message
 
 
 def _too_large(limit: int) -> Problem:
     return Problem(413, "payload-too-large", f"A message may be at most {limit} bytes.")
-
-
-def _invalid_body(message: str, kind: str) -> Problem:
-    return Problem(
-        422,
-        "validation-error",
-        "The request body is invalid.",
-        title="Validation failed",
-        errors=[{"field": "body", "message": message, "type": kind}],
-    )
 
 
 def _message_id(queue: str) -> str:

@@ -9,7 +9,6 @@ from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
 from quartstack.blueprints.openapi import path_param, problems
-from quartstack.blueprints.validation import validation_problem
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.redis.cluster import (
@@ -17,7 +16,7 @@ from quartstack.integrations.redis.cluster import (
     parse_cluster_slots,
 )
 from quartstack.integrations.redis.response_cache import invalidation_label, response_cache
-from quartstack.web.problems import Problem
+from quartstack.web.problems import Problem, validation_problem
 
 blueprint = Blueprint("redis_cluster", __name__, url_prefix="/redis")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from quartstack.web.problems import Problem
+from quartstack.web.problems import validation_problem
 
 
 def check_path_param(name: str, value: str, pattern: str, max_length: int) -> str:
@@ -18,14 +18,3 @@ def check_path_param(name: str, value: str, pattern: str, max_length: int) -> st
     if message is None:
         return value
     raise validation_problem(f"path parameter {name!r}", f"path.{name}", message)
-
-
-def validation_problem(where: str, field: str, message: str) -> Problem:
-    """A 422 problem for one invalid ``field``, shaped like quart-schema's errors."""
-    return Problem(
-        422,
-        "validation-error",
-        f"The {where} is invalid.",
-        title="Validation failed",
-        errors=[{"field": field, "message": message, "type": "value_error"}],
-    )

@@ -12,11 +12,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from quart import Quart, current_app
 
-from quartstack.resilience import BackendGuard, BackendNotConfigured, RetryPolicy
+from quartstack.resilience import BackendError, BackendGuard, BackendNotConfigured, RetryPolicy
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -80,6 +81,20 @@ class Backend(abc.ABC):
     async def start(self) -> None:
         """Connect or create the pool. Must not raise when the backend is down:
         log, stay degraded and connect lazily on first use instead."""
+
+    async def connect_or_degrade(
+        self, connect: Callable[[], Awaitable[object]], message: str
+    ) -> None:
+        """The usual ``start()``: ``connect`` through the guard; if the backend is down,
+        log ``message`` and return, so one dead backend never stops the service from
+        starting (the client connects on first use)."""
+        try:
+            await self.guard.call("connect", connect)
+        except BackendError as exc:
+            logger.warning(
+                message,
+                extra={"service": self.name, "reason": str(exc), "cause": exc.cause_name},
+            )
 
     @abc.abstractmethod
     async def stop(self) -> None:

@@ -139,6 +139,18 @@ async def delete_user(postgres: PostgresPool, user_id: uuid.UUID) -> bool:
     return bool(row["erased"])
 
 
+_FIND = "SELECT id, email, name, created_at FROM users WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def find_user(postgres: PostgresPool, user_id: uuid.UUID) -> User | None:
+    """The user as the write model has it (None if unknown or erased): what the query
+    side answers while the read model has not caught up yet."""
+    row = await postgres.run("find_user", lambda c: c.fetchrow(_FIND, user_id))
+    if row is None:
+        return None
+    return User(row["id"], row["email"], row["name"], row["created_at"])
+
+
 # --- the relay's queries ------------------------------------------------------------------
 CLAIM = """
 SELECT id, event_id, event_type, payload::text AS payload, created_at

@@ -20,6 +20,7 @@ from quart import Quart, Response, g, request
 
 from quartstack.logging_setup import request_id_var
 from quartstack.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
+from quartstack.settings import Settings
 from quartstack.web.client_address import client_address
 from quartstack.web.headers import optional_header
 
@@ -107,40 +108,49 @@ def _record_of_request() -> RequestRecord:
     return record
 
 
-def init_observability(app: Quart) -> None:
-    """Register the hooks; the first ``before_request`` of the app, so errors carry the id."""
+class Observability:
+    """Request ids, access lines and request metrics; its ``before_request`` runs first of
+    the app's, so every error carries the id."""
 
-    async def start_request() -> None:
-        _start_request()
+    KEY = "quartstack.observability"
 
-    async def finish_request(response: Response) -> Response:
-        record = _record_of_request()
-        response.headers[REQUEST_ID_HEADER] = record.request_id
-        duration = time.perf_counter() - record.started
-        status = response.status_code
-        _requests(record.method, record.endpoint, status).inc()
-        _duration(record.method, record.endpoint).observe(duration)
-        if access_logger.isEnabledFor(logging.INFO):
-            fields = {
-                "method": record.method,
-                "route": record.endpoint,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-                "client": client_address(),
-            }
-            problem_kind = g.get("problem_kind")
-            if problem_kind is not None:  # only error lines carry it (no null on the rest)
-                fields["error_type"] = problem_kind
-            access_logger.info("request", extra=fields)
-        return response
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-    async def end_request(_exc: BaseException | None) -> None:
-        record: RequestRecord | None = g.get("request_record")
-        if record is not None and record.in_progress:
-            record.in_progress = False
-            _in_progress(record.method, record.endpoint).dec()
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
 
-    app.before_request_funcs.setdefault(None, []).insert(0, start_request)
-    app.after_request(finish_request)
-    app.teardown_request(end_request)
+        async def start_request() -> None:
+            _start_request()
+
+        async def finish_request(response: Response) -> Response:
+            record = _record_of_request()
+            response.headers[REQUEST_ID_HEADER] = record.request_id
+            duration = time.perf_counter() - record.started
+            status = response.status_code
+            _requests(record.method, record.endpoint, status).inc()
+            _duration(record.method, record.endpoint).observe(duration)
+            if access_logger.isEnabledFor(logging.INFO):
+                fields = {
+                    "method": record.method,
+                    "route": record.endpoint,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "client": client_address(),
+                }
+                problem_kind = g.get("problem_kind")
+                if problem_kind is not None:  # only error lines carry it (no null on the rest)
+                    fields["error_type"] = problem_kind
+                access_logger.info("request", extra=fields)
+            return response
+
+        async def end_request(_exc: BaseException | None) -> None:
+            record: RequestRecord | None = g.get("request_record")
+            if record is not None and record.in_progress:
+                record.in_progress = False
+                _in_progress(record.method, record.endpoint).dec()
+
+        app.before_request_funcs.setdefault(None, []).insert(0, start_request)
+        app.after_request(finish_request)
+        app.teardown_request(end_request)

@@ -2,7 +2,7 @@
 
 Handlers raise :class:`Problem` (or a backend error from
 :mod:`quartstack.resilience`); the error handlers registered by
-:func:`init_problem_handlers` turn everything, including framework errors and
+:class:`ProblemHandlers` turn everything, including framework errors and
 unexpected exceptions, into ``application/problem+json``.
 """
 
@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from quartstack.metrics import HTTP_ERRORS
 from quartstack.redaction import redact
 from quartstack.resilience import BackendError
+from quartstack.settings import Settings
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -69,6 +70,18 @@ class Problem(Exception):
         self.title = title or HTTPStatus(status).phrase
         self.headers = headers or {}
         self.errors = errors
+
+
+def validation_problem(where: str, field: str, message: str, type: str = "value_error") -> Problem:
+    """The 422 for one invalid ``field`` found by our own checks, in the same shape as
+    quart-schema's errors so clients parse one format."""
+    return Problem(
+        422,
+        "validation-error",
+        f"The {where} is invalid.",
+        title="Validation failed",
+        errors=[{"field": field, "message": message, "type": type}],
+    )
 
 
 def problem_body(
@@ -152,69 +165,77 @@ def _validation_where(exc: RequestSchemaValidationError) -> str:
     return "request body"
 
 
-def init_problem_handlers(app: Quart) -> None:
-    """Register the handlers that turn every error into problem+json."""
+class ProblemHandlers:
+    """The error handlers that turn every error into problem+json."""
 
-    @app.errorhandler(Problem)
-    async def _problem(exc: Problem) -> Response:
-        return problem_response(
-            exc.status,
-            exc.kind,
-            exc.detail,
-            title=exc.title,
-            headers=exc.headers,
-            errors=exc.errors,
-        )
+    KEY = "quartstack.problem_handlers"
 
-    @app.errorhandler(BackendError)
-    async def _backend(exc: BackendError) -> Response:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        logger.warning(
-            "backend error",
-            extra={"service": exc.service, "problem": exc.kind, "cause": exc.cause_name},
-        )
-        return problem_response(exc.status, exc.kind, str(exc), headers=headers)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-    @app.errorhandler(RequestSchemaValidationError)
-    async def _validation(exc: RequestSchemaValidationError) -> Response:
-        return problem_response(
-            422,
-            "validation-error",
-            f"The {_validation_where(exc)} is invalid.",
-            title="Validation failed",
-            errors=_validation_errors(exc),
-        )
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
 
-    @app.errorhandler(RateLimitExceeded)
-    async def _rate_limited(exc: RateLimitExceeded) -> Response:
-        headers = dict(exc.get_headers())
-        return problem_response(
-            429,
-            "rate-limited",
-            "Too many requests; retry after the indicated delay.",
-            headers=headers,
-        )
+        @app.errorhandler(Problem)
+        async def _problem(exc: Problem) -> Response:
+            return problem_response(
+                exc.status,
+                exc.kind,
+                exc.detail,
+                title=exc.title,
+                headers=exc.headers,
+                errors=exc.errors,
+            )
 
-    @app.errorhandler(HTTPException)
-    async def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        headers: dict[str, str] = {}
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-        for name, value in exc.get_headers():
-            if name.lower() not in {"content-type", "content-length"}:
-                headers.setdefault(name, value)
-        kind = _HTTP_KINDS.get(status, f"http-{status}")
-        detail = exc.description or HTTPStatus(status).phrase
-        return problem_response(status, kind, detail, headers=headers)
+        @app.errorhandler(BackendError)
+        async def _backend(exc: BackendError) -> Response:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            logger.warning(
+                "backend error",
+                extra={"service": exc.service, "problem": exc.kind, "cause": exc.cause_name},
+            )
+            return problem_response(exc.status, exc.kind, str(exc), headers=headers)
 
-    @app.errorhandler(Exception)
-    async def _unexpected(exc: Exception) -> Response:
-        logger.error(
-            "unhandled exception",
-            extra={"exc_type": type(exc).__name__, "traceback": traceback.format_exc()},
-        )
-        detail = "An unexpected error occurred; it has been logged with the request id."
-        if app.config.get("DEBUG"):
-            detail = redact("".join(traceback.format_exception(exc)))
-        return problem_response(500, "internal-error", detail)
+        @app.errorhandler(RequestSchemaValidationError)
+        async def _validation(exc: RequestSchemaValidationError) -> Response:
+            return problem_response(
+                422,
+                "validation-error",
+                f"The {_validation_where(exc)} is invalid.",
+                title="Validation failed",
+                errors=_validation_errors(exc),
+            )
+
+        @app.errorhandler(RateLimitExceeded)
+        async def _rate_limited(exc: RateLimitExceeded) -> Response:
+            headers = dict(exc.get_headers())
+            return problem_response(
+                429,
+                "rate-limited",
+                "Too many requests; retry after the indicated delay.",
+                headers=headers,
+            )
+
+        @app.errorhandler(HTTPException)
+        async def _http(exc: HTTPException) -> Response:
+            status = exc.code or 500
+            headers: dict[str, str] = {}
+            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+                headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+            for name, value in exc.get_headers():
+                if name.lower() not in {"content-type", "content-length"}:
+                    headers.setdefault(name, value)
+            kind = _HTTP_KINDS.get(status, f"http-{status}")
+            detail = exc.description or HTTPStatus(status).phrase
+            return problem_response(status, kind, detail, headers=headers)
+
+        @app.errorhandler(Exception)
+        async def _unexpected(exc: Exception) -> Response:
+            logger.error(
+                "unhandled exception",
+                extra={"exc_type": type(exc).__name__, "traceback": traceback.format_exc()},
+            )
+            detail = "An unexpected error occurred; it has been logged with the request id."
+            if app.config.get("DEBUG"):
+                detail = redact("".join(traceback.format_exception(exc)))
+            return problem_response(500, "internal-error", detail)

@@ -23,8 +23,9 @@ from urllib.parse import unquote_to_bytes
 from quart import Quart, Request, request
 
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
+from quartstack.settings import Settings
 from quartstack.web.headers import optional_header
-from quartstack.web.problems import Problem
+from quartstack.web.problems import Problem, validation_problem
 
 ACCEPTED_MEDIA_TYPES = frozenset(
     {
@@ -197,20 +198,24 @@ async def check_request_body() -> None:
         )
 
 
-def init_request_body_checks(app: Quart, max_body_bytes: int) -> None:
-    app.request_class = ProblemRequest
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    app.before_request(check_request_head)
-    app.before_request(check_request_body)
+class RequestBodyChecks:
+    """Refuse bodies the service cannot accept before any handler runs (see the module)."""
+
+    KEY = "quartstack.request_body_checks"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        app.request_class = ProblemRequest
+        app.config["MAX_CONTENT_LENGTH"] = self.settings.max_body_bytes
+        app.before_request(check_request_head)
+        app.before_request(check_request_body)
 
 
 def json_object_body(data: Any) -> dict[str, Any]:
     """The parsed body if it is a JSON object, else a 422 problem."""
     if not isinstance(data, dict):
-        raise Problem(
-            422,
-            "validation-error",
-            "The request body must be a JSON object.",
-            errors=[{"field": "body", "message": "must be a JSON object", "type": "dict_type"}],
-        )
+        raise validation_problem("request body", "body", "must be a JSON object", "dict_type")
     return data

@@ -17,6 +17,7 @@ from quart import Quart, Response
 from quart.wrappers.response import DataBody
 
 from quartstack.redaction import redact
+from quartstack.settings import Settings
 
 
 async def scrub_success_body(response: Response) -> Response:
@@ -32,5 +33,14 @@ async def scrub_success_body(response: Response) -> Response:
     return response
 
 
-def init_success_body_scrubbing(app: Quart) -> None:
-    app.after_request(scrub_success_body)
+class SuccessBodyScrubbing:
+    """Mask known secret values in success bodies too (see the module)."""
+
+    KEY = "quartstack.success_body_scrubbing"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        app.after_request(scrub_success_body)

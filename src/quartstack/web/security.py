@@ -102,13 +102,22 @@ def _vary_with_origin(item: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     return item[0], item[1] + b", Origin"
 
 
-def init_security_headers(app: Quart, settings: Settings) -> None:
-    app.asgi_app = SecurityHeadersMiddleware(  # type: ignore[method-assign,assignment]
-        app.asgi_app, debug=settings.debug
-    )
+class SecurityHeaders:
+    """Security headers on every answer, added at the ASGI level so even errors get them."""
+
+    KEY = "quartstack.security_headers"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        app.asgi_app = SecurityHeadersMiddleware(  # type: ignore[method-assign,assignment]
+            app.asgi_app, debug=self.settings.debug
+        )
 
 
-def init_cors(app: Quart, settings: Settings) -> None:
+class Cors:
     """Any origin without credentials in debug; otherwise the configured allow-list.
 
     quart-cors does the CORS work, but it re-reads its configuration on every
@@ -116,35 +125,43 @@ def init_cors(app: Quart, settings: Settings) -> None:
     calls: most traffic) only need ``Vary: Origin``, which the security-headers
     middleware adds, so quart-cors runs only for requests that carry an ``Origin``.
     """
-    hooks = app.after_request_funcs.setdefault(None, [])
-    registered = len(hooks)
-    if settings.debug:
-        cors(app, allow_origin="*", allow_credentials=False, max_age=600)
-    else:
-        cors(
-            app,
-            allow_origin=list(settings.cors_origins),
-            allow_credentials=True,
-            max_age=600,
-            expose_headers=[
-                "X-Request-ID",
-                "Retry-After",
-                "RateLimit-Limit",
-                "RateLimit-Remaining",
-                "RateLimit-Reset",
-                "ETag",
-                "X-Cache",
-                "Idempotency-Replayed",
-            ],
-        )
-    if len(hooks) != registered + 1:
-        raise RuntimeError("quart-cors no longer registers exactly one after_request hook")
-    apply_cors = hooks.pop()
 
-    async def cors_for_cross_origin_requests(response: Response) -> Response:
-        if optional_header("Origin") is None:
-            return response
-        result: Response = await apply_cors(response)
-        return result
+    KEY = "quartstack.cors"
 
-    hooks.append(cors_for_cross_origin_requests)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        hooks = app.after_request_funcs.setdefault(None, [])
+        registered = len(hooks)
+        if self.settings.debug:
+            cors(app, allow_origin="*", allow_credentials=False, max_age=600)
+        else:
+            cors(
+                app,
+                allow_origin=list(self.settings.cors_origins),
+                allow_credentials=True,
+                max_age=600,
+                expose_headers=[
+                    "X-Request-ID",
+                    "Retry-After",
+                    "RateLimit-Limit",
+                    "RateLimit-Remaining",
+                    "RateLimit-Reset",
+                    "ETag",
+                    "X-Cache",
+                    "Idempotency-Replayed",
+                ],
+            )
+        if len(hooks) != registered + 1:
+            raise RuntimeError("quart-cors no longer registers exactly one after_request hook")
+        apply_cors = hooks.pop()
+
+        async def cors_for_cross_origin_requests(response: Response) -> Response:
+            if optional_header("Origin") is None:
+                return response
+            result: Response = await apply_cors(response)
+            return result
+
+        hooks.append(cors_for_cross_origin_requests)

@@ -462,6 +462,20 @@ class RabbitMQClient(Backend):
                 with contextlib.suppress(Exception):
                     await channel.close()
 
+    async def open_channel(self, *, prefetch: int | None = None) -> AbstractChannel:
+        """A channel of the caller's own on the app's connection, in confirm mode (for
+        consumers and administration); the caller closes it. It dies with the
+        connection: a long-lived user watches ``close_callbacks`` and opens another."""
+
+        async def open_one() -> AbstractChannel:
+            connection = await self._ready_connection()
+            channel = await self._open_channel(connection, confirms=True)
+            if prefetch is not None:
+                await channel.set_qos(prefetch_count=prefetch)
+            return channel
+
+        return await self.guard.call("open_channel", open_one)
+
     async def health(self) -> dict[str, Any]:
         async def check() -> dict[str, Any]:
             connection = await self._ready_connection()

@@ -41,7 +41,6 @@ class BatchedScript:
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self.operation = operation
         self.max_batch = max_batch
-        self.batches_sent = 0
         self._pending: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -64,7 +63,6 @@ class BatchedScript:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[Call]) -> None:
-        self.batches_sent += 1
         try:
             replies = await self.redis.execute(self.operation, lambda c: self._pipeline(c, batch))
         except BaseException as exc:

@@ -203,13 +203,9 @@ class RedisClient(Backend):
         return 0.0
 
     async def start(self) -> None:
-        try:
-            await self.guard.call("connect", self._connect)
-        except BackendError as exc:
-            logger.warning(
-                "redis unavailable at startup; will connect on first use",
-                extra={"reason": str(exc)},
-            )
+        await self.connect_or_degrade(
+            self._connect, "redis unavailable at startup; will connect on first use"
+        )
 
     async def stop(self) -> None:
         clients: list[AnyRedis] = list(self._node_clients.values())

@@ -45,6 +45,8 @@ class IdempotencyUnsupported(Exception):
 
 
 class IdempotencyStore:
+    """The records in Redis: claim a key, keep a finished response, free a key."""
+
     def __init__(self, redis: RedisClient, ttl: int, max_stored_bytes: int) -> None:
         self.redis = redis
         self.ttl = ttl
@@ -148,14 +150,14 @@ class _NotEnforced:
         self._logged.clear()
 
 
-def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None:
-    store = IdempotencyStore(
-        redis, settings.idempotency_ttl_seconds, settings.idempotency_max_stored_bytes
-    )
-    not_enforced = _NotEnforced()
+class KeyClaims:
+    """The request hook: claim a POST's ``Idempotency-Key``, or answer from its record."""
 
-    @app.before_request
-    async def claim_idempotency_key() -> Response | None:
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+        self.not_enforced = _NotEnforced()
+
+    async def claim(self) -> Response | None:
         if request.method != "POST":
             return None
         key = request.headers.get(HEADER)
@@ -169,17 +171,17 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
             )
         fingerprint = await _fingerprint()
         try:
-            stored = await store.claim(key, fingerprint)
+            stored = await self.store.claim(key, fingerprint)
         except RedisDataError:
-            not_enforced("unreadable_record")
+            self.not_enforced("unreadable_record")
             return None
         except BackendError:
-            not_enforced("redis_unavailable")
+            self.not_enforced("redis_unavailable")
             return None
         except IdempotencyUnsupported:
-            not_enforced("unsupported_server")
+            self.not_enforced("unsupported_server")
             return None
-        not_enforced.restored()
+        self.not_enforced.restored()
         if stored is None:
             g.idempotency = (key, fingerprint)
             return None
@@ -198,8 +200,15 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
             )
         return _replay(stored)
 
-    @app.after_request
-    async def store_idempotent_response(response: Response) -> Response:
+
+class ResponseRecords:
+    """The response hooks: keep the answer to a claimed key for its retries, or free
+    the key when there is no answer worth keeping."""
+
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+
+    async def keep(self, response: Response) -> Response:
         claimed = getattr(g, "idempotency", None)
         if claimed is None:
             return response
@@ -207,17 +216,42 @@ def init_idempotency(app: Quart, settings: Settings, redis: RedisClient) -> None
         key, fingerprint = claimed
         try:
             if response.status_code >= 500 or response.status_code == 429:
-                await store.release(key)  # not an answer to keep: the client retries
+                await self.store.release(key)  # not an answer to keep: the client retries
                 return response
             body: bytes = await response.get_data(as_text=False)
-            await store.complete(key, store.record(fingerprint, response, body))
+            await self.store.complete(key, self.store.record(fingerprint, response, body))
         except BackendError:
             logger.warning("idempotent response not stored: redis unavailable")
         return response
 
-    @app.teardown_request
-    async def release_abandoned_key(_exc: BaseException | None) -> None:
+    async def release_abandoned(self, _exc: BaseException | None) -> None:
         claimed = getattr(g, "idempotency", None)
         if claimed is not None:  # no response was produced (client went away)
             with contextlib.suppress(BackendError):
-                await store.release(claimed[0])
+                await self.store.release(claimed[0])
+
+
+class Idempotency:
+    """``Idempotency-Key`` for every POST when Redis is configured (init it after Redis
+    and after the rate limiter: a refused request must not claim a key)."""
+
+    KEY = "quartstack.idempotency"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: IdempotencyStore | None = None
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        redis = app.extensions.get(RedisClient.name)
+        if not isinstance(redis, RedisClient):
+            return
+        self.store = IdempotencyStore(
+            redis,
+            self.settings.idempotency_ttl_seconds,
+            self.settings.idempotency_max_stored_bytes,
+        )
+        records = ResponseRecords(self.store)
+        app.before_request(KeyClaims(self.store).claim)
+        app.after_request(records.keep)
+        app.teardown_request(records.release_abandoned)

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import (
     QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE,
+    QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
     RateLimit,
     RateLimiter,
     RateLimitExceeded,
@@ -170,8 +171,10 @@ class RedisRateLimitStore(RateLimiterStoreABC):
 class DistributedRateLimiter(RateLimiter):
     """quart-rate-limiter with one atomic store call per request and limits by route.
 
-    Subclassed rather than rewritten so its decorators, ``QUART_RATE_LIMITER_ENABLED``,
-    per-limit key and skip functions keep working; only the check itself changes.
+    Its decorators, ``QUART_RATE_LIMITER_ENABLED``, per-limit key and skip functions keep
+    working; only the check changes. Only the library's public API is used: its own
+    hooks are not registered (``init_app`` is ours) and the limits the decorators set
+    are read through its public attribute names (tests/foundation/test_library_contracts.py).
     """
 
     def __init__(self, store: RedisRateLimitStore, settings: Settings) -> None:
@@ -216,7 +219,7 @@ class DistributedRateLimiter(RateLimiter):
         if view_func is not None:
             if getattr(view_func, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False):
                 return []
-            explicit: list[RateLimit] = self._get_limits_for_view_function(
+            explicit = _declared_limits(
                 view_func, current_app.blueprints.get(request.blueprint or "")
             )
             if explicit:
@@ -227,7 +230,12 @@ class DistributedRateLimiter(RateLimiter):
             return [self.metrics_limit]
         return [self.default_limit]
 
-    async def _before_request(self) -> None:
+    def init_app(self, app: Quart, enabled: bool = True) -> None:
+        app.before_request(self.check_request)
+        app.after_request(self.add_headers)
+        app.config.setdefault("QUART_RATE_LIMITER_ENABLED", enabled)
+
+    async def check_request(self) -> None:
         if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
             return
         plan = self.plan_for_request()
@@ -240,7 +248,7 @@ class DistributedRateLimiter(RateLimiter):
             keys = [prefix + suffix for suffix in plan.key_suffixes]
             args: Sequence[int] = plan.args
         else:
-            limits = [limit for limit in plan.limits if not await self._should_skip(limit)]
+            limits = [limit for limit in plan.limits if not await self._skipped(limit)]
             if not limits:
                 return
             keys = [await self._limit_key(client, plan.endpoint, limit) for limit in limits]
@@ -266,11 +274,15 @@ class DistributedRateLimiter(RateLimiter):
             key=lambda headers: int(headers["RateLimit-Remaining"]),
         )
 
-    async def _after_request(self, response: Response) -> Response:
+    async def add_headers(self, response: Response) -> Response:
         headers = getattr(g, "rate_limit_headers", None)
         if headers:
             response.headers.update(headers)
         return response
+
+    async def _skipped(self, limit: RateLimit) -> bool:
+        skip = limit.skip_function or self.skip_function
+        return skip is not None and bool(await skip())
 
     async def _limit_key(self, client: str, endpoint: str, limit: RateLimit) -> str:
         """``{client}`` is the hash tag: all keys of one request share a cluster slot."""
@@ -285,6 +297,14 @@ class DistributedRateLimiter(RateLimiter):
                 "rate limiting fails open: redis unavailable",
                 extra={"reason": type(exc).__name__},
             )
+
+
+def _declared_limits(view_func: object, blueprint: object) -> list[RateLimit]:
+    """The limits quart-rate-limiter's ``rate_limit`` and ``limit_blueprint`` put on
+    a view and its blueprint."""
+    view: list[RateLimit] = getattr(view_func, QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, [])
+    shared: list[RateLimit] = getattr(blueprint, QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, [])
+    return [*view, *shared]
 
 
 def _headers(limit: RateLimit, reset_us: int) -> dict[str, str]:
@@ -303,15 +323,26 @@ async def _client_key() -> str:
     return client_address()
 
 
-def init_rate_limiting(app: Quart, settings: Settings, redis: RedisClient | None) -> None:
-    """Install the limiter when enabled and Redis is configured.
+class RateLimiting:
+    """Install the limiter when enabled and Redis is configured (init it after Redis).
 
     Without Redis there is no limiting (logged): a per-process limit would
     multiply with the replica count and mislead more than it protects.
     """
-    if not settings.rate_limit_enabled:
-        return
-    if redis is None:
-        logger.info("rate limiting is off: Redis is not configured")
-        return
-    DistributedRateLimiter(RedisRateLimitStore(redis), settings).init_app(app)
+
+    KEY = "quartstack.rate_limiting"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limiter: DistributedRateLimiter | None = None
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        if not self.settings.rate_limit_enabled:
+            return
+        redis = app.extensions.get(RedisClient.name)
+        if not isinstance(redis, RedisClient):
+            logger.info("rate limiting is off: Redis is not configured")
+            return
+        self.limiter = DistributedRateLimiter(RedisRateLimitStore(redis), self.settings)
+        self.limiter.init_app(app)

@@ -28,6 +28,7 @@ from quart import Quart, Response, current_app, request
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
 from quartstack.metrics import CACHE_HITS, CACHE_INVALIDATIONS, CACHE_MISSES
 from quartstack.resilience import BackendError
+from quartstack.settings import Settings
 from quartstack.web.observability import current_endpoint, route_template
 
 logger = logging.getLogger("quartstack.response_cache")
@@ -90,6 +91,22 @@ class ResponseCache:
         deleted: int = await self.redis.execute("cache_invalidate", scan_delete)
         CACHE_INVALIDATIONS.labels(label).inc(deleted)
         return deleted
+
+
+class ResponseCaching:
+    """Keep the :class:`ResponseCache` in the app when Redis is configured and
+    ``RESPONSE_CACHE_ENABLED``; the routes reach it through :func:`response_cache`."""
+
+    KEY = "quartstack.response_caching"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions[self.KEY] = self
+        redis = app.extensions.get(RedisClient.name)
+        if isinstance(redis, RedisClient) and self.settings.response_cache_enabled:
+            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(redis)
 
 
 def invalidation_label(app: Quart, pattern: str) -> str | None:
