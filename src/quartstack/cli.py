@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from quartstack import __version__
 from quartstack.logging_setup import configure_logging
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
+from quartstack.serving import serve_until_signalled
 from quartstack.settings import Settings, SettingsError, load_settings
 from quartstack.signup import cli as signup_cli
 from quartstack.worker import cli as worker_cli
@@ -76,40 +75,14 @@ async def _serve_one(settings: Settings, config: Config) -> bool:
     from quartstack.lifecycle import lifecycle
 
     app = create_app(settings)
-    # One worker: requests get the grace in Lifecycle.shut_down, before Hypercorn is told
-    # to stop; what Hypercorn waits for after that (connections closing, the lifespan's
-    # after_serving) comes out of the close phase, see quartstack.lifecycle.
-    config.graceful_timeout = min(1.0, settings.shutdown_close_seconds / 4)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        logger.info("shutdown signal received")
-        await lifecycle(app).shut_down()
-
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=shutdown_trigger))
-    signalled = asyncio.create_task(stop.wait())
-    await asyncio.wait((server, signalled), return_when=asyncio.FIRST_COMPLETED)
-    signalled.cancel()
-    if server.done():
-        server.result()
-        return True
-    # a backstop only: the phases bound themselves, but on Python >= 3.12 Hypercorn
-    # waits for every connection to close without a timeout of its own
     budget = (
         settings.shutdown_drain_seconds
         + settings.shutdown_grace_seconds
         + settings.shutdown_close_seconds
     )
-    try:
-        await asyncio.wait_for(server, budget + 1)
-    except TimeoutError:
-        logger.error("shutdown overran its budget; stopping now", extra={"budget_s": budget})
-        return False
-    return True
+    return await serve_until_signalled(
+        app, config, lifecycle(app).shut_down, budget, settings.shutdown_close_seconds
+    )
 
 
 def _serve_many(config: Config) -> None:

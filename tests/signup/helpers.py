@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +11,7 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from tests.support.databases import PostgresDatabase
+from tests.support.polling import wait_until
 
 
 async def sql(db: PostgresDatabase, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -28,11 +27,7 @@ async def sql(db: PostgresDatabase, query: str, *args: Any) -> list[asyncpg.Reco
 
 async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
     """Poll ``condition`` until true; fail after ``timeout`` s (never sleep and assume)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, timeout=timeout, interval=0.05)
 
 
 class Received:

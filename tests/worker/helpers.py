@@ -3,9 +3,7 @@ what the worker projected (through clients of the test's own, not the worker's).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,6 +15,7 @@ from aio_pika.abc import AbstractChannel
 from pymongo import AsyncMongoClient
 
 from tests.rabbitmq.broker import independent_connection
+from tests.support.polling import wait_until
 from tests.worker.conftest import WorkerEnv
 
 
@@ -77,11 +76,7 @@ async def eventually(
     check: Callable[[], Awaitable[bool]], timeout: float = 60.0, what: str = "condition"
 ) -> None:
     """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
+    await wait_until(check, timeout=timeout, interval=0.05, what=what)
 
 
 class Projections:
