@@ -12,7 +12,7 @@ import yaml
 
 from tests.chart.conftest import (
     KUBERNETES_VERSIONS,
-    SHARED,
+    SCHEMAS,
     find,
     kubernetes_validate,
     promtool,
@@ -21,7 +21,7 @@ from tests.chart.conftest import (
 from tests.chart.test_chart import CRD_FILES, _crd_validator, _python_patterns
 
 UNIT_TESTS = Path(__file__).with_name("promtool") / "worker_alerts_test.yaml"
-KEDA_CRD = SHARED / "schemas" / "crd-keda-scaledobjects.yaml"
+KEDA_CRD = SCHEMAS / "crd-keda-scaledobjects.yaml"
 ON = (
     "worker.enabled=true",
     "serviceMonitor.enabled=true",
