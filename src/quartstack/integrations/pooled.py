@@ -29,7 +29,7 @@ from quart import Quart
 from quartstack.integrations.base import Backend
 from quartstack.integrations.vault.credentials import Credentials, credential_provider
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
-from quartstack.resilience import BackendError, BackendUnavailable
+from quartstack.resilience import BackendUnavailable
 
 P = TypeVar("P")
 C = TypeVar("C")
@@ -119,13 +119,9 @@ class PooledBackend(Backend, Generic[P, C], abc.ABC):
             )
 
     async def start(self) -> None:
-        try:
-            await self.guard.call("connect", self._ready)
-        except BackendError as exc:
-            logger.warning(
-                "database unavailable at startup; the pool is created on first use",
-                extra={"service": self.name, "reason": str(exc), "cause": exc.cause_name},
-            )
+        await self.connect_or_degrade(
+            self._ready, "database unavailable at startup; the pool is created on first use"
+        )
 
     async def stop(self) -> None:
         self._stopped = True

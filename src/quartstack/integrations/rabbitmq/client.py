@@ -147,13 +147,9 @@ class RabbitMQClient(Backend):
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        try:
-            await self.guard.call("connect", self._ready_connection)
-        except BackendError as exc:
-            logger.warning(
-                "rabbitmq unavailable at startup; will connect on first use",
-                extra={"reason": str(exc)},
-            )
+        await self.connect_or_degrade(
+            self._ready_connection, "rabbitmq unavailable at startup; will connect on first use"
+        )
 
     async def stop(self) -> None:
         if self._connecting is not None and not self._connecting.done():
