@@ -128,9 +128,7 @@ async def test_pool_gauges_are_current_at_scrape_time(db_settings, postgres_acco
         try:
             await holder.execute("SELECT pg_advisory_lock(77)")
             waiting = asyncio.create_task(
-                postgres.fetchval(
-                    "wait", "SELECT 'got it' FROM (SELECT pg_advisory_xact_lock(77)) l"
-                )
+                postgres.scalar("wait", "SELECT 'got it' FROM (SELECT pg_advisory_xact_lock(77)) l")
             )
             await wait_until(
                 lambda: _scraped_is(client, "postgres", "in_use", 1),

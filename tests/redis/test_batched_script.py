@@ -19,13 +19,13 @@ INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 def _count_round_trips(redis: RedisClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The operations sent through the client, one per pipeline sent to Redis."""
     sent: list[str] = []
-    execute = redis.execute
+    run = redis.run
 
     async def counted(operation: str, *args: Any, **kwargs: Any) -> Any:
         sent.append(operation)
-        return await execute(operation, *args, **kwargs)
+        return await run(operation, *args, **kwargs)
 
-    monkeypatch.setattr(redis, "execute", counted)
+    monkeypatch.setattr(redis, "run", counted)
     return sent
 
 

@@ -74,7 +74,7 @@ async def read_key(key: str) -> CacheEntry:
         return value, ttl
 
     try:
-        value, ttl = await _redis(key).execute("get", read)
+        value, ttl = await _redis(key).run("get", read)
     except ResponseError as exc:
         if "WRONGTYPE" not in str(exc):  # pipelines prefix the reply with the command
             raise
@@ -110,7 +110,7 @@ def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"
 @problems(422, 429, 503, 504)
 async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
     """Set ``key`` to ``value``, expiring after ``ttl`` seconds if given."""
-    await _redis(key).execute("set", lambda c: c.set(key, query_args.value, ex=query_args.ttl))
+    await _redis(key).run("set", lambda c: c.set(key, query_args.value, ex=query_args.ttl))
     return CacheWritten(key=key, value=query_args.value, ttl=query_args.ttl, action="set")
 
 
@@ -120,5 +120,5 @@ async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
 @problems(422, 429, 503, 504)
 async def delete_key(key: str) -> CacheDeleted:
     """Delete ``key``; ``deleted`` says whether it existed."""
-    removed = await _redis(key).execute("delete", lambda c: c.delete(key))
+    removed = await _redis(key).run("delete", lambda c: c.delete(key))
     return CacheDeleted(key=key, deleted=bool(removed), action="delete")

@@ -37,7 +37,7 @@ class Collections(BaseModel):
 @problems(429, 503, 504)
 async def postgres_query() -> QueryResult:
     """``SELECT current_timestamp`` over the asyncpg pool."""
-    value = await get_backend("postgres", PostgresPool).fetchval("query", _PG_QUERY)
+    value = await get_backend("postgres", PostgresPool).scalar("query", _PG_QUERY)
     return QueryResult(database="PostgreSQL", query=_PG_QUERY, result=value.isoformat())
 
 

@@ -17,10 +17,10 @@ classified: a server that accepted connections but never answered is a timeout
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -52,7 +52,6 @@ from quartstack.resilience import BackendTimeout
 SERVICE = "mongodb"
 DEFAULT_DATABASE = "quartstack"
 
-T = TypeVar("T")
 Document = dict[str, Any]
 
 _AUTHENTICATION_FAILED = 18  # MongoDB's error code for rejected credentials
@@ -193,16 +192,14 @@ class MongoDatabase(PooledBackend[MongoPool, AsyncDatabase[Document]]):
         counts = pool.connections
         return counts.in_use, max(0, counts.open - counts.in_use)
 
-    async def query(
-        self, operation: str, func: Callable[[AsyncDatabase[Document]], Awaitable[T]]
-    ) -> T:
-        """Run a read-only ``func(database)`` (PyMongo retries a failed read itself)."""
-        return await self.run(operation, func, idempotent=True)
-
     async def collection_names(self) -> list[str]:
-        names = await self.query("list_collections", lambda db: db.list_collection_names())
+        names = await self.run(
+            "list_collections", lambda db: db.list_collection_names(), idempotent=True
+        )
         return sorted(names)
 
     async def health(self) -> dict[str, Any]:
-        info = await self.query("health", lambda db: db.client.admin.command("buildInfo"))
+        info = await self.run(
+            "health", lambda db: db.client.admin.command("buildInfo"), idempotent=True
+        )
         return {"version": str(info.get("version"))}

@@ -101,7 +101,7 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
         size, idle = pool.get_size(), pool.get_idle_size()
         return size - idle, idle
 
-    async def fetchval(self, operation: str, query: str) -> Any:
+    async def scalar(self, operation: str, query: str) -> Any:
         """The first column of the first row of a read-only ``query``."""
         return await self.run(
             operation, lambda connection: connection.fetchval(query), idempotent=True
@@ -134,5 +134,5 @@ class PostgresPool(PooledBackend[asyncpg.Pool, asyncpg.Connection]):
             generation.leave()
 
     async def health(self) -> dict[str, Any]:
-        version = await self.fetchval("health", "SELECT version()")
+        version = await self.scalar("health", "SELECT version()")
         return {"version": str(version)}

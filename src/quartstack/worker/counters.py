@@ -52,7 +52,7 @@ async def count_signup(
     """Count ``event`` unless it was counted already; True if this call counted it."""
     keys = (seen_key(redis, event.event_id), day_key(redis, event.created_at.date()))
     args = (dedup_ttl, retention_days * 86400, event.email_domain or "")
-    counted = await redis.execute("count_signup", lambda r: r.eval(_COUNT, 2, *keys, *args))
+    counted = await redis.run("count_signup", lambda r: r.eval(_COUNT, 2, *keys, *args))
     return bool(counted)
 
 
@@ -78,7 +78,7 @@ async def read_stats(redis: RedisClient, today: date, days: int) -> SignupStats:
         return result
 
     stats = SignupStats()
-    for day, fields in zip(wanted, await redis.execute("read_signup_stats", read), strict=True):
+    for day, fields in zip(wanted, await redis.run("read_signup_stats", read), strict=True):
         stats.days[day.isoformat()] = 0
         for raw_name, raw_value in fields.items():
             name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name

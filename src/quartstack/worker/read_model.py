@@ -73,8 +73,8 @@ async def _tombstone(db: AsyncDatabase[Document], event: UserDeleted) -> None:
 # --- queries ------------------------------------------------------------------------------
 async def get_user(mongo: MongoDatabase, user_id: str) -> Document | None:
     """The projected user, tombstones included (``deleted_at`` set)."""
-    found: Document | None = await mongo.query(
-        "read_user", lambda db: db[COLLECTION].find_one({"_id": user_id})
+    found: Document | None = await mongo.run(
+        "read_user", lambda db: db[COLLECTION].find_one({"_id": user_id}), idempotent=True
     )
     return found
 
@@ -96,7 +96,7 @@ async def list_users(
         cursor = db[COLLECTION].find(query).sort("_id", 1).limit(limit)
         return [document async for document in cursor]
 
-    return await mongo.query("list_users", find)
+    return await mongo.run("list_users", find, idempotent=True)
 
 
 async def ensure_indexes(mongo: MongoDatabase) -> None:

@@ -64,7 +64,7 @@ class BatchedScript:
 
     async def _send(self, batch: list[Call]) -> None:
         try:
-            replies = await self.redis.execute(self.operation, lambda c: self._pipeline(c, batch))
+            replies = await self.redis.run(self.operation, lambda c: self._pipeline(c, batch))
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():

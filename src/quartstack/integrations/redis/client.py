@@ -306,7 +306,7 @@ class RedisClient(Backend):
         return client
 
     # --- calls -----------------------------------------------------------------------
-    async def execute(self, operation: str, func: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(self, operation: str, func: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``func(client)`` with the breaker and timeout; reconnect once after an
         authentication failure with fresh credentials (the password was rotated in Vault)."""
 
@@ -391,7 +391,7 @@ class RedisClient(Backend):
 
     # --- health ----------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
-        await self.execute("ping", lambda c: c.ping())
+        await self.run("ping", lambda c: c.ping())
         nodes = await asyncio.gather(*(self._node_status(n) for n in self.nodes))
         body: dict[str, Any] = {
             "cluster_enabled": self.is_cluster,

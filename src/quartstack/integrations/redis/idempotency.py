@@ -63,7 +63,7 @@ class IdempotencyStore:
 
         # SET NX GET (Redis >= 7.0): claim and read the previous record in one atomic step.
         try:
-            stored = await self.redis.execute(
+            stored = await self.redis.run(
                 "idempotency_claim",
                 lambda c: c.set(redis_key, record, nx=True, get=True, ex=_RUNNING_TTL),
             )
@@ -94,13 +94,13 @@ class IdempotencyStore:
         return record
 
     async def complete(self, key: str, record: dict[str, Any]) -> None:
-        await self.redis.execute(
+        await self.redis.run(
             "idempotency_store",
             lambda c: c.set(self.redis_key(key), json.dumps(record), ex=self.ttl),
         )
 
     async def release(self, key: str) -> None:
-        await self.redis.execute("idempotency_release", lambda c: c.delete(self.redis_key(key)))
+        await self.redis.run("idempotency_release", lambda c: c.delete(self.redis_key(key)))
 
 
 async def _fingerprint() -> str:

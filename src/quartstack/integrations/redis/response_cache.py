@@ -60,14 +60,14 @@ class ResponseCache:
                 value, pttl = await pipe.execute()
             return value, pttl
 
-        value, pttl = await self.redis.execute("cache_get", read)
+        value, pttl = await self.redis.run("cache_get", read)
         if value is None:
             return None
         return json.loads(value), max(0, int(pttl) // 1000)
 
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
         stored = self.redis.key(key)
-        await self.redis.execute("cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl))
+        await self.redis.run("cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl))
 
     async def invalidate(self, pattern: str, label: str) -> int:
         """Delete cached responses whose path matches the glob ``pattern``.
@@ -88,7 +88,7 @@ class ResponseCache:
                 deleted += int(await client.unlink(*batch))
             return deleted
 
-        deleted: int = await self.redis.execute("cache_invalidate", scan_delete)
+        deleted: int = await self.redis.run("cache_invalidate", scan_delete)
         CACHE_INVALIDATIONS.labels(label).inc(deleted)
         return deleted
 
