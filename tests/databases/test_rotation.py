@@ -187,7 +187,7 @@ async def test_requests_in_flight_on_the_old_pool_finish_then_it_closes(
         with captured_json_logs() as logs:
             async with running_app(**settings) as (app, client):
                 backend = app.extensions[name]
-                read = backend.fetchval if name == "postgres" else backend.scalar
+                read = backend.scalar
                 in_flight = asyncio.create_task(read("wait_for_lock", lock.waiting_query))
 
                 def holds_a_connection() -> bool:  # of the old pool
