@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     rate_limit_health: int = Field(default=200, ge=1)
     rate_limit_metrics: int = Field(default=1000, ge=1)
     response_cache_enabled: bool = True
+    # Redis calls made on the side of a request (the limiter, the response cache,
+    # idempotency keys) fail open, so they get short timeouts of their own: a silent
+    # Redis must not hold every route for BACKEND_TIMEOUT_SECONDS. A timeout counts as a
+    # Redis failure, so a Redis slower than this opens its circuit and is then skipped.
+    rate_limit_timeout_seconds: float = Field(default=0.1, gt=0, le=10)
+    response_cache_timeout_seconds: float = Field(default=0.1, gt=0, le=10)
+    idempotency_timeout_seconds: float = Field(default=0.1, gt=0, le=10)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     idempotency_max_stored_bytes: int = Field(
         default=64 * 1024,

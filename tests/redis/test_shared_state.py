@@ -17,7 +17,13 @@ from quartstack.app import create_app
 from quartstack.settings import load_settings
 from tests.redis.conftest import private_redis_server
 from tests.redis.fake_redis6 import FakeRedis6
-from tests.support.app import TEST_KEY_PREFIX, captured_json_logs, metric_value, running_app
+from tests.support.app import (
+    PATIENT_SIDE_CALLS,
+    TEST_KEY_PREFIX,
+    captured_json_logs,
+    metric_value,
+    running_app,
+)
 from tests.support.net import TcpProxy
 from tests.support.polling import wait_until
 
@@ -261,7 +267,7 @@ async def test_health_all_cached_and_served_when_redis_down():
 
 async def test_several_limits_are_checked_and_counted_atomically(client_ip):
     """A refused request consumes none of its limits (checked and counted in one script)."""
-    app = create_app(load_settings(**REDIS, rate_limit_default=1))
+    app = create_app(load_settings(**REDIS, **PATIENT_SIDE_CALLS, rate_limit_default=1))
 
     @app.get("/test/limited")
     @rate_limit(limits=[RateLimit(2, timedelta(seconds=10)), RateLimit(4, timedelta(minutes=1))])

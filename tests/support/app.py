@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -22,14 +22,30 @@ from tests.support.leftovers import unique_name
 TEST_KEY_PREFIX = unique_name("-")
 
 
+#: The short timeouts of the Redis calls that fail open (limiter, response cache,
+#: idempotency). In-process tests share a busy CPU: a stall of a tenth of a second
+#: would let a request through the limiter, so they get a generous value unless a
+#: test passes its own (tests/redis/test_black_hole.py passes the defaults).
+SIDE_TIMEOUTS = (
+    "rate_limit_timeout_seconds",
+    "response_cache_timeout_seconds",
+    "idempotency_timeout_seconds",
+)
+PATIENT_SIDE_CALLS = dict.fromkeys(SIDE_TIMEOUTS, 2.0)
+
+
 @asynccontextmanager
 async def running_app(
-    wait_started: bool = True, **settings: Any
+    wait_started: bool = True, prepare: Callable[[Quart], None] | None = None, **settings: Any
 ) -> AsyncIterator[tuple[Quart, TestClientProtocol]]:
-    """An app built from ``settings`` with its lifespan running, and a test client."""
+    """An app built from ``settings`` with its lifespan running, and a test client;
+    ``prepare(app)`` may add test routes before it starts."""
     settings.setdefault("rate_limit_enabled", False)
     settings.setdefault("redis_key_prefix", TEST_KEY_PREFIX)
+    settings = PATIENT_SIDE_CALLS | settings  # a starved CPU must not make a test fail open
     app = create_app(load_settings(**settings))
+    if prepare is not None:
+        prepare(app)
     async with app.test_app() as test_app:
         if wait_started:
             await lifecycle(app).wait_started()

@@ -10,7 +10,9 @@ waits for a batch to fill. redis-py has no auto-pipelining of its own.
 
 A batch is one call through the Redis client's circuit breaker and timeout: if
 it fails, every caller in it gets the error (the limiter then fails open), and
-the breaker counts one failure per batch. On a Redis Cluster the batch is one
+the breaker counts one failure per batch. The limiter gives a batch its own short
+timeout (``RATE_LIMIT_TIMEOUT_SECONDS``): a silent Redis then costs the requests of a
+batch that long, not ``BACKEND_TIMEOUT_SECONDS``. On a Redis Cluster the batch is one
 pipeline per master (redis-py splits it by slot): a burst takes one connection per
 node instead of one per request, so it cannot exhaust the pool and fail open.
 """
@@ -34,9 +36,16 @@ class BatchedScript:
     """Run ``script`` with ``run(keys, args)``; concurrent runs share pipelines."""
 
     def __init__(
-        self, redis: RedisClient, script: str, *, operation: str, max_batch: int = 256
+        self,
+        redis: RedisClient,
+        script: str,
+        *,
+        operation: str,
+        max_batch: int = 256,
+        timeout: float | None = None,
     ) -> None:
         self.redis = redis
+        self.timeout = timeout  # of each batch; None: BACKEND_TIMEOUT_SECONDS
         self.script = script
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self.operation = operation
@@ -64,7 +73,9 @@ class BatchedScript:
 
     async def _send(self, batch: list[Call]) -> None:
         try:
-            replies = await self.redis.run(self.operation, lambda c: self._pipeline(c, batch))
+            replies = await self.redis.run(
+                self.operation, lambda c: self._pipeline(c, batch), timeout=self.timeout
+            )
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():

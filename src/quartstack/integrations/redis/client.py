@@ -306,9 +306,16 @@ class RedisClient(Backend):
         return client
 
     # --- calls -----------------------------------------------------------------------
-    async def run(self, operation: str, func: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(
+        self, operation: str, func: Callable[[Any], Awaitable[T]], *, timeout: float | None = None
+    ) -> T:
         """Run ``func(client)`` with the breaker and timeout; reconnect once after an
-        authentication failure with fresh credentials (the password was rotated in Vault)."""
+        authentication failure with fresh credentials (the password was rotated in Vault).
+
+        ``timeout`` (default ``BACKEND_TIMEOUT_SECONDS``) bounds everything, connecting
+        included: the callers that fail open (limiter, response cache, idempotency) pass
+        their own short one, so a silent Redis costs them tens of milliseconds, and once
+        those timeouts have opened the circuit they skip Redis at once (CircuitOpen)."""
 
         async def call() -> T:
             generation = self._current or await self._connect()
@@ -317,7 +324,7 @@ class RedisClient(Backend):
             except AuthenticationError:
                 return await self._use(await self._rebuild(generation), func)
 
-        return await self.guard.call(operation, call)
+        return await self.guard.call(operation, call, timeout=timeout)
 
     @staticmethod
     async def _use(generation: PoolGeneration[AnyRedis], func: Callable[[Any], Awaitable[T]]) -> T:

@@ -10,7 +10,8 @@ request is a 422; a retry while the first is still running is a 409. A 5xx or
 keyed requests cannot fill Redis; a retry of such a key is a 409. If Redis is
 unreachable, or too old for ``SET NX GET`` (Redis < 7), the request is processed
 without the guarantee (logged once, counted), because refusing all POSTs would turn
-a cache outage into an API outage.
+a cache outage into an API outage; each call waits at most
+``IDEMPOTENCY_TIMEOUT_SECONDS`` for Redis, and none while its circuit is open.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ class IdempotencyUnsupported(Exception):
 class IdempotencyStore:
     """The records in Redis: claim a key, keep a finished response, free a key."""
 
-    def __init__(self, redis: RedisClient, ttl: int, max_stored_bytes: int) -> None:
+    def __init__(
+        self, redis: RedisClient, ttl: int, max_stored_bytes: int, timeout: float | None = None
+    ) -> None:
         self.redis = redis
         self.ttl = ttl
         self.max_stored_bytes = max_stored_bytes
+        self.timeout = timeout  # of every call: all of them fail open; None: the backend's
 
     def redis_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -66,6 +70,7 @@ class IdempotencyStore:
             stored = await self.redis.run(
                 "idempotency_claim",
                 lambda c: c.set(redis_key, record, nx=True, get=True, ex=_RUNNING_TTL),
+                timeout=self.timeout,
             )
         except ResponseError as exc:  # Redis 6 answers "syntax error"
             raise IdempotencyUnsupported() from exc
@@ -97,10 +102,13 @@ class IdempotencyStore:
         await self.redis.run(
             "idempotency_store",
             lambda c: c.set(self.redis_key(key), json.dumps(record), ex=self.ttl),
+            timeout=self.timeout,
         )
 
     async def release(self, key: str) -> None:
-        await self.redis.run("idempotency_release", lambda c: c.delete(self.redis_key(key)))
+        await self.redis.run(
+            "idempotency_release", lambda c: c.delete(self.redis_key(key)), timeout=self.timeout
+        )
 
 
 async def _fingerprint() -> str:
@@ -250,6 +258,7 @@ class Idempotency:
             redis,
             self.settings.idempotency_ttl_seconds,
             self.settings.idempotency_max_stored_bytes,
+            self.settings.idempotency_timeout_seconds,
         )
         records = ResponseRecords(self.store)
         app.before_request(KeyClaims(self.store).claim)

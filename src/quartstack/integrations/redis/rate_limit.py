@@ -7,7 +7,8 @@ is one Lua script (GCRA) that checks every limit of the request and counts it
 only if all allow it, atomically and on the Redis server's clock; keys expire
 when their limit has fully reset; all keys of one client share a hash tag, so
 the script runs on a cluster; and a Redis failure lets the request through
-while ``rate_limit_store_errors_total`` counts it.
+while ``rate_limit_store_errors_total`` counts it. A check waits at most
+``RATE_LIMIT_TIMEOUT_SECONDS`` for Redis, and none while its circuit is open.
 
 Limits follow the route, configured here rather than on every blueprint: the
 Kubernetes probes are exempt, ``/health/*`` and ``/metrics`` have their own
@@ -144,9 +145,9 @@ class RedisRateLimitStore(RateLimiterStoreABC):
     """Atomic GCRA decisions in Redis. The ABC's separate get/set are not offered:
     a read-then-write pair is exactly the race this store exists to avoid."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, timeout: float | None = None) -> None:
         self.redis = redis
-        self.script = BatchedScript(redis, GCRA_SCRIPT, operation="rate_limit")
+        self.script = BatchedScript(redis, GCRA_SCRIPT, operation="rate_limit", timeout=timeout)
 
     async def consume(self, keys: list[str], args: Sequence[int]) -> Decision:
         """One atomic GCRA check of ``keys`` (one per limit); ``args`` are
@@ -344,5 +345,6 @@ class RateLimiting:
         if not isinstance(redis, RedisClient):
             logger.info("rate limiting is off: Redis is not configured")
             return
-        self.limiter = DistributedRateLimiter(RedisRateLimitStore(redis), self.settings)
+        store = RedisRateLimitStore(redis, self.settings.rate_limit_timeout_seconds)
+        self.limiter = DistributedRateLimiter(store, self.settings)
         self.limiter.init_app(app)

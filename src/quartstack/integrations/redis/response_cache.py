@@ -3,7 +3,8 @@
 ``@cached_response(ttl)`` stores the rendered response (status, content type,
 body, ETag) under the request path, answers ``If-None-Match`` with 304, and sets
 ``ETag``, ``Cache-Control`` and ``X-Cache: HIT|MISS``. A Redis failure never
-fails the request: the route then answers uncached (a MISS).
+fails the request: the route then answers uncached (a MISS), after at most
+``RESPONSE_CACHE_TIMEOUT_SECONDS`` per read and write (none while the circuit is open).
 
 The key holds only the query parameters the route documents (none, for the cached
 routes today), in a canonical order: ``?x=<random>`` must neither bypass the cache
@@ -25,7 +26,7 @@ from urllib.parse import urlencode
 
 from quart import Quart, Response, current_app, request
 
-from quartstack.integrations.redis.client import AnyRedis, RedisClient
+from quartstack.integrations.redis.client import AnyRedis, RedisClient, RedisDataError
 from quartstack.metrics import CACHE_HITS, CACHE_INVALIDATIONS, CACHE_MISSES
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
@@ -45,8 +46,9 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class ResponseCache:
     """Stores rendered responses in Redis with a TTL; pattern invalidation by SCAN."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, timeout: float | None = None) -> None:
         self.redis = redis
+        self.timeout = timeout  # of get and put, which fail open; None: the backend's
         self.flights = SingleFlight()
 
     async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
@@ -60,14 +62,16 @@ class ResponseCache:
                 value, pttl = await pipe.execute()
             return value, pttl
 
-        value, pttl = await self.redis.run("cache_get", read)
+        value, pttl = await self.redis.run("cache_get", read, timeout=self.timeout)
         if value is None:
             return None
         return json.loads(value), max(0, int(pttl) // 1000)
 
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
         stored = self.redis.key(key)
-        await self.redis.run("cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl))
+        await self.redis.run(
+            "cache_set", lambda c: c.set(stored, json.dumps(entry), ex=ttl), timeout=self.timeout
+        )
 
     async def invalidate(self, pattern: str, label: str) -> int:
         """Delete cached responses whose path matches the glob ``pattern``.
@@ -106,7 +110,9 @@ class ResponseCaching:
         app.extensions[self.KEY] = self
         redis = app.extensions.get(RedisClient.name)
         if isinstance(redis, RedisClient) and self.settings.response_cache_enabled:
-            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(redis)
+            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(
+                redis, self.settings.response_cache_timeout_seconds
+            )
 
 
 def invalidation_label(app: Quart, pattern: str) -> str | None:
@@ -203,6 +209,13 @@ def _respond(entry: dict[str, Any], cache_control: str, state: str) -> Response:
     )
 
 
+async def _put(cache: ResponseCache, key: str, entry: dict[str, Any], ttl: int) -> None:
+    try:
+        await cache.put(key, entry, ttl)
+    except BackendError:
+        logger.debug("response not cached: redis unavailable")
+
+
 def cached_response(
     ttl: int,
     statuses: tuple[int, ...] = (200,),
@@ -227,10 +240,13 @@ def cached_response(
                 return await view(*args, **kwargs)
             endpoint = current_endpoint()
             key = _cache_key(query_params)
+            redis_down = False
             try:
                 hit = await cache.get(key)
+            except RedisDataError:
+                hit = None  # not a value we stored: a miss, which the put overwrites
             except BackendError:
-                hit = None  # Redis is down: answer uncached rather than fail
+                hit, redis_down = None, True  # answer uncached rather than fail
                 logger.debug("response cache unavailable; answering uncached")
             if hit is not None:
                 CACHE_HITS.labels(endpoint).inc()
@@ -251,10 +267,8 @@ def cached_response(
                     response.headers["X-Cache"] = "MISS"
                     return response
                 entry = await _entry(response)
-                try:
-                    await cache.put(key, entry, ttl)
-                except BackendError:
-                    logger.debug("response not cached: redis unavailable")
+                if not redis_down:  # it just failed this request: do not wait for it twice
+                    await _put(cache, key, entry, ttl)
                 return _respond(entry, f"{scope}, max-age={ttl}", "MISS")
             finally:
                 if flight is None:
