@@ -1,4 +1,10 @@
 # syntax=docker/dockerfile:1
+# The base of both stages, in one place. It is the tag alone: this repository is maintained
+# without a Docker engine or registry access, so no digest could be verified for it, and a
+# digest copied from elsewhere might be stale or wrong. Pin it where the image is built:
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<that digest> .
+# or write the same `tag@sha256:<digest>` here (tests/chart/test_image.py checks its form).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # Stage 1: build the quartstack wheel alone (its dependencies come from requirements.lock),
@@ -15,7 +21,11 @@ RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-is
 
 # Stage 2: a slim runtime with only the installed wheels, running as a non-root user.
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VERSION=0.1.0
+# VERSION has no default: the version lives in pyproject.toml alone, and the build passes
+# it: --build-arg VERSION="$(python3 -c 'import tomllib; print(tomllib.load(open(
+# "pyproject.toml", "rb"))["project"]["version"])')"; left unset, the label is empty rather
+# than a stale copy. `quartstack --version` reads the installed wheel's metadata.
+ARG VERSION
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="quartstack" \
       org.opencontainers.image.description="Async Quart service integrating Vault, PostgreSQL, MySQL, MongoDB, Redis and RabbitMQ" \
@@ -28,6 +38,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
+    HOST=0.0.0.0 \
     PORT=8000
 # The dependencies are exactly requirements.lock's pins (uvloop included), each wheel checked
 # against its sha256 there (`tox -e lock` regenerates it); then quartstack's wheel without
@@ -50,14 +61,15 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/live\", timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["quartstack"]
-CMD ["serve", "--bind", "0.0.0.0:8000"]
+# No --bind: serve listens on the HOST and PORT settings, the same PORT the HEALTHCHECK reads.
+CMD ["serve"]
 
 # Stage 3 (skaffold's dev profile only): the sources on PYTHONPATH, owned by the app
 # user, so file sync can replace them and `--reload` restarts the server.
 FROM runtime AS dev
 COPY --chown=10001:10001 src /app/src
 ENV PYTHONPATH=/app/src
-CMD ["serve", "--bind", "0.0.0.0:8000", "--reload"]
+CMD ["serve", "--reload"]
 
 # The default target (last stage): the production runtime.
 FROM runtime AS release

@@ -4,6 +4,7 @@ values that would break a cluster are refused with a message saying which."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 from pathlib import Path
 
@@ -296,7 +297,10 @@ def test_a_chart_version_bump_alone_does_not_restart_pods(tmp_path):
     bumped = tmp_path / "quartstack"
     shutil.copytree(CHART, bumped)
     chart_yaml = bumped / "Chart.yaml"
-    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.1.0", "version: 0.2.0"))
+    text = chart_yaml.read_text()
+    bumped_text = re.sub(r"^version: .*$", "version: 99.0.0", text, count=1, flags=re.M)
+    assert bumped_text != text
+    chart_yaml.write_text(bumped_text)
 
     def pod_template(chart: Path) -> dict:
         output = helm("template", "q", str(chart), "-f", str(VALUES_FILES["prod"][0])).stdout

@@ -148,8 +148,10 @@ def test_app_container_is_hardened_and_its_port_agrees():
     assert "no-new-privileges:true" in APP["security_opt"]
     published = {p.split(":")[-1] for p in APP["ports"]}
     assert published == {ENV["PORT"]}
-    # the image's CMD binds the same port the HEALTHCHECK reads from PORT
+    # the image's CMD has no --bind: it binds HOST:PORT from this environment, the PORT the
+    # HEALTHCHECK reads, on every interface so the published port reaches it
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert f'"--bind", "0.0.0.0:{ENV["PORT"]}"' in dockerfile
+    assert re.search(r'^CMD \["serve"\]$', dockerfile, re.MULTILINE)
+    assert "command" not in APP and ENV.get("HOST", "0.0.0.0") == "0.0.0.0"
     target = APP["build"]["target"]
     assert re.search(rf"^FROM \S+ AS {target}$", dockerfile, re.MULTILINE)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.chart.conftest import ROOT, VALUES_FILES, find, render
 from tests.support.net import free_port
@@ -97,15 +99,16 @@ class Image:
         return env
 
     def start(self, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+        """The image's ENTRYPOINT + CMD as they are: only HOST (loopback instead of every
+        interface) and PORT (from the environment, like the chart's ConfigMap) differ."""
         entrypoint = _instruction_json(_stage("runtime"), "ENTRYPOINT")
         command = _instruction_json(_stage("runtime"), "CMD")
-        command = [c.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for c in command]
         log = self.root / f"serve-{port}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
                 [str(self.venv / "bin" / entrypoint[0]), *entrypoint[1:], *command],
                 cwd=self.workdir,
-                env=self.env(port, tmp),
+                env={**self.env(port, tmp), "HOST": "127.0.0.1"},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -197,17 +200,18 @@ def running(image: Image) -> Iterator[str]:
 def test_dockerfile_shape():
     stages = re.findall(r"^FROM (\S+) AS (\w+)$", DOCKERFILE, re.MULTILINE)
     assert [name for _, name in stages] == ["build", "runtime", "dev", "release"]
-    assert "python:3.11-slim" in DOCKERFILE
     runtime = _stage("runtime")
     assert "pip wheel" in _stage("build") and "--mount=type=bind,from=build" in runtime
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert re.search(r"useradd --system --uid 10001", runtime)
     assert _instruction_json(runtime, "ENTRYPOINT") == ["quartstack"]
-    assert _instruction_json(runtime, "CMD") == ["serve", "--bind", "0.0.0.0:8000"]
+    assert _instruction_json(runtime, "CMD") == ["serve"]  # binds HOST:PORT
+    assert _instruction_json(_stage("dev"), "CMD") == ["serve", "--reload"]
     assert re.search(r"^EXPOSE 8000$", runtime, re.MULTILINE)
     env = _image_env()
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
+    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
     workdir = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)[-1]
     assert workdir != "/tmp" and not workdir.startswith("/tmp/")
     for label in ("title", "description", "version", "revision", "licenses", "source"):
@@ -221,6 +225,63 @@ def test_dockerfile_shape():
     ]
     assert {".git", ".venv", ".tox", "tests", "charts"} <= set(ignored)
     assert not {"src", "pyproject.toml", "README.md"} & set(ignored)
+
+
+def _base_images() -> dict[str, str]:
+    """Each build ARG's default value, and the FROM line of each stage."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE, re.MULTILINE))
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", DOCKERFILE, re.MULTILINE)
+    return args | {name: base for base, name in stages}
+
+
+def base_image_problems(reference: str) -> list[str]:
+    """What is wrong with a base image reference: the tag must be python 3.11 slim (the
+    version pyproject's tooling targets) and a digest, when given, a full sha256."""
+    name, _, digest = reference.partition("@")
+    problems = [] if name == "python:3.11-slim" else [f"base image {name}"]
+    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        problems.append(f"malformed digest {digest}")
+    return problems
+
+
+def test_base_image_problems():
+    assert base_image_problems("python:3.11-slim") == []
+    assert base_image_problems("python:3.11-slim@sha256:" + "ab" * 32) == []
+    assert base_image_problems("python:3.11-slim@sha256:abc") == ["malformed digest sha256:abc"]
+    assert base_image_problems("python:3.12") == ["base image python:3.12"]
+
+
+def test_both_stages_share_one_base_image_reference():
+    """The build and runtime stages come FROM the one PYTHON_IMAGE build arg, so pinning its
+    digest (in the ARG or with --build-arg) pins both; the Dockerfile says how."""
+    images = _base_images()
+    assert images["build"] == images["runtime"] == "${PYTHON_IMAGE}"
+    assert base_image_problems(images["PYTHON_IMAGE"]) == []
+    assert "--build-arg PYTHON_IMAGE=python:3.11-slim@sha256:" in DOCKERFILE
+
+
+def test_version_has_one_source():
+    """pyproject.toml holds the version; the chart's appVersion must equal it, and the
+    Dockerfile carries no copy (the build passes VERSION for the label)."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((ROOT / "charts" / "quartstack" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    assert re.search(r"^ARG VERSION$", _stage("runtime"), re.MULTILINE)
+    assert version not in DOCKERFILE
+    init = (ROOT / "src" / "quartstack" / "__init__.py").read_text()
+    assert 'version("quartstack")' in init and version not in init
+
+
+@pytest.mark.timeout(900)
+def test_installed_version_is_the_wheels_metadata(image):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        [str(image.venv / "bin" / "quartstack"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=image.workdir,
+    )
+    assert result.stdout.strip() == f"quartstack {version}", result.stderr
 
 
 def test_chart_runs_the_image_as_its_user():
@@ -254,10 +315,12 @@ def test_dockerfile_healthcheck_command_passes(image, running):
     command = _instruction_json(
         re.search(r"^HEALTHCHECK .*?\n\s*(CMD .*)$", _stage("runtime"), re.M).group(1), "CMD"
     )
+    # The container's environment: the image's ENV with the PORT the server was started on
+    # (the chart's ConfigMap sets it), which the server bound without any --bind.
     port = running.rsplit(":", 1)[1]
     result = subprocess.run(
         [str(image.venv / "bin" / command[0]), *command[1:]],
-        env={"PORT": port},
+        env={**_image_env(), "PORT": port},
         capture_output=True,
         timeout=10,
     )
