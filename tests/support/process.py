@@ -18,6 +18,8 @@ from tests.support.net import free_port
 class ServiceProcess:
     """``python -m quartstack serve`` on a free loopback port, stderr captured."""
 
+    command = "serve"
+
     def __init__(self, env: dict[str, str] | None = None, *, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -28,7 +30,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "quartstack", "serve", "--bind", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "quartstack", self.command, "--bind", f"127.0.0.1:{self.port}"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

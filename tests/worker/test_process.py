@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
@@ -24,17 +21,7 @@ from tests.worker.test_consumer import dead_letters
 class WorkerProcess(ServiceProcess):
     """``python -m quartstack worker`` with its probes on a free port."""
 
-    def start(self) -> WorkerProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "quartstack", "worker", "--bind", f"127.0.0.1:{self.port}"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-        return self
+    command = "worker"
 
     def metric(self, name: str) -> float:
         """Sum of every sample of ``name`` on the worker's /metrics."""

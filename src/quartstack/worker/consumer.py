@@ -290,15 +290,7 @@ class ProjectionConsumer:
         headers[REASON_HEADER] = reason
         headers[DELIVERIES_HEADER] = _deliveries(message)
         headers["x-original-routing-key"] = message.routing_key or ""
-        copy = Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-        )
+        copy = persistent_copy(message, headers)
         exchange = await channel.get_exchange(topology.dlx_name(self.settings), ensure=False)
         await exchange.publish(copy, routing_key=message.routing_key or "")
         await message.ack()
@@ -307,6 +299,20 @@ class ProjectionConsumer:
             "event dead-lettered",
             extra={"message_id": message.message_id, "reason": reason, "kind": kind},
         )
+
+
+def persistent_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:
+    """``message`` sent again (to the dead-letter exchange, or back from it on replay):
+    same body, id, type and timestamp, persistent, with ``headers``."""
+    return Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        timestamp=message.timestamp,
+    )
 
 
 def _deliveries(message: AbstractIncomingMessage) -> int:

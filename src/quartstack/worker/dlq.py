@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from quart import Quart
 
@@ -26,7 +25,7 @@ from quartstack.integrations.vault.credentials import CredentialProvider
 from quartstack.settings import Settings
 from quartstack.worker import topology
 from quartstack.worker.app import WorkerNotConfigured
-from quartstack.worker.consumer import REASON_HEADER
+from quartstack.worker.consumer import REASON_HEADER, persistent_copy
 
 _BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-delivery-count")
 
@@ -115,15 +114,7 @@ async def replay(settings: Settings, limit: int) -> int:
                 if k not in _BROKER_HEADERS and k != REASON_HEADER
             }
             await events.publish(
-                Message(
-                    message.body,
-                    headers=headers,
-                    content_type=message.content_type,
-                    delivery_mode=DeliveryMode.PERSISTENT,
-                    message_id=message.message_id,
-                    type=message.type,
-                    timestamp=message.timestamp,
-                ),
+                persistent_copy(message, headers),
                 routing_key=_routing_key(message),
             )
             await message.ack()
