@@ -87,6 +87,69 @@ async def test_statuses_of_the_web_layer_are_documented(spec_and_app):
     assert list(metrics["content"]) == ["text/plain"]
 
 
+# (source method, path, status) -> {link name: (target method, path)}: resources a route
+# creates or names, addressable by another route (the stateful fuzz phase follows these)
+LINKS = {
+    ("post", "/users", "201"): {
+        "GetUser": ("get", "/users/{id}"),
+        "DeleteUser": ("delete", "/users/{id}"),
+    },
+    ("get", "/users/{id}", "200"): {"DeleteUser": ("delete", "/users/{id}")},
+    ("delete", "/users/{id}", "204"): {"GetUser": ("get", "/users/{id}")},
+    ("post", "/examples/cache/{key}", "200"): {
+        "ReadKey": ("get", "/examples/cache/{key}"),
+        "DeleteKey": ("delete", "/examples/cache/{key}"),
+    },
+    ("delete", "/examples/cache/{key}", "200"): {"ReadKey": ("get", "/examples/cache/{key}")},
+    ("post", "/examples/messaging/publish", "200"): {
+        "QueueInfo": ("get", "/examples/messaging/queue/{queue_name}/info")
+    },
+    ("get", "/examples/vault/secret/{service_name}", "200"): {
+        "ReadSecretKey": ("get", "/examples/vault/secret/{service_name}/{key}")
+    },
+}
+
+
+async def test_links_lead_to_real_operations_and_values(spec_and_app):
+    spec, _ = spec_and_app
+    by_id = {
+        operation["operationId"]: (method, path, operation)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+    }
+    found = {}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            source_params = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            source_params |= {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+            for status, response in operation["responses"].items():
+                if "links" not in response:
+                    continue
+                content = response.get("content", {}).get("application/json", {})
+                body = _resolve(spec, content.get("schema", {}))
+                targets = found[(method, path, status)] = {}
+                for name, link in response["links"].items():
+                    target_method, target_path, target = by_id[link["operationId"]]
+                    targets[name] = (target_method, target_path)
+                    target_params = {p["name"] for p in target["parameters"]}
+                    assert set(link["parameters"]) <= target_params, (path, name)
+                    for expression in link["parameters"].values():
+                        kind, _, where = expression.partition("#/")
+                        if kind == "$response.body":
+                            assert where in body.get("properties", {}), (path, name, expression)
+                        else:
+                            source = expression.rpartition(".")[2]
+                            assert expression.startswith("$request."), expression
+                            assert source in source_params, (path, name, expression)
+    assert found == LINKS
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return spec["components"]["schemas"][schema["$ref"].rpartition("/")[2]]
+    return schema
+
+
 # (method, path, body, headers, expected status) answered without any backend configured
 SAMPLES = [
     ("GET", "/", None, {}, 200),

@@ -11,7 +11,7 @@ from quart_schema import validate_querystring, validate_response
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
-from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
@@ -104,6 +104,8 @@ def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"
 
 
 @blueprint.post("/<key>")
+@link(200, "ReadKey", "get_read_key", {"key": "$response.body#/key"}, "Read the value back")
+@link(200, "DeleteKey", "delete_delete_key", {"key": "$response.body#/key"}, "Delete the key")
 @path_param("key", _KEY_PATTERN, 200)
 @validate_querystring(CacheWrite)
 @validate_response(CacheWritten)
@@ -115,6 +117,7 @@ async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
 
 
 @blueprint.delete("/<key>")
+@link(200, "ReadKey", "get_read_key", {"key": "$response.body#/key"}, "Now exists: false")
 @path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheDeleted)
 @problems(422, 429, 503, 504)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
-from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
 from quartstack.web.problems import Problem, validation_problem
@@ -63,6 +63,13 @@ class QueueStatus(BaseModel):
 
 
 @blueprint.post("/publish")
+@link(
+    200,
+    "QueueInfo",
+    "get_queue_info",
+    {"queue_name": "$response.body#/queue"},
+    "The queue the message went to (publishing declares it): its message count",
+)
 @validate_querystring(PublishQuery)
 @document_request(MessageBody)
 @validate_response(Published)

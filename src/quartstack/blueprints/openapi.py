@@ -2,7 +2,7 @@
 the statuses the web layer adds to every route, non-JSON bodies.
 
 Routes declare what is theirs with decorators (:func:`problems`, :func:`path_param`,
-:func:`text_response`); :class:`ServiceOpenAPIProvider` adds what the cross-cutting
+:func:`text_response`, :func:`link`); :class:`ServiceOpenAPIProvider` adds what the cross-cutting
 layers answer on every route (400, 413/415 on bodies, 429, 431) and fixes two gaps of
 quart-schema: required query parameters, and errors typed ``application/problem+json``.
 """
@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PATH_PARAMS = "_quartstack_path_params"
 _TEXT_RESPONSE = "_quartstack_text_response"
 _NO_CONTENT = "_quartstack_no_content"
+_LINKS = "_quartstack_links"
 _BODY_METHODS = frozenset({"post", "put", "patch"})
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
 _STATUS_TEXT = {
@@ -87,6 +88,27 @@ def no_content(description: str) -> Callable[[F], F]:
     return decorate
 
 
+def link(
+    status: int, name: str, operation_id: str, parameters: dict[str, str], description: str
+) -> Callable[[F], F]:
+    """Declare an OpenAPI link: a ``status`` answer of this route feeds ``parameters``
+    of operation ``operation_id`` (runtime expressions such as ``$response.body#/id``).
+    Clients learn which call follows which; schemathesis's stateful phase chains them
+    with real identifiers instead of random ones that only ever reach a 404."""
+
+    def decorate(func: F) -> F:
+        declared = {key: {**links} for key, links in getattr(func, _LINKS, {}).items()}
+        declared.setdefault(str(status), {})[name] = {
+            "operationId": operation_id,
+            "parameters": parameters,
+            "description": description,
+        }
+        setattr(func, _LINKS, declared)
+        return func
+
+    return decorate
+
+
 class ServiceOpenAPIProvider(OpenAPIProvider):
     """quart-schema's provider plus what the web layer answers on every route."""
 
@@ -135,6 +157,8 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
         empty = getattr(func, _NO_CONTENT, None)
         if empty is not None:
             responses["204"] = {"description": empty}
+        for status, links in getattr(func, _LINKS, {}).items():
+            responses[status] = {**responses[status], "links": links}
         rules = getattr(func, _PATH_PARAMS, {})
         parameters = []
         for parameter in operation["parameters"]:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
-from quartstack.blueprints.openapi import problems
+from quartstack.blueprints.openapi import link, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.mongodb import Document, MongoDatabase
 from quartstack.integrations.postgres import PostgresPool
@@ -98,6 +98,7 @@ def _decode_cursor(cursor: str) -> str:
 
 
 @blueprint.get("/<uuid:id>")
+@link(200, "DeleteUser", "delete_delete_user", {"id": "$response.body#/id"}, "Erase this user")
 @validate_response(ProjectedUser)
 @problems(404, 429, 503, 504)
 async def get_user(id: uuid.UUID) -> ProjectedUser:

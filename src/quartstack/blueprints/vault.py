@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from quart import Blueprint
 from quart_schema import validate_response
 
-from quartstack.blueprints.openapi import path_param, problems
+from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.response_cache import cached_response
@@ -52,6 +52,13 @@ async def _read(service_name: str) -> dict[str, Any]:
 
 
 @blueprint.get("/secret/<service_name>")
+@link(
+    200,
+    "ReadSecretKey",
+    "get_read_secret_key",
+    {"service_name": "$response.body#/service"},
+    "One field of the same secret (field names are the keys of `data`)",
+)
 @path_param("service_name", _NAME_PATTERN, 50)
 @cached_response(ttl=300, private=True)
 @validate_response(SecretBody)
