@@ -5,7 +5,9 @@ with an account of its own, RabbitMQ with a vhost and user of its own, a private
 credential): generated requests write keys and queues, never into shared ones. It
 fails on any 5xx, any answer that does not match the documented status, schema or
 content type, and any secret the test Vault issued appearing in a response.
-Deterministic (``--generation-deterministic``) and bounded per operation.
+Deterministic (``--generation-deterministic``) and bounded per operation. Its last
+phase is stateful: it chains calls over the document's OpenAPI links (sign up, then
+read and erase that user; write a key, then read and delete it...).
 
 Not named ``test_*.py``: it needs the ``schemathesis`` CLI, which only the fuzz env
 installs, so the default suite does not collect it.
@@ -14,6 +16,7 @@ installs, so the default suite does not collect it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -126,6 +129,7 @@ def service(tmp_path_factory):
             mysql.drop()
 
 
+@pytest.mark.timeout(660)  # the run has its own deadline below; this covers the setup
 def test_schemathesis_finds_nothing(service):
     process, issued, workdir = service
     st = shutil.which("st") or shutil.which("schemathesis")
@@ -139,7 +143,7 @@ def test_schemathesis_finds_nothing(service):
             "run",
             f"{process.url}/openapi.json",
             "--phases",
-            "examples,coverage,fuzzing",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
             str(MAX_EXAMPLES),
             "--generation-deterministic",
@@ -152,16 +156,43 @@ def test_schemathesis_finds_nothing(service):
         ],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=600,
         cwd=workdir,
     )
     (Path(workdir) / "schemathesis.log").write_text(result.stdout)
     failures = result.stdout.partition("FAILURES")[2] or result.stdout
     assert result.returncode == 0, failures[:4000] + "\n...\n" + result.stdout[-1500:]
-    print(result.stdout[-1500:])  # the summary, in the CI log
+    phases = _PHASE_LINES.findall(result.stdout)  # e.g. "Stateful (in 8.1s)", "API Links: ..."
+    print("\n".join(phases), result.stdout[-1500:], sep="\n")  # in the CI log
     recorded = cassette.read_text()
     assert f"/examples/vault/secret/{SECRET_NAME}'" in recorded or (
         f"/examples/vault/secret/{SECRET_NAME}\n" in recorded
     ), "no generated request read the Vault secret: the leak check saw nothing"
     leaked = [value for value in issued if value and value in recorded]
     assert not leaked, "a secret issued by the test Vault appeared in a response"
+    _assert_links_were_followed(result.stdout, recorded)
+
+
+_PHASE_LINES = re.compile(r"^.*(?:\(in [\d.]+m?s\)|Scenarios:|API Links:).*$", re.MULTILINE)
+_LINKS_LINE = re.compile(r"API Links:\s+(\d+) covered / (\d+) selected")
+_INTERACTION = re.compile(
+    r"^  phase:\n    name: '(?P<phase>\w+)'.*?^    uri: '(?P<uri>[^']*)'\n"
+    r"    method: '(?P<method>\w+)'.*?^    status:\n      code: '(?P<status>\d+)'",
+    re.MULTILINE | re.DOTALL,
+)
+_USER = re.compile(r"/users/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _assert_links_were_followed(summary: str, recorded: str) -> None:
+    """The stateful phase ran over the document's links: the summary counts covered
+    links, and users that only a link can name (a random id is never a signed-up user)
+    were read (200) and erased (204) with the id a sign-up returned."""
+    covered = _LINKS_LINE.search(summary)
+    assert covered, "the stateful phase did not run: no 'API Links' line in the summary"
+    assert int(covered[1]) >= 5, covered[0]
+    linked = {
+        (m["method"], m["status"])
+        for m in _INTERACTION.finditer(recorded)
+        if m["phase"] == "stateful" and _USER.search(m["uri"])
+    }
+    assert {("GET", "200"), ("DELETE", "204")} <= linked, linked
