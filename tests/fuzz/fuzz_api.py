@@ -173,7 +173,7 @@ def test_schemathesis_finds_nothing(service):
     _assert_links_were_followed(result.stdout, recorded)
 
 
-_PHASE_LINES = re.compile(r"^.*(?:\(in [\d.]+m?s\)|Scenarios:|API Links:).*$", re.MULTILINE)
+_PHASE_LINES = re.compile(r"^.*(?:\(in [\d.ms ]+\)|Scenarios:|API Links:).*$", re.MULTILINE)
 _LINKS_LINE = re.compile(r"API Links:\s+(\d+) covered / (\d+) selected")
 _INTERACTION = re.compile(
     r"^  phase:\n    name: '(?P<phase>\w+)'.*?^    uri: '(?P<uri>[^']*)'\n"
