@@ -384,8 +384,9 @@ def test_probes_and_ports_are_the_apps_real_ones(rendered_all_on):
     downward = [e["name"] for e in container["env"] if "valueFrom" in e]
     assert downward == ["K8S_POD_NAME", "K8S_NAMESPACE_NAME"]  # tracing's resource attributes
     own = [e for e in container["env"] if "valueFrom" not in e]
-    assert own == [{"name": "OTEL_SERVICE_NAME", "value": "quartstack-ci"}] + [
-        {"name": "RATE_LIMIT_HEALTH", "value": "300"}
+    assert own == [
+        {"name": "OTEL_SERVICE_NAME", "value": "quartstack-ci"},
+        {"name": "RATE_LIMIT_HEALTH", "value": "300"},
     ]
     assert mounts["/etc/vault-ca"]["name"] == "vault-ca"
     volumes = find(rendered_all_on, "Deployment")["spec"]["template"]["spec"]["volumes"]
