@@ -226,3 +226,25 @@ def test_sdk_disabled_sends_nothing_and_logs_no_trace_ids() -> None:
         assert receiver.requests == []
     assert "trace_id" not in line and "span_id" not in line
     assert not any(re.search(r'"trace_id"', raw) for raw in process.log_lines())
+
+
+def test_spans_left_at_sigterm_are_exported_within_the_budget() -> None:
+    """A batch delay far longer than the test: only the shutdown flush can deliver it."""
+    with OtlpReceiver() as receiver:
+        env = _clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_BSP_SCHEDULE_DELAY="600000",
+            SHUTDOWN_DRAIN_SECONDS="0",
+            SHUTDOWN_GRACE_SECONDS="1",
+            SHUTDOWN_CLOSE_SECONDS="3",
+        )
+        process = ServiceProcess(env).start()
+        try:
+            process.wait_live()
+            request_id = "flush-" + secrets.token_hex(6)
+            httpx.get(process.url + "/", headers={"X-Request-ID": request_id})
+            span_id = _access_line(process, request_id)["span_id"]
+            assert not receiver.find(lambda s: s.span_id == span_id)  # still batched
+        finally:
+            assert process.terminate(timeout=10) == 0
+        assert receiver.find(lambda s: s.span_id == span_id and s.kind == "server")
