@@ -33,6 +33,7 @@ from quartstack.metrics import (
 )
 from quartstack.tracing import state as tracing_state
 from quartstack.tracing.client import client_span, default_attributes
+from quartstack.tracing.client import wanted as wanted_span
 
 T = TypeVar("T")
 
@@ -269,7 +270,7 @@ class BackendGuard:
     ) -> T:
         """Run ``func()`` under the breaker with a timeout (see :meth:`_call`), inside one
         client span when tracing is on: every backend call gets its span here."""
-        if not tracing_state.active:
+        if not tracing_state.active or not wanted_span(operation):
             return await self._call(operation, func, timeout, idempotent)
         with client_span(self.service, operation, self.span_attributes):
             return await self._call(operation, func, timeout, idempotent)

@@ -60,6 +60,8 @@ def traced(vault_server: VaultTestServer) -> Iterator[Traced]:
             VAULT_MOUNT=mount,
             POSTGRES_HOST="127.0.0.1",
             POSTGRES_DATABASE="postgres",
+            REQUIRED_BACKENDS="postgres",
+            READINESS_INTERVAL_SECONDS="0.2",
         )
         with ServiceProcess(env) as process:
             process.wait_started()
@@ -184,6 +186,23 @@ def test_no_span_contains_a_secret_issued_by_vault(traced: Traced) -> None:
     for secret in traced.secrets:
         leaks = [text for text in strings if secret in text]
         assert not leaks, f"a span carries a secret: {leaks}"
+
+
+def test_background_health_checks_are_not_traced(traced: Traced) -> None:
+    def health_checks() -> float:
+        for line in httpx.get(traced.process.url + "/metrics").text.splitlines():
+            if line.startswith("backend_call_duration_seconds_count{") and all(
+                label in line for label in ('operation="health"', 'service="postgres"')
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    wait_until_sync(lambda: health_checks() >= 3, what="three background health checks")
+    traced.receiver.wait_for_span(lambda s: s.name == "query postgres")  # export works
+    rooted = traced.receiver.find(
+        lambda s: s.attributes.get("db.operation.name") == "health" and not s.parent_span_id
+    )
+    assert not rooted
 
 
 # --- the trust rule and the off switch: processes of their own -------------------------

@@ -80,6 +80,15 @@ def _operation_attribute(attributes: Mapping[str, Any]) -> str:
     return "quartstack.operation"
 
 
+#: Operations traced only inside a request (or another span): the readiness monitor's
+#: background checks would otherwise be a one-span trace per backend every few seconds.
+BACKGROUND_NOISE = frozenset({"health"})
+
+
+def wanted(operation: str) -> bool:
+    return operation not in BACKGROUND_NOISE or trace.get_current_span().is_recording()
+
+
 @contextmanager
 def client_span(service: str, operation: str, attributes: Mapping[str, Any]) -> Iterator[None]:
     """The current span for one guarded call (nested calls become its children)."""

@@ -40,7 +40,6 @@ ASGIApp = Any  # Quart's asgi_app (typed with its own scope classes)
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
-_SPAN_KEY = "quartstack.server_span"
 
 
 class _Headers(Getter[list[tuple[bytes, bytes]]]):
@@ -146,7 +145,6 @@ class ServerSpans:
                 kind=SpanKind.SERVER,
                 attributes=self._attributes(scope, headers),
             )
-            scope[_SPAN_KEY] = span
             status: list[int] = []
 
             async def traced_send(message: dict[str, Any]) -> None:
