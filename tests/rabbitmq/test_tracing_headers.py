@@ -15,9 +15,11 @@ tracer = trace.get_tracer("tests")
 
 
 def test_publish_injects_its_own_context_and_the_consumer_continues_it(spans):  # noqa: F811
-    with tracer.start_as_current_span("request") as request:
-        with tracing_headers.publishing("orders", "orders", "m-1", body_size=7) as headers:
-            pass
+    with (
+        tracer.start_as_current_span("request") as request,
+        tracing_headers.publishing("orders", "orders", "m-1", body_size=7) as headers,
+    ):
+        pass
     [publish] = named(spans, "orders publish")
     assert publish.kind == SpanKind.PRODUCER
     assert publish.parent is not None
@@ -51,9 +53,11 @@ def test_publish_injects_its_own_context_and_the_consumer_continues_it(spans):  
 
 
 def test_a_message_without_context_is_processed_in_a_new_trace(spans):  # noqa: F811
-    with tracer.start_as_current_span("unrelated ambient span") as ambient:
-        with tracing_headers.processing("q", {"x-other": "1"}):
-            pass
+    with (
+        tracer.start_as_current_span("unrelated ambient span") as ambient,
+        tracing_headers.processing("q", {"x-other": "1"}),
+    ):
+        pass
     [process] = named(spans, "q process")
     assert process.parent is None and not process.links
     assert process.context.trace_id != ambient.get_span_context().trace_id
@@ -93,9 +97,8 @@ def test_a_batch_message_links_to_its_stored_cause(spans):  # noqa: F811
 
 
 def test_a_failed_publish_is_marked_with_the_error_kind_and_raises(spans):  # noqa: F811
-    with pytest.raises(BackendUnavailable):
-        with tracing_headers.publishing("q", "q", "m"):
-            raise BackendUnavailable("rabbitmq", "rabbitmq connection lost")
+    with pytest.raises(BackendUnavailable), tracing_headers.publishing("q", "q", "m"):
+        raise BackendUnavailable("rabbitmq", "rabbitmq connection lost")
     [publish] = named(spans, "q publish")
     assert publish.status.status_code == StatusCode.ERROR
     assert publish.status.description == "backend-unavailable"

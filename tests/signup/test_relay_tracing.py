@@ -26,9 +26,10 @@ async def test_the_relay_publish_links_to_the_request_that_wrote_the_event(
 ):
     received = Received(events)
     async with running_app(**signup_settings) as (app, _client):
+        postgres = app.extensions["postgres"]
         with trace.get_tracer("tests").start_as_current_span("POST /users") as request:
-            user = await users.register_user(app.extensions["postgres"], unique_email().lower(), "T")
-        untraced = await users.register_user(app.extensions["postgres"], unique_email().lower(), "U")
+            user = await users.register_user(postgres, unique_email().lower(), "T")
+        untraced = await users.register_user(postgres, unique_email().lower(), "U")
         rows = await sql(
             signup_db,
             "SELECT aggregate_id, event_id::text, trace_context FROM outbox "
