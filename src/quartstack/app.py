@@ -39,6 +39,8 @@ from quartstack.lifecycle import init_lifecycle
 from quartstack.metrics import APP_INFO
 from quartstack.settings import Settings, load_settings
 from quartstack.signup import init_signup
+from quartstack.tracing import state as tracing_state
+from quartstack.tracing.server import ServerSpans
 from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import Observability
 from quartstack.web.problems import ProblemHandlers
@@ -104,6 +106,8 @@ def create_app(settings: Settings | None = None) -> Quart:
         app.register_blueprint(blueprint)
     # Last registered, so its after_request runs first: before idempotency stores a body.
     SuccessBodyScrubbing(settings).init_app(app)
+    if tracing_state.active:  # outermost ASGI wrapper: sees even the shutdown's 503
+        ServerSpans(settings).init_app(app)
     return app
 
 

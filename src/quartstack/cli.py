@@ -15,15 +15,19 @@ from collections.abc import Callable
 
 from hypercorn.config import Config
 
-from quartstack import __version__
+from quartstack import NAME, __version__
 from quartstack.logging_setup import configure_logging
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
 from quartstack.serving import serve_until_signalled
 from quartstack.settings import Settings, SettingsError, load_settings
 from quartstack.signup import cli as signup_cli
+from quartstack.tracing import configure_tracing, shutdown_tracing
 from quartstack.worker import cli as worker_cli
 
 logger = logging.getLogger("quartstack.cli")
+
+#: At exit, how long the last spans may take to export (most left with the close phase).
+TRACING_EXIT_SECONDS = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quartstack: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    configure_tracing(f"{NAME}-worker" if args.command == "worker" else NAME)
+    try:
+        return _run(args, settings)
+    finally:
+        shutdown_tracing(TRACING_EXIT_SECONDS)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in signup_cli.COMMANDS:
         return signup_cli.run_command(args, settings)
     if args.command in worker_cli.COMMANDS:

@@ -30,6 +30,7 @@ from quart import Quart, current_app, g, request
 from quartstack.integrations.base import registry
 from quartstack.metrics import HTTP_ERRORS, READINESS
 from quartstack.readiness import BackendMonitor, readiness_checks
+from quartstack.tracing import flush_tracing, tracing_enabled
 from quartstack.web.problems import problem_body
 
 if TYPE_CHECKING:
@@ -182,6 +183,8 @@ class Lifecycle:
                 "backends not closed within the shutdown budget",
                 extra={"budget_s": round(budget, 2)},
             )
+        if tracing_enabled():  # the spans of the last requests, within what is left
+            await asyncio.to_thread(flush_tracing, self.close_budget())
 
     # --- request tracking ------------------------------------------------------------
     def track_handler(self) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +31,8 @@ from quartstack.metrics import (
     CIRCUIT_OPENED,
     CIRCUIT_STATE,
 )
+from quartstack.tracing import state as tracing_state
+from quartstack.tracing.client import client_span, default_attributes
 
 T = TypeVar("T")
 
@@ -232,8 +234,13 @@ class BackendGuard:
         retry: RetryPolicy = NO_RETRY,
         transient: Callable[[Exception], bool] = is_connection_error,
         neutral: tuple[type[BaseException], ...] = (),
+        span_attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self.service = service
+        #: Constant attributes of this backend's client spans (system, address, database).
+        self.span_attributes = (
+            default_attributes(service) if span_attributes is None else dict(span_attributes)
+        )
         self.timeout = timeout
         self.retry = retry
         self.transient = transient
@@ -259,6 +266,20 @@ class BackendGuard:
         *,
         timeout: float | None = None,
         idempotent: bool = False,
+    ) -> T:
+        """Run ``func()`` under the breaker with a timeout (see :meth:`_call`), inside one
+        client span when tracing is on: every backend call gets its span here."""
+        if not tracing_state.active:
+            return await self._call(operation, func, timeout, idempotent)
+        with client_span(self.service, operation, self.span_attributes):
+            return await self._call(operation, func, timeout, idempotent)
+
+    async def _call(
+        self,
+        operation: str,
+        func: Callable[[], Awaitable[T]],
+        timeout: float | None,
+        idempotent: bool,
     ) -> T:
         """Run ``func()`` under the breaker with a timeout; map failures to backend errors.
 

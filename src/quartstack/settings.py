@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         ]
     )
     trusted_proxies: CommaList = Field(default_factory=list)
+    traceparent_trust: Literal["proxies", "always", "never"] = Field(
+        default="proxies",
+        description="whose W3C traceparent a request's server span continues: TRUSTED_PROXIES "
+        "peers only, anyone, or no one (tracing is configured by the OTEL_* variables)",
+    )
     required_backends: CommaList = Field(default_factory=list)
     readiness_interval_seconds: float = Field(
         default=5.0, gt=0, le=300, description="how often required backends are re-checked"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from quart import Quart, current_app
 
 from quartstack.resilience import BackendError, BackendGuard, BackendNotConfigured, RetryPolicy
+from quartstack.tracing.client import backend_attributes
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -51,6 +52,7 @@ class Backend(abc.ABC):
             ),
             transient=self.is_transient,
             neutral=self.neutral_exceptions(),
+            span_attributes=backend_attributes(self.name, settings),
         )
         self.app: Quart | None = None
 

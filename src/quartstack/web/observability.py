@@ -21,6 +21,8 @@ from quart import Quart, Response, g, request
 from quartstack.logging_setup import request_id_var
 from quartstack.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from quartstack.settings import Settings
+from quartstack.tracing import state as tracing_state
+from quartstack.tracing.exemplars import current_exemplar
 from quartstack.web.client_address import client_address
 from quartstack.web.headers import optional_header
 
@@ -129,7 +131,10 @@ class Observability:
             duration = time.perf_counter() - record.started
             status = response.status_code
             _requests(record.method, record.endpoint, status).inc()
-            _duration(record.method, record.endpoint).observe(duration)
+            if tracing_state.active:  # the trace id rides along (OpenMetrics scrapes only)
+                _duration(record.method, record.endpoint).observe(duration, current_exemplar())
+            else:
+                _duration(record.method, record.endpoint).observe(duration)
             if access_logger.isEnabledFor(logging.INFO):
                 fields = {
                     "method": record.method,

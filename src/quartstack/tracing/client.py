@@ -1,0 +1,100 @@
+"""One CLIENT span per backend call, opened by the backend guard every call passes
+through (no handler code knows about tracing).
+
+Attributes follow the database and messaging semantic conventions and come only from
+settings (system, host, port, database name) and the guard's operation name (our
+own low-cardinality verb, e.g. ``find_user``, ``publish``): never a statement, a key,
+a credential or a driver message. A failed call records ``error.type`` (the exception
+class) and an error status without a description, since driver text may hold secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from quartstack.settings import Settings
+
+#: ``db.system.name`` of each database backend (semantic-convention values).
+DB_SYSTEMS = {"postgres": "postgresql", "mysql": "mysql", "mongodb": "mongodb", "redis": "redis"}
+_TRACER = "quartstack.backends"
+
+
+def _base(service: str) -> str:
+    return service.split(":", 1)[0]  # "redis:redis-2" (a cluster node's guard) -> "redis"
+
+
+def default_attributes(service: str) -> dict[str, Any]:
+    """What is known from the service name alone (a guard built without settings)."""
+    base = _base(service)
+    attributes: dict[str, Any] = {"quartstack.backend": service}
+    if base in DB_SYSTEMS:
+        attributes["db.system.name"] = DB_SYSTEMS[base]
+    elif base == "rabbitmq":
+        attributes["messaging.system"] = "rabbitmq"
+    return attributes
+
+
+def backend_attributes(service: str, settings: Settings) -> dict[str, Any]:
+    """The constant attributes of every span of one backend, from its settings."""
+    attributes = default_attributes(service)
+    base = _base(service)
+    host: str | None = None
+    port: int | None = None
+    if base == "vault" and settings.vault_addr:
+        url = urlsplit(settings.vault_addr)
+        host = url.hostname
+        port = url.port or (443 if url.scheme == "https" else 80)
+    elif base == "redis" and not settings.redis_nodes:
+        host, port = settings.redis_host, settings.redis_port
+    elif base in ("postgres", "mysql", "mongodb", "rabbitmq"):
+        host = getattr(settings, f"{base}_host", None)
+        port = getattr(settings, f"{base}_port", None)
+        database = getattr(settings, f"{base}_database", None)
+        if database:
+            attributes["db.namespace"] = database
+    if host:
+        attributes["server.address"] = host
+        if port:
+            attributes["server.port"] = port
+    return attributes
+
+
+def span_name(service: str, operation: str, attributes: Mapping[str, Any]) -> str:
+    """``{operation} {target}``: the database name where known, else the backend."""
+    target = attributes.get("db.namespace") or service
+    return f"{operation} {target}"
+
+
+def _operation_attribute(attributes: Mapping[str, Any]) -> str:
+    if "messaging.system" in attributes:
+        return "messaging.operation.name"
+    if "db.system.name" in attributes:
+        return "db.operation.name"
+    return "quartstack.operation"
+
+
+@contextmanager
+def client_span(service: str, operation: str, attributes: Mapping[str, Any]) -> Iterator[None]:
+    """The current span for one guarded call (nested calls become its children)."""
+    tracer = trace.get_tracer(_TRACER)
+    with tracer.start_as_current_span(
+        span_name(service, operation, attributes),
+        kind=SpanKind.CLIENT,
+        attributes={**attributes, _operation_attribute(attributes): operation},
+        record_exception=False,  # an exception's message may carry driver text
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except BaseException as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            span.set_attribute("error.type", type(cause).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise

@@ -1,0 +1,173 @@
+"""One SERVER span per HTTP request, named ``METHOD /route/{template}``.
+
+An ASGI wrapper (outermost, so it also sees the 503 of a request cut at shutdown)
+opens the span with the HTTP semantic-convention attributes and records the status;
+a ``before_request`` hook renames it once Quart has matched the route (the name is
+the route template, never the raw path; an unmatched request keeps ``METHOD``).
+The query string is never recorded: its values may be anything.
+
+An incoming W3C ``traceparent`` is continued according to ``TRACEPARENT_TRUST``:
+``proxies`` (default) only when the peer is one of ``TRUSTED_PROXIES``, ``always``, or
+``never``. An untrusted client could otherwise choose trace ids (splicing its requests
+into other traces) and set the sampled flag on every request, forcing 100 % sampling
+past ``OTEL_TRACES_SAMPLER`` — a cheap way to flood the tracing backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from quart import Quart, request
+
+from quartstack.settings import Settings
+from quartstack.web.client_address import (
+    TRUSTED_PROXIES_KEY,
+    Network,
+    _is_trusted,
+    resolve_client_address,
+)
+from quartstack.web.observability import UNMATCHED_ENDPOINT, current_endpoint
+
+Scope = dict[str, Any]
+ASGIApp = Any  # Quart's asgi_app (typed with its own scope classes)
+
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+_SPAN_KEY = "quartstack.server_span"
+
+
+class _Headers(Getter[list[tuple[bytes, bytes]]]):
+    """Getter for :func:`opentelemetry.propagate.extract` over raw ASGI headers."""
+
+    def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
+        name = key.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in carrier if k.lower() == name]
+        return values or None
+
+    def keys(self, carrier: list[tuple[bytes, bytes]]) -> list[str]:
+        return [k.decode("latin-1") for k, _ in carrier]
+
+
+_GETTER = _Headers()
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _server_address(scope: Scope, host: str | None) -> tuple[str | None, int | None]:
+    if host:
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if name and port.isdigit():
+            return name, int(port)
+        return host, None
+    server = scope.get("server")
+    if server:
+        return str(server[0]), server[1]
+    return None, None
+
+
+class ServerSpans:
+    """The ASGI wrapper and the route hook; installed only when tracing is on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.trust = settings.traceparent_trust
+        self.tracer = trace.get_tracer("quartstack.http")
+        self.networks: tuple[Network, ...] = ()
+
+    def init_app(self, app: Quart) -> None:
+        self.networks = app.config.get(TRUSTED_PROXIES_KEY, ())
+        app.asgi_app = self.wrap(app.asgi_app)  # type: ignore[method-assign]
+
+        async def name_span() -> None:
+            span = trace.get_current_span()
+            if not span.is_recording():
+                return
+            endpoint = current_endpoint()
+            if endpoint != UNMATCHED_ENDPOINT:
+                span.update_name(f"{request.method} {endpoint}")
+                span.set_attribute("http.route", endpoint)
+
+        app.before_request_funcs.setdefault(None, []).insert(0, name_span)
+
+    def _parent(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> context.Context | None:
+        if self.trust == "never":
+            return None
+        if self.trust == "proxies":
+            client = scope.get("client")
+            if not client or not self.networks or not _is_trusted(str(client[0]), self.networks):
+                return None
+        return propagate.extract(headers, getter=_GETTER)
+
+    def _attributes(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        method = scope.get("method", "GET")
+        attributes: dict[str, Any] = {
+            "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+            "url.path": scope.get("path", "/"),
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method not in _KNOWN_METHODS:
+            attributes["http.request.method_original"] = method
+        address, port = _server_address(scope, _header(headers, b"host"))
+        if address:
+            attributes["server.address"] = address
+        if port:
+            attributes["server.port"] = port
+        client = scope.get("client")
+        if client:
+            peer = str(client[0])
+            forwarded = _header(headers, b"x-forwarded-for") if self.networks else None
+            attributes["client.address"] = resolve_client_address(peer, forwarded, self.networks)
+            attributes["network.peer.address"] = peer
+        agent = _header(headers, b"user-agent")
+        if agent:
+            attributes["user_agent.original"] = agent
+        return attributes
+
+    def wrap(self, inner: ASGIApp) -> ASGIApp:
+        async def asgi_app(scope: Scope, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await inner(scope, receive, send)
+                return
+            headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+            method = scope.get("method", "GET")
+            span = self.tracer.start_span(
+                method if method in _KNOWN_METHODS else "HTTP",
+                context=self._parent(scope, headers),
+                kind=SpanKind.SERVER,
+                attributes=self._attributes(scope, headers),
+            )
+            scope[_SPAN_KEY] = span
+            status: list[int] = []
+
+            async def traced_send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+                await send(message)
+
+            token = context.attach(trace.set_span_in_context(span))
+            try:
+                await inner(scope, receive, traced_send)
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR))
+                raise
+            finally:
+                context.detach(token)
+                if status:
+                    code = status[0]
+                    span.set_attribute("http.response.status_code", code)
+                    if code >= 500:
+                        span.set_attribute("error.type", str(code))
+                        span.set_status(Status(StatusCode.ERROR))
+                span.end()
+
+        return asgi_app
