@@ -106,3 +106,18 @@ def test_a_failed_publish_is_marked_with_the_error_kind_and_raises(spans):  # no
 
 def test_no_context_is_captured_outside_a_trace(spans):  # noqa: F811
     assert tracing_headers.capture_context() is None
+
+
+def test_nothing_is_traced_or_injected_while_tracing_is_off(spans, monkeypatch):  # noqa: F811
+    monkeypatch.setattr("quartstack.tracing.state.active", False)
+    with tracer.start_as_current_span("request"):
+        assert tracing_headers.capture_context() is None
+        with tracing_headers.publishing("q", "q", "m") as headers:
+            assert headers == {}
+        started, batch = tracing_headers.start_batch("ex", [])
+        assert (started, batch) == ([], [])
+        with tracing_headers.processing(
+            "q", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+        ):
+            assert trace.get_current_span().get_span_context().trace_id != int("1" * 32, 16)
+    assert [s.name for s in spans.get_finished_spans()] == ["request"]

@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from quartstack.tracing import state
+
 _EXPORTER = InMemorySpanExporter()
 
 
@@ -26,9 +28,11 @@ def _installed() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The spans ended during the test (earlier ones cleared)."""
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """The spans ended during the test (earlier ones cleared), with tracing on (the flag
+    ``quartstack.tracing.configure_tracing`` sets) for the test only."""
     exporter = _installed()
+    monkeypatch.setattr(state, "active", True)
     exporter.clear()
     yield exporter
     exporter.clear()

@@ -60,6 +60,13 @@ async def test_the_consumer_span_continues_the_message_context_through_the_dlq(
         assert attributes["messaging.destination.name"] == worker_env.exchange
         assert attributes["messaging.destination.subscription.name"] == worker_env.queue
         assert attributes["messaging.rabbitmq.destination.routing_key"] == "user.registered"
+        # the projection writes (the backend guard's client spans) are its children
+        writes = {
+            dict(s.attributes or {}).get("db.system.name")
+            for s in spans.get_finished_spans()
+            if s.parent is not None and s.parent.span_id == applied.context.span_id
+        }
+        assert {"mongodb", "redis"} <= writes
 
         [poisoned] = _processed(spans, worker_env, "p-1")
         assert dict(poisoned.attributes or {})["quartstack.event.outcome"] == "dead_lettered"

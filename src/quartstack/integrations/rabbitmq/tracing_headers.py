@@ -1,7 +1,8 @@
 """Trace context across RabbitMQ: producer and consumer spans, W3C headers in messages.
 
-Plain OpenTelemetry API: the spans go to whatever tracer provider the process set
-up (none: non-recording spans, nothing injected, next to no cost), and the context
+Plain OpenTelemetry API: the spans go to the tracer provider the process set up
+(:mod:`quartstack.tracing`; while tracing is off every helper here returns at the
+first line: no span, nothing injected, nothing stored), and the context
 travels in the AMQP message headers as ``traceparent``/``tracestate`` (the global
 propagator, W3C trace context and baggage unless ``OTEL_PROPAGATORS`` says other).
 
@@ -25,7 +26,9 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+
+from quartstack.tracing import state
 
 SYSTEM = "rabbitmq"
 tracer = trace.get_tracer("quartstack.rabbitmq")
@@ -55,6 +58,8 @@ _GETTER = _HeaderGetter()
 def capture_context() -> Carrier | None:
     """The current trace context as headers (None outside a recorded trace): what an
     outbox row stores so that its later publish can link back to the request."""
+    if not state.active:
+        return None
     carrier: Carrier = {}
     propagate.inject(carrier)
     return carrier or None
@@ -79,6 +84,8 @@ def start_publish(
     """Start the ``PRODUCER`` span of one message (a child of the current span, linked
     to ``caused_by``); return it and the headers that carry its context. The caller
     ends it with :func:`end_publish` once the broker answered."""
+    if not state.active:
+        return INVALID_SPAN, {}
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
@@ -149,6 +156,9 @@ def publishing(
 ) -> Iterator[Headers]:
     """One message's publish span, current inside the block (the backend call's own
     span nests under it); yields the headers to send with the message."""
+    if not state.active:
+        yield {}
+        return
     span, headers = start_publish(destination, routing_key, message_id, body_size=body_size)
     with trace.use_span(
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
@@ -173,6 +183,9 @@ def processing(
 ) -> Iterator[Span]:
     """The ``CONSUMER`` span of one delivery, current inside the block: a child of the
     producer's context from ``headers`` (and linked to it), a new trace without one."""
+    if not state.active:
+        yield INVALID_SPAN
+        return
     parent = propagate.extract(headers or {}, getter=_GETTER, context=otel_context.Context())
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
