@@ -77,7 +77,7 @@ async def test_the_consumer_span_continues_the_message_context_through_the_dlq(
             return ready == 1
 
         await eventually(dead, what="the dead letter in the DLQ")
-        assert await dlq.replay(load_settings(**worker_env.settings), 10) == 1
+        assert await dlq.replay(load_settings(**worker_env.settings), 1) == 1
         await eventually(
             lambda: _twice(spans, worker_env), what="the replayed letter processed again"
         )
