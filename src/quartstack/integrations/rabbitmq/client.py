@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -115,7 +115,7 @@ class ExchangeMessage:
     message_type: str | None = None
     timestamp: datetime | None = None
     #: Trace context (W3C headers) of what caused the message: its publish span links to it.
-    caused_by: Mapping[str, str] | None = None
+    caused_by: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
