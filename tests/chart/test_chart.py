@@ -381,7 +381,13 @@ def test_probes_and_ports_are_the_apps_real_ones(rendered_all_on):
     assert mounts["/vault/approle"]["readOnly"] is True
     secret = find(rendered_all_on, "Secret", "quartstack-approle")
     assert set(secret["stringData"]) == {"role-id", "secret-id"}
-    assert container["env"] == [{"name": "RATE_LIMIT_HEALTH", "value": "300"}]
+    downward = [e["name"] for e in container["env"] if "valueFrom" in e]
+    assert downward == ["K8S_POD_NAME", "K8S_NAMESPACE_NAME"]  # tracing's resource attributes
+    own = [e for e in container["env"] if "valueFrom" not in e]
+    assert own == [
+        {"name": "OTEL_SERVICE_NAME", "value": "quartstack-ci"},
+        {"name": "RATE_LIMIT_HEALTH", "value": "300"},
+    ]
     assert mounts["/etc/vault-ca"]["name"] == "vault-ca"
     volumes = find(rendered_all_on, "Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "vault-ca", "secret": {"secretName": "vault-ca"}} in volumes
@@ -431,7 +437,8 @@ def test_network_policy_opens_exactly_the_configured_ports(rendered_all_on):
     policy = find(rendered_all_on, "NetworkPolicy")["spec"]
     dns, backends = policy["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
-    assert {p["port"] for p in backends["ports"]} == {8200, 5432, 3306, 27017, 6379, 5672}
+    # Vault, the backends and the OTLP collector (otel.endpoint)
+    assert {p["port"] for p in backends["ports"]} == {8200, 5432, 3306, 27017, 6379, 5672, 4318}
     assert policy["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
     documents = render(
         sets=(

@@ -122,6 +122,15 @@ app.kubernetes.io/part-of: quartstack
 {{- $_ := set $ports (ternary "443" "80" (eq $url.scheme "https")) true }}
 {{- end }}
 {{- end }}
+{{- with .Values.otel.endpoint }}
+{{- $url := urlParse . }}
+{{- $hostport := splitList ":" $url.host }}
+{{- if gt (len $hostport) 1 }}
+{{- $_ := set $ports (last $hostport) true }}
+{{- else }}
+{{- $_ := set $ports (ternary "443" "80" (eq $url.scheme "https")) true }}
+{{- end }}
+{{- end }}
 {{- range $name, $backend := .Values.backends }}
 {{- if $backend.host }}
 {{- $_ := set $ports (toString $backend.port) true }}
@@ -212,5 +221,25 @@ minAvailable: {{ hasSuffix "%" $min | ternary ($min | quote) $min }}
 maxUnavailable: {{ hasSuffix "%" $max | ternary ($max | quote) $max }}
 {{- else }}
 maxUnavailable: 1
+{{- end }}
+{{- end }}
+
+{{/*
+The tracing environment of a pod: its name and namespace from the downward API (resource
+attributes k8s.pod.name / k8s.namespace.name) and, when otel.serviceName is set, its
+service.name (with the given suffix, e.g. "-worker").
+*/}}
+{{- define "quartstack.otelEnv" -}}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- with .root.Values.otel.serviceName }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "%s%s" . $.suffix | quote }}
 {{- end }}
 {{- end }}

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 #: ``db.system.name`` of each database backend (semantic-convention values).
 DB_SYSTEMS = {"postgres": "postgresql", "mysql": "mysql", "mongodb": "mongodb", "redis": "redis"}
 _TRACER = "quartstack.backends"
+_tracer: trace.Tracer | None = None
 
 
 def _base(service: str) -> str:
@@ -33,12 +34,11 @@ def _base(service: str) -> str:
 def default_attributes(service: str) -> dict[str, Any]:
     """What is known from the service name alone (a guard built without settings)."""
     base = _base(service)
-    attributes: dict[str, Any] = {"quartstack.backend": service}
     if base in DB_SYSTEMS:
-        attributes["db.system.name"] = DB_SYSTEMS[base]
-    elif base == "rabbitmq":
-        attributes["messaging.system"] = "rabbitmq"
-    return attributes
+        return {"db.system.name": DB_SYSTEMS[base]}
+    if base == "rabbitmq":
+        return {"messaging.system": "rabbitmq"}
+    return {"quartstack.backend": service}  # Vault: no semantic-convention system exists
 
 
 def backend_attributes(service: str, settings: Settings) -> dict[str, Any]:
@@ -83,8 +83,10 @@ def _operation_attribute(attributes: Mapping[str, Any]) -> str:
 @contextmanager
 def client_span(service: str, operation: str, attributes: Mapping[str, Any]) -> Iterator[None]:
     """The current span for one guarded call (nested calls become its children)."""
-    tracer = trace.get_tracer(_TRACER)
-    with tracer.start_as_current_span(
+    global _tracer
+    if _tracer is None:  # one tracer: the SDK builds a new one on every get_tracer()
+        _tracer = trace.get_tracer(_TRACER)
+    with _tracer.start_as_current_span(
         span_name(service, operation, attributes),
         kind=SpanKind.CLIENT,
         attributes={**attributes, _operation_attribute(attributes): operation},

@@ -11,6 +11,9 @@ An incoming W3C ``traceparent`` is continued according to ``TRACEPARENT_TRUST``:
 ``never``. An untrusted client could otherwise choose trace ids (splicing its requests
 into other traces) and set the sampled flag on every request, forcing 100 % sampling
 past ``OTEL_TRACES_SAMPLER`` — a cheap way to flood the tracing backend.
+
+Attributes are the required and the most useful recommended ones only: the Python
+exporter's cost grows with every attribute of every span.
 """
 
 from __future__ import annotations
@@ -112,7 +115,6 @@ class ServerSpans:
             "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
             "url.path": scope.get("path", "/"),
             "url.scheme": scope.get("scheme", "http"),
-            "network.protocol.version": scope.get("http_version", "1.1"),
         }
         if method not in _KNOWN_METHODS:
             attributes["http.request.method_original"] = method
@@ -126,7 +128,6 @@ class ServerSpans:
             peer = str(client[0])
             forwarded = _header(headers, b"x-forwarded-for") if self.networks else None
             attributes["client.address"] = resolve_client_address(peer, forwarded, self.networks)
-            attributes["network.peer.address"] = peer
         agent = _header(headers, b"user-agent")
         if agent:
             attributes["user_agent.original"] = agent
