@@ -12,6 +12,11 @@ The relay wakes on ``LISTEN outbox`` (a trigger notifies at every committed inse
 and polls every ``OUTBOX_RELAY_POLL_SECONDS`` anyway, which covers a lost listener
 connection and notifications missed while it was down. It never runs on a request's
 path: signups only need PostgreSQL.
+
+Tracing: each event's publish span is a span of the relay (its own trace, not the
+request's, which ended long ago) with a span link to the trace context the row
+stored at insert; the message carries the publish span's context, so the worker's
+processing continues the relay's trace and the link leads back to the request.
 """
 
 from __future__ import annotations
@@ -172,6 +177,7 @@ class OutboxRelay:
                 message_id=str(event.event_id),
                 message_type=event.event_type,
                 timestamp=event.created_at,
+                caused_by=event.trace_context,
             )
             for event in events
         ]

@@ -6,7 +6,9 @@ or not at all (one round trip, which matters at the signup's latency goal). The
 unique index on the normalised email decides a duplicate signup: two concurrent
 requests cannot both pass, whatever their timing.
 
-Events are JSON with ``schema_version``; the relay publishes them unchanged.
+Events are JSON with ``schema_version``; the relay publishes them unchanged. Each
+row also keeps the writing request's trace context (``trace_context``), so the
+relay's publish, which runs later in a trace of its own, links back to the request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from quartstack.integrations.postgres import PostgresPool
+from quartstack.integrations.rabbitmq.tracing_headers import capture_context
 
 #: Version of the event body schema; consumers check it.
 EVENT_SCHEMA_VERSION = 1
@@ -52,6 +55,8 @@ class OutboxEvent:
     event_type: str
     payload: str
     created_at: datetime
+    #: W3C trace context of the request that wrote it (None: not traced).
+    trace_context: dict[str, str] | None = None
 
 
 def event_body(event_id: uuid.UUID, event_type: str, at: datetime, data: dict[str, Any]) -> str:
@@ -72,8 +77,8 @@ _REGISTER = """
 WITH new_user AS (
     INSERT INTO users (id, email, name, created_at) VALUES ($1, $2, $3, $4)
 )
-INSERT INTO outbox (event_id, event_type, aggregate_id, payload)
-VALUES ($5, 'user.registered', $1, $6)
+INSERT INTO outbox (event_id, event_type, aggregate_id, payload, trace_context)
+VALUES ($5, 'user.registered', $1, $6, $7)
 """
 
 
@@ -89,11 +94,19 @@ async def register_user(postgres: PostgresPool, email: str, name: str) -> User:
         "created_at": user.created_at.isoformat(),
     }
     payload = event_body(event_id, USER_REGISTERED, user.created_at, data)
+    traced = _trace_context()
     try:
         await postgres.run(
             "register_user",
             lambda c: c.execute(
-                _REGISTER, user.id, user.email, user.name, user.created_at, event_id, payload
+                _REGISTER,
+                user.id,
+                user.email,
+                user.name,
+                user.created_at,
+                event_id,
+                payload,
+                traced,
             ),
         )
     except asyncpg.exceptions.UniqueViolationError as exc:
@@ -113,8 +126,8 @@ WITH erased AS (
     SET payload = jsonb_set(jsonb_set(payload, '{data,email}', 'null'), '{data,name}', 'null')
     WHERE aggregate_id = $1 AND event_type = 'user.registered' AND EXISTS (SELECT 1 FROM erased)
 ), event AS (
-    INSERT INTO outbox (event_id, event_type, aggregate_id, payload)
-    SELECT $3, 'user.deleted', id, $4 FROM erased
+    INSERT INTO outbox (event_id, event_type, aggregate_id, payload, trace_context)
+    SELECT $3, 'user.deleted', id, $4, $5 FROM erased
 )
 SELECT (SELECT count(*) FROM erased) AS erased,
        EXISTS (SELECT 1 FROM users WHERE id = $1) AS known
@@ -131,8 +144,9 @@ async def delete_user(postgres: PostgresPool, user_id: uuid.UUID) -> bool:
     now = datetime.now(UTC)
     event_id = uuid.uuid4()
     payload = event_body(event_id, USER_DELETED, now, {"id": str(user_id)})
+    traced = _trace_context()
     row = await postgres.run(
-        "delete_user", lambda c: c.fetchrow(_ERASE, user_id, now, event_id, payload)
+        "delete_user", lambda c: c.fetchrow(_ERASE, user_id, now, event_id, payload, traced)
     )
     if not row["known"]:
         raise UserNotFound(str(user_id))
@@ -153,7 +167,8 @@ async def find_user(postgres: PostgresPool, user_id: uuid.UUID) -> User | None:
 
 # --- the relay's queries ------------------------------------------------------------------
 CLAIM = """
-SELECT id, event_id, event_type, payload::text AS payload, created_at
+SELECT id, event_id, event_type, payload::text AS payload, created_at,
+       trace_context::text AS trace_context
 FROM outbox WHERE published_at IS NULL
 ORDER BY id LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -166,7 +181,19 @@ async def claim(connection: asyncpg.Connection, limit: int) -> list[OutboxEvent]
     """Lock up to ``limit`` unpublished rows that no other relay holds (in the
     caller's transaction)."""
     rows = await connection.fetch(CLAIM, limit)
-    return [OutboxEvent(**dict(row)) for row in rows]
+    return [_claimed(row) for row in rows]
+
+
+def _claimed(row: asyncpg.Record) -> OutboxEvent:
+    fields = dict(row)
+    traced = fields.pop("trace_context")
+    return OutboxEvent(**fields, trace_context=None if traced is None else json.loads(traced))
+
+
+def _trace_context() -> str | None:
+    """The current request's trace context for the event's row (JSON), if traced."""
+    carrier = capture_context()
+    return None if carrier is None else json.dumps(carrier, separators=(",", ":"))
 
 
 async def mark_published(connection: asyncpg.Connection, ids: list[int]) -> None:

@@ -19,6 +19,11 @@ What cannot be applied is told apart by cause:
 - anything else (a bug, data a backend refuses) is requeued, and dead-lettered with
   the error as reason at its ``WORKER_MAX_DELIVERIES``-th delivery.
 
+Tracing: each delivery is processed in a ``CONSUMER`` span that continues the
+trace context from the message headers (the publisher's span is its parent), so
+the MongoDB and Redis writes show up in the publisher's trace. Dead-lettering and
+replay copy the headers, so a replayed letter joins its original trace again.
+
 Stopping (SIGTERM): cancel the consumer so nothing new arrives, let the events in
 hand finish within the grace, nack (requeue) the rest, close the channel.
 """
@@ -36,7 +41,7 @@ from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from quartstack.integrations.mongodb import MongoDatabase
-from quartstack.integrations.rabbitmq import RabbitMQClient
+from quartstack.integrations.rabbitmq import RabbitMQClient, tracing_headers
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.resilience import BackendTimeout, BackendUnavailable
 from quartstack.settings import Settings
@@ -192,34 +197,44 @@ class ProjectionConsumer:
         if task is not None:
             self._handlers.add(task)
         try:
-            await self.handle(message)
+            with tracing_headers.processing(
+                self.settings.worker_queue,
+                message.headers,
+                message_id=message.message_id,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                body_size=message.body_size,
+            ) as span:
+                span.set_attribute("quartstack.event.outcome", await self.handle(message))
         finally:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle(self, message: AbstractIncomingMessage) -> str:
+        """Process one delivery; return its outcome (as counted in the metrics)."""
         started = time.perf_counter()
         event_type = message.type or message.routing_key or "unknown"
         if message.redelivered:
             REDELIVERIES.inc()
         if self._stopping.is_set():
             await _settle(message.nack(requeue=True))
-            return
+            return "requeued"
         try:
             result = await self._process(message)
         except (asyncio.CancelledError, _Requeue):
             await _settle(message.nack(requeue=True))
             EVENTS_CONSUMED.labels(event_type, "requeued").inc()
-            return
+            return "requeued"
         except Exception as exc:  # e.g. the channel died before the ack: redelivered later
             logger.warning(
                 "event not settled; the broker will deliver it again",
                 extra={"message_id": message.message_id, "cause": type(exc).__name__},
             )
             EVENTS_CONSUMED.labels(event_type, "unsettled").inc()
-            return
+            return "unsettled"
         EVENTS_CONSUMED.labels(event_type, result).inc()
         EVENT_DURATION.labels(event_type).observe(time.perf_counter() - started)
+        return result
 
     async def _process(self, message: AbstractIncomingMessage) -> str:
         try:

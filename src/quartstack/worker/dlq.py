@@ -5,7 +5,9 @@ the broker keeps every one. Replaying publishes each message again to the events
 exchange with its original routing key and properties (same ``message_id``, so a
 letter that was in fact applied is still applied once), waits for the confirm,
 and only then removes it from the DLQ: a crash in between replays it twice,
-which the projections absorb.
+which the projections absorb. The headers go along (only the broker's own and the
+dead-letter reason are dropped), ``traceparent`` among them: a replayed event is
+processed in its original trace again.
 """
 
 from __future__ import annotations

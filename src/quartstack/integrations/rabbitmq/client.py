@@ -46,6 +46,7 @@ from pamqp.commands import Basic
 
 from quartstack import NAME
 from quartstack.integrations.base import Backend
+from quartstack.integrations.rabbitmq import tracing_headers
 from quartstack.integrations.rabbitmq.channel_pool import ChannelPool
 from quartstack.integrations.vault.credentials import Credentials, credential_provider
 from quartstack.metrics import MESSAGE_PUBLISH_FAILURES, MESSAGES_PUBLISHED
@@ -113,6 +114,8 @@ class ExchangeMessage:
     message_id: str
     message_type: str | None = None
     timestamp: datetime | None = None
+    #: Trace context (W3C headers) of what caused the message: its publish span links to it.
+    caused_by: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -298,21 +301,23 @@ class RabbitMQClient(Backend):
         self, queue: str, body: bytes, *, message_id: str, correlation_id: str | None = None
     ) -> None:
         """Publish ``body`` (JSON) to durable ``queue``; return once the broker confirmed it."""
-        message = Message(
-            body,
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            timestamp=datetime.now(UTC),
-            app_id=NAME,
-        )
-        try:
-            await self.guard.call("publish", lambda: self._publish(queue, message))
-        except BackendError as exc:
-            MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc()
-            raise
+        with tracing_headers.publishing(queue, queue, message_id, body_size=len(body)) as headers:
+            message = Message(
+                body,
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                timestamp=datetime.now(UTC),
+                app_id=NAME,
+            )
+            try:
+                await self.guard.call("publish", lambda: self._publish(queue, message))
+            except BackendError as exc:
+                MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc()
+                raise
         MESSAGES_PUBLISHED.inc()
 
     async def _publish(self, queue: str, message: Message) -> None:
@@ -347,9 +352,11 @@ class RabbitMQClient(Backend):
         bindings, and a message no binding matches is dropped by design (pub/sub),
         not an error the publisher could fix.
         """
+        spans, headers = tracing_headers.start_batch(exchange, messages)
         outgoing = [
             Message(
                 m.body,
+                headers=h,
                 content_type="application/json",
                 content_encoding="utf-8",
                 delivery_mode=DeliveryMode.PERSISTENT,
@@ -358,7 +365,7 @@ class RabbitMQClient(Backend):
                 timestamp=m.timestamp or datetime.now(UTC),
                 app_id=NAME,
             )
-            for m in messages
+            for m, h in zip(messages, headers, strict=True)
         ]
 
         async def send() -> list[BaseException | None]:
@@ -380,6 +387,10 @@ class RabbitMQClient(Backend):
             results = await self.guard.call("publish_batch", send)
         except BackendError as exc:
             MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(exc)).inc(len(messages))
+            tracing_headers.end_batch(spans, [exc] * len(spans))
+            raise
+        except BaseException as exc:
+            tracing_headers.end_batch(spans, [exc] * len(spans))
             raise
         outcomes: list[BackendError | None] = []
         for result in results:
@@ -390,6 +401,7 @@ class RabbitMQClient(Backend):
             error = result if isinstance(result, BackendError) else PublishUnconfirmed()
             MESSAGE_PUBLISH_FAILURES.labels(_failure_reason(error)).inc()
             outcomes.append(error)
+        tracing_headers.end_batch(spans, outcomes)
         return outcomes
 
     async def _topic_exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
