@@ -80,9 +80,11 @@ def _operation_attribute(attributes: Mapping[str, Any]) -> str:
     return "quartstack.operation"
 
 
-#: Operations traced only inside a request (or another span): the readiness monitor's
-#: background checks would otherwise be a one-span trace per backend every few seconds.
-BACKGROUND_NOISE = frozenset({"health"})
+#: Operations traced only inside a request (or another span). Outside one they are
+#: polling loops, each of which would otherwise be a one-span trace every few seconds:
+#: the readiness monitor's checks, the outbox relay's claim (its publishes get their own
+#: spans, linked to the requests) and the worker's dead-letter depth watch.
+BACKGROUND_NOISE = frozenset({"health", "outbox_relay", "queue_info"})
 
 
 def wanted(operation: str) -> bool:
