@@ -305,6 +305,14 @@ class RedisClient(Backend):
             self._node_clients[node.name] = client
         return client
 
+    def subscription_client(self, attempt: int) -> Redis:
+        """A client of its own for one pub/sub subscription, on configured node number
+        ``attempt`` (round robin: a dead node is skipped on the next attempt), with the
+        credentials of the data client. No retries: a reconnect inside redis-py would
+        hide the gap in which messages were lost; the caller closes it."""
+        node = self.nodes[attempt % len(self.nodes)]
+        return self._standalone(node, max_connections=1, retries=0)
+
     # --- calls -----------------------------------------------------------------------
     async def run(
         self, operation: str, func: Callable[[Any], Awaitable[T]], *, timeout: float | None = None
