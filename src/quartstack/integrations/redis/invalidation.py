@@ -38,8 +38,9 @@ class SubscriptionSilent(Exception):
 class InvalidationChannel:
     """Publish this replica's invalidations; apply everyone's to the local tier."""
 
-    def __init__(self, redis: RedisClient, local: LocalTier) -> None:
+    def __init__(self, redis: RedisClient, local: LocalTier, timeout: float | None = None) -> None:
         self.redis = redis
+        self.timeout = timeout  # the response cache's short side-call timeout
         self.local = local
         self.channel = redis.key(CHANNEL)
         self.ping_interval = local.liveness / 3
@@ -86,9 +87,10 @@ class InvalidationChannel:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _listen(self, attempt: int) -> None:
-        # Through the data client first: it refreshes rotated credentials and skips
-        # at once while the Redis circuit is open.
-        await self.redis.run("cache_subscribe", lambda c: c.ping())
+        # Through the data client first, with the cache's short timeout: it refreshes
+        # rotated credentials, skips at once while the Redis circuit is open, and is the
+        # (short) trial call when half-open; the SUBSCRIBE follows only a PONG.
+        await self.redis.run("cache_subscribe", lambda c: c.ping(), timeout=self.timeout)
         client = self.redis.subscription_client(attempt)
         pubsub: Any = client.pubsub()
         try:

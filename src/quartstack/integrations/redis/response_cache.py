@@ -63,7 +63,7 @@ class ResponseCache:
         self.timeout = timeout  # of get and put, which fail open; None: the backend's
         self.flights = SingleFlight()
         self.local = local if local is not None else LocalTier(0, 0)
-        self.channel = InvalidationChannel(redis, self.local)
+        self.channel = InvalidationChannel(redis, self.local, timeout)
 
     async def get(self, key: str) -> tuple[dict[str, Any], float] | None:
         """The stored entry and its seconds to live (to the millisecond), or None."""
