@@ -177,6 +177,11 @@ class RedisClient(Backend):
         return self._current.pool if self._current is not None else None
 
     @property
+    def connected(self) -> bool:
+        """A data client exists (credentials and mode are known)."""
+        return self._client is not None
+
+    @property
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)
 

@@ -20,8 +20,11 @@ import logging
 import random
 from typing import Any
 
+from circuitbreaker import STATE_OPEN
+
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.integrations.redis.local_tier import LocalTier
+from quartstack.resilience import BackendGuard
 
 logger = logging.getLogger("quartstack.response_cache")
 
@@ -29,6 +32,11 @@ CHANNEL = "resp-invalidate"  # under REDIS_KEY_PREFIX
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 5.0
 STOP_TIMEOUT = 1.0
+NOT_READY_POLL = 0.2
+
+
+class RedisNotReady(Exception):
+    """The data client is not connected, or its circuit is open."""
 
 
 class SubscriptionSilent(Exception):
@@ -38,9 +46,17 @@ class SubscriptionSilent(Exception):
 class InvalidationChannel:
     """Publish this replica's invalidations; apply everyone's to the local tier."""
 
-    def __init__(self, redis: RedisClient, local: LocalTier, timeout: float | None = None) -> None:
+    def __init__(self, redis: RedisClient, local: LocalTier) -> None:
         self.redis = redis
-        self.timeout = timeout  # the response cache's short side-call timeout
+        settings = redis.settings
+        # A guard of its own (like the per-node ones): the subscription's outcomes must
+        # not move the circuit of the data calls, nor hide their failures with successes.
+        self.guard = BackendGuard(
+            "redis:pubsub",
+            timeout=settings.backend_timeout_seconds,
+            failure_threshold=settings.circuit_failure_threshold,
+            recovery_timeout=settings.circuit_recovery_seconds,
+        )
         self.local = local
         self.channel = redis.key(CHANNEL)
         self.ping_interval = local.liveness / 3
@@ -81,20 +97,23 @@ class InvalidationChannel:
                         "response cache invalidations lost; in-memory tier off until resubscribed",
                         extra={"error": type(exc).__name__},
                     )
+                if isinstance(exc, RedisNotReady):  # no I/O to back off from: look again soon
+                    await asyncio.sleep(NOT_READY_POLL)
+                    continue
                 failures += 1
                 attempt += 1
                 delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures, 10))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _listen(self, attempt: int) -> None:
-        # Through the data client first, with the cache's short timeout: it refreshes
-        # rotated credentials, skips at once while the Redis circuit is open, and is the
-        # (short) trial call when half-open; the SUBSCRIBE follows only a PONG.
-        await self.redis.run("cache_subscribe", lambda c: c.ping(), timeout=self.timeout)
+        # The data client connects (and learns rotated credentials) on request traffic;
+        # while it is not connected or its circuit is open, there is nothing to try.
+        if not self.redis.connected or self.redis.guard.state == STATE_OPEN:
+            raise RedisNotReady()
         client = self.redis.subscription_client(attempt)
         pubsub: Any = client.pubsub()
         try:
-            await self.redis.guard.call("cache_subscribe", lambda: pubsub.subscribe(self.channel))
+            await self.guard.call("subscribe", lambda: pubsub.subscribe(self.channel))
             loop = asyncio.get_running_loop()
             quiet_since = loop.time()
             while True:

@@ -63,7 +63,7 @@ class ResponseCache:
         self.timeout = timeout  # of get and put, which fail open; None: the backend's
         self.flights = SingleFlight()
         self.local = local if local is not None else LocalTier(0, 0)
-        self.channel = InvalidationChannel(redis, self.local, timeout)
+        self.channel = InvalidationChannel(redis, self.local)
 
     async def get(self, key: str) -> tuple[dict[str, Any], float] | None:
         """The stored entry and its seconds to live (to the millisecond), or None."""
@@ -220,10 +220,13 @@ _COUNTERS: dict[str, _Counters] = {}
 
 
 def _counters() -> _Counters:
-    endpoint = current_endpoint()
-    found = _COUNTERS.get(endpoint)
+    """The counters of this request's route, by rule (no template formatting per hit)."""
+    rule = request.url_rule
+    found = _COUNTERS.get(rule.rule) if rule is not None else None
     if found is None:
-        found = _COUNTERS[endpoint] = _Counters(endpoint)
+        found = _Counters(current_endpoint())
+        if rule is not None:
+            _COUNTERS[rule.rule] = found
     return found
 
 
