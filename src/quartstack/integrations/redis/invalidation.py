@@ -9,7 +9,7 @@ subscriber may listen on any one configured node (the next one after a failure).
 While the subscription is down, or silent for longer than the tier's ``liveness``
 (pings are sent when nothing else arrives), the local tier is off and empty; it comes
 back empty once subscribed again. redis-py has no client-side caching for asyncio
-(its ``CacheConfig`` is sync-only in 7.x/8.x), hence pub/sub.
+(``CacheConfig`` is sync-only, checked up to redis-py 8.1), hence pub/sub.
 """
 
 from __future__ import annotations
