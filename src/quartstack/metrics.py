@@ -51,9 +51,17 @@ HTTP_ERRORS = Counter(
 )
 
 # --- response cache ----------------------------------------------------------------------
-CACHE_HITS = Counter("cache_hits_total", "Response cache hits.", ["endpoint"], registry=REGISTRY)
+CACHE_HITS = Counter(
+    "cache_hits_total",
+    "Response cache hits, by tier (memory: this process; redis: the shared one).",
+    ["endpoint", "tier"],
+    registry=REGISTRY,
+)
 CACHE_MISSES = Counter(
-    "cache_misses_total", "Response cache misses.", ["endpoint"], registry=REGISTRY
+    "cache_misses_total",
+    "Response cache misses, by tier (a redis miss runs the route).",
+    ["endpoint", "tier"],
+    registry=REGISTRY,
 )
 CACHE_INVALIDATIONS = Counter(
     "cache_invalidations_total",

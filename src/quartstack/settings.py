@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     rate_limit_health: int = Field(default=200, ge=1)
     rate_limit_metrics: int = Field(default=1000, ge=1)
     response_cache_enabled: bool = True
+    # The in-process tier in front of Redis: how long a replica may keep an answer
+    # another replica invalidated if the message were lost (0 turns the tier off).
+    response_cache_local_ttl_seconds: float = Field(default=2.0, ge=0, le=30)
+    response_cache_local_max_entries: int = Field(default=1000, ge=0, le=1_000_000)
     # Redis calls made on the side of a request (the limiter, the response cache,
     # idempotency keys) fail open, so they get short timeouts of their own: a silent
     # Redis must not hold every route for BACKEND_TIMEOUT_SECONDS. A timeout counts as a

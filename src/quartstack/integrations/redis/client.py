@@ -177,6 +177,11 @@ class RedisClient(Backend):
         return self._current.pool if self._current is not None else None
 
     @property
+    def connected(self) -> bool:
+        """A data client exists (credentials and mode are known)."""
+        return self._client is not None
+
+    @property
     def is_cluster(self) -> bool:
         return isinstance(self._client, RedisCluster)
 
@@ -304,6 +309,14 @@ class RedisClient(Backend):
                 client.set_response_callback(command, _raw)
             self._node_clients[node.name] = client
         return client
+
+    def subscription_client(self, attempt: int) -> Redis:
+        """A client of its own for one pub/sub subscription, on configured node number
+        ``attempt`` (round robin: a dead node is skipped on the next attempt), with the
+        credentials of the data client. No retries: a reconnect inside redis-py would
+        hide the gap in which messages were lost; the caller closes it."""
+        node = self.nodes[attempt % len(self.nodes)]
+        return self._standalone(node, max_connections=1, retries=0)
 
     # --- calls -----------------------------------------------------------------------
     async def run(

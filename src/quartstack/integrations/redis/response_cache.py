@@ -11,6 +11,13 @@ routes today), in a canonical order: ``?x=<random>`` must neither bypass the cac
 nor fill Redis with copies. Concurrent misses for one key share one run of the
 route in the process (single flight): a cold ``/health/all`` hit by many clients
 at once checks the backends once, not once per request.
+
+In front of Redis sits a small in-process tier (:mod:`.local_tier`): an LRU of at most
+``RESPONSE_CACHE_LOCAL_MAX_ENTRIES`` entries, each kept at most
+``RESPONSE_CACHE_LOCAL_TTL_SECONDS`` and never past its Redis copy. Invalidations reach
+every replica's tier through Redis pub/sub (:mod:`.invalidation`); while that
+subscription is down the tier is off, so a replica never serves what another one
+invalidated for longer than the local TTL.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from urllib.parse import urlencode
 from quart import Quart, Response, current_app, request
 
 from quartstack.integrations.redis.client import AnyRedis, RedisClient, RedisDataError
+from quartstack.integrations.redis.invalidation import InvalidationChannel
+from quartstack.integrations.redis.local_tier import LocalTier
 from quartstack.metrics import CACHE_HITS, CACHE_INVALIDATIONS, CACHE_MISSES
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
@@ -44,15 +53,20 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 class ResponseCache:
-    """Stores rendered responses in Redis with a TTL; pattern invalidation by SCAN."""
+    """Stores rendered responses in Redis with a TTL, and briefly in memory; pattern
+    invalidation by SCAN, announced to every replica."""
 
-    def __init__(self, redis: RedisClient, timeout: float | None = None) -> None:
+    def __init__(
+        self, redis: RedisClient, timeout: float | None = None, local: LocalTier | None = None
+    ) -> None:
         self.redis = redis
         self.timeout = timeout  # of get and put, which fail open; None: the backend's
         self.flights = SingleFlight()
+        self.local = local if local is not None else LocalTier(0, 0)
+        self.channel = InvalidationChannel(redis, self.local)
 
-    async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
-        """The stored entry and its seconds to live, or None."""
+    async def get(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The stored entry and its seconds to live (to the millisecond), or None."""
         key = self.redis.key(key)
 
         async def read(client: AnyRedis) -> tuple[Any, Any]:
@@ -65,7 +79,7 @@ class ResponseCache:
         value, pttl = await self.redis.run("cache_get", read, timeout=self.timeout)
         if value is None:
             return None
-        return json.loads(value), max(0, int(pttl) // 1000)
+        return json.loads(value), max(0, int(pttl)) / 1000
 
     async def put(self, key: str, entry: dict[str, Any], ttl: int) -> None:
         stored = self.redis.key(key)
@@ -93,6 +107,10 @@ class ResponseCache:
             return deleted
 
         deleted: int = await self.redis.run("cache_invalidate", scan_delete)
+        # After the delete, so whoever re-reads misses in Redis too (a fill that read
+        # the old value before is not kept: the generation changed).
+        self.local.invalidate(KEY_PREFIX + pattern)
+        await self.channel.publish(KEY_PREFIX + pattern)
         CACHE_INVALIDATIONS.labels(label).inc(deleted)
         return deleted
 
@@ -110,9 +128,22 @@ class ResponseCaching:
         app.extensions[self.KEY] = self
         redis = app.extensions.get(RedisClient.name)
         if isinstance(redis, RedisClient) and self.settings.response_cache_enabled:
-            app.extensions[RESPONSE_CACHE_KEY] = ResponseCache(
-                redis, self.settings.response_cache_timeout_seconds
+            local = LocalTier(
+                self.settings.response_cache_local_ttl_seconds,
+                self.settings.response_cache_local_max_entries,
             )
+            cache = ResponseCache(redis, self.settings.response_cache_timeout_seconds, local)
+            app.extensions[RESPONSE_CACHE_KEY] = cache
+
+            @app.before_serving
+            async def _subscribe() -> None:
+                cache.channel.start()
+
+            async def _unsubscribe() -> None:
+                await cache.channel.stop()
+
+            # First: the subscription ends before the Redis client closes under it.
+            app.after_serving_funcs.insert(0, _unsubscribe)
 
 
 def invalidation_label(app: Quart, pattern: str) -> str | None:
@@ -144,28 +175,59 @@ def response_cache(app: Quart | None = None) -> ResponseCache | None:
     return cache if isinstance(cache, ResponseCache) else None
 
 
+#: What a flight's leader shares: the entry and its seconds to live, or None.
+Shared = tuple[dict[str, Any], float] | None
+
+
 class SingleFlight:
     """Concurrent misses for one key wait for the first one's entry (in this process).
 
-    The first caller renders the route; the others get its entry, or ``None`` when it
-    had none to share (uncacheable status, error, cancelled) and then render their own.
+    The first caller reads Redis and, on a miss there, renders the route; the others get
+    its entry, or ``None`` when it had none to share (uncacheable status, error,
+    cancelled) and then fetch their own.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._flights: dict[str, asyncio.Future[Shared]] = {}
 
-    def joined(self, key: str) -> asyncio.Future[dict[str, Any] | None] | None:
+    def joined(self, key: str) -> asyncio.Future[Shared] | None:
         """The flight in progress for ``key`` to wait on, or None: the caller leads one."""
         flight = self._flights.get(key)
         if flight is None:
             self._flights[key] = asyncio.get_running_loop().create_future()
         return flight
 
-    def land(self, key: str, entry: dict[str, Any] | None) -> None:
+    def land(self, key: str, shared: Shared) -> None:
         """The leader's result (``None``: nothing to share) goes to every waiter."""
         flight = self._flights.pop(key, None)
         if flight is not None and not flight.done():
-            flight.set_result(entry)
+            flight.set_result(shared)
+
+
+class _Counters:
+    """The four counter children of one endpoint, looked up once (``labels()`` locks)."""
+
+    __slots__ = ("memory_hit", "memory_miss", "redis_hit", "redis_miss")
+
+    def __init__(self, endpoint: str) -> None:
+        self.memory_hit = CACHE_HITS.labels(endpoint, "memory")
+        self.memory_miss = CACHE_MISSES.labels(endpoint, "memory")
+        self.redis_hit = CACHE_HITS.labels(endpoint, "redis")
+        self.redis_miss = CACHE_MISSES.labels(endpoint, "redis")
+
+
+_COUNTERS: dict[str, _Counters] = {}
+
+
+def _counters() -> _Counters:
+    """The counters of this request's route, by rule (no template formatting per hit)."""
+    rule = request.url_rule
+    found = _COUNTERS.get(rule.rule) if rule is not None else None
+    if found is None:
+        found = _Counters(current_endpoint())
+        if rule is not None:
+            _COUNTERS[rule.rule] = found
+    return found
 
 
 def _canonical_query(params: tuple[str, ...]) -> str:
@@ -209,11 +271,24 @@ def _respond(entry: dict[str, Any], cache_control: str, state: str) -> Response:
     )
 
 
-async def _put(cache: ResponseCache, key: str, entry: dict[str, Any], ttl: int) -> None:
+async def _put(cache: ResponseCache, key: str, entry: dict[str, Any], ttl: int) -> bool:
     try:
         await cache.put(key, entry, ttl)
     except BackendError:
         logger.debug("response not cached: redis unavailable")
+        return False
+    return True
+
+
+async def _read(cache: ResponseCache, key: str) -> tuple[Shared, bool]:
+    """The shared tier's entry (or None) and whether Redis failed (then skip the put)."""
+    try:
+        return await cache.get(key), False
+    except RedisDataError:
+        return None, False  # not a value we stored: a miss, which the put overwrites
+    except BackendError:
+        logger.debug("response cache unavailable; answering uncached")
+        return None, True  # answer uncached rather than fail
 
 
 def cached_response(
@@ -223,7 +298,7 @@ def cached_response(
     private: bool = False,
     query_params: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
-    """Cache the route's rendered response in Redis for ``ttl`` seconds.
+    """Cache the route's rendered response in memory and in Redis for ``ttl`` seconds.
 
     Put it above ``validate_response`` so the validated, rendered body is stored.
     ``private`` keeps shared HTTP caches (proxies, CDNs) from storing the answer.
@@ -238,41 +313,46 @@ def cached_response(
             cache = response_cache()
             if cache is None:
                 return await view(*args, **kwargs)
-            endpoint = current_endpoint()
+            counters = _counters()
             key = _cache_key(query_params)
-            redis_down = False
-            try:
-                hit = await cache.get(key)
-            except RedisDataError:
-                hit = None  # not a value we stored: a miss, which the put overwrites
-            except BackendError:
-                hit, redis_down = None, True  # answer uncached rather than fail
-                logger.debug("response cache unavailable; answering uncached")
-            if hit is not None:
-                CACHE_HITS.labels(endpoint).inc()
-                return _respond(hit[0], f"{scope}, max-age={hit[1]}", "HIT")
+            local = cache.local.get(key)
+            if local is not None:
+                counters.memory_hit.inc()
+                left = int(local.shared_expires - cache.local.clock())
+                return _respond(local.entry, f"{scope}, max-age={max(0, left)}", "HIT")
+            if cache.local.enabled:
+                counters.memory_miss.inc()
             flight = cache.flights.joined(key)
             if flight is not None:
                 shared = await asyncio.shield(flight)
                 if shared is not None:
-                    CACHE_HITS.labels(endpoint).inc()
-                    return _respond(shared, f"{scope}, max-age={ttl}", "HIT")
-                # Nothing shared: lead a new flight, or render alone if one already started.
+                    counters.redis_hit.inc()  # fetched once, for this request too
+                    return _respond(shared[0], f"{scope}, max-age={int(shared[1])}", "HIT")
+                # Nothing shared: lead a new flight, or fetch alone if one already started.
                 flight = cache.flights.joined(key)
-            entry: dict[str, Any] | None = None
+            result: Shared = None
             try:
-                CACHE_MISSES.labels(endpoint).inc()
+                generation = cache.local.generation  # an invalidation after it: keep no copy
+                hit, redis_down = await _read(cache, key)
+                if hit is not None:
+                    counters.redis_hit.inc()
+                    cache.local.put(key, hit[0], hit[1], generation)
+                    result = hit
+                    return _respond(hit[0], f"{scope}, max-age={int(hit[1])}", "HIT")
+                counters.redis_miss.inc()
                 response = await _render(view, args, kwargs)
                 if response.status_code not in statuses:
                     response.headers["X-Cache"] = "MISS"
                     return response
                 entry = await _entry(response)
-                if not redis_down:  # it just failed this request: do not wait for it twice
-                    await _put(cache, key, entry, ttl)
+                # Not after Redis just failed this request: do not wait for it twice.
+                if not redis_down and await _put(cache, key, entry, ttl):
+                    cache.local.put(key, entry, ttl, generation)
+                result = (entry, ttl)
                 return _respond(entry, f"{scope}, max-age={ttl}", "MISS")
             finally:
                 if flight is None:
-                    cache.flights.land(key, entry)
+                    cache.flights.land(key, result)
 
         setattr(wrapper, CACHED_ATTRIBUTE, True)
         return cast(F, wrapper)
