@@ -1,5 +1,6 @@
-"""ASGI entry point for external servers (``hypercorn quartstack.asgi:app``)
-and for ``quartstack serve --workers N``. Building the app connects nothing."""
+"""ASGI entry point for external servers (``hypercorn quartstack.asgi:app``,
+``uvicorn quartstack.asgi:app``) and for ``quartstack serve --workers N`` under
+either server. Building the app connects nothing."""
 
 from quartstack.app import create_app
 from quartstack.server_fixes import apply_hypercorn_fixes

@@ -15,14 +15,14 @@ import httpx
 import pytest
 
 from tests.support.net import TcpProxy
-from tests.support.process import ServiceProcess
+from tests.support.process import SERVERS, ServiceProcess
 from tests.support.vault import VaultTestServer
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request):
     env = {"RATE_LIMIT_ENABLED": "false", "RABBITMQ_HOST": "127.0.0.1"}
-    with ServiceProcess(env) as process:
+    with ServiceProcess(env, server=request.param) as process:
         process.wait_live().wait_started()
         yield process
 
@@ -117,7 +117,8 @@ def _call_in_thread(
     return thread, result
 
 
-def test_sigterm_drains_in_flight_requests():
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_sigterm_drains_in_flight_requests(http_server):
     with TcpProxy(6379) as proxy:
         env = {
             "REDIS_HOST": "127.0.0.1",
@@ -126,7 +127,7 @@ def test_sigterm_drains_in_flight_requests():
             "SHUTDOWN_GRACE_SECONDS": "15",
             "SHUTDOWN_DRAIN_SECONDS": "0.5",
         }
-        process = ServiceProcess(env).start()
+        process = ServiceProcess(env, server=http_server).start()
         try:
             process.wait_started()
             assert httpx.get(process.url + "/examples/cache/drain-key").status_code == 200
@@ -153,7 +154,8 @@ def test_sigterm_drains_in_flight_requests():
         assert "draining: readiness is now 503" in logs and "drain finished" in logs
 
 
-def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path, http_server):
     """drain + grace + close is the whole shutdown: a request stuck on a backend past the
     grace is answered 503 (not Hypercorn's empty 500), the process exits 0 within the
     budget, and its AppRole token is revoked in Vault."""
@@ -171,7 +173,7 @@ def test_sigterm_budget_holds_when_a_request_outlives_the_grace(tmp_path):
             "SHUTDOWN_CLOSE_SECONDS": str(close),
         }
         before = vault.token_accessors()
-        process = ServiceProcess(env).start()
+        process = ServiceProcess(env, server=http_server).start()
         try:
             process.wait_started()
             app_tokens = vault.token_accessors() - before
