@@ -79,7 +79,9 @@ class ServiceProcess:
             except httpx.HTTPError as exc:
                 last = exc
             time.sleep(0.1)
-        raise TimeoutError(f"{path} not 200 after {timeout} s (last: {last})")
+        raise TimeoutError(
+            f"{path} not 200 after {timeout} s (last: {last}):\n" + "\n".join(self._lines[-30:])
+        )
 
     def wait_live(self, timeout: float = 20.0) -> ServiceProcess:
         self._wait_for("/health/live", timeout)
