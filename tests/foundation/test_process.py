@@ -3,6 +3,7 @@ and hostile input over raw sockets."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,6 +41,24 @@ def test_startup_and_a_real_metrics_scrape(server):
     assert "server" not in {k.lower() for k in response.headers}
     lines = [line for line in server.log_lines() if '"quartstack.access"' in line]
     assert lines and all(line.startswith("{") for line in lines)
+
+
+def test_forwarded_headers_are_ignored_without_trusted_proxies(server):
+    """The server's own proxy-header handling is off (uvicorn's is on by default for
+    127.0.0.1): with TRUSTED_PROXIES empty the client is the peer, whatever it claims."""
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    response = httpx.get(server.url + "/", headers={**forged, "X-Request-ID": "forged-xff"})
+    assert response.status_code == 200
+
+    def access_line() -> str | None:
+        return next(
+            (line for line in server.log_lines() if '"forged-xff"' in line and "access" in line),
+            None,
+        )
+
+    _poll(lambda: access_line() is not None, "the access log line")
+    line = json.loads(access_line() or "")
+    assert line["client"] == "127.0.0.1", line
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ class ServiceProcess:
             f"{path} not 200 after {timeout} s (last: {last}):\n" + "\n".join(self._lines[-30:])
         )
 
-    def wait_live(self, timeout: float = 20.0) -> ServiceProcess:
+    def wait_live(self, timeout: float = 60.0) -> ServiceProcess:
         self._wait_for("/health/live", timeout)
         return self
 
