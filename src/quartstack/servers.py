@@ -13,6 +13,7 @@ uvloop) speaks HTTP/1.1 only and serves about twice the requests per core.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -180,6 +181,11 @@ class UvicornServer:
         import uvicorn
 
         host, port = _split_bind(self.bind)
+        options = _uvicorn_options(self.settings)
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # uvicorn >= 0.5x restarts a worker that is not up within 5 s; building the
+            # app takes longer than that on a busy node
+            options["timeout_worker_healthcheck"] = 30
         uvicorn.run(
             app_path,
             host=host,
@@ -187,7 +193,7 @@ class UvicornServer:
             workers=self.workers,
             reload=reload,
             loop="uvloop" if uvloop else "asyncio",
-            **_uvicorn_options(self.settings),
+            **options,
         )
 
 
