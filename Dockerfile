@@ -40,10 +40,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TMPDIR=/tmp \
     HOST=0.0.0.0 \
     PORT=8000
-# The dependencies are exactly requirements.lock's pins (uvloop included), each wheel checked
-# against its sha256 there (`tox -e lock` regenerates it); then quartstack's wheel without
-# resolving anything, and pip check proves the set is complete. pip compiles the bytecode at
-# install time, so nothing is written at run time.
+# The dependencies are exactly requirements.lock's pins (uvloop and the uvicorn extra
+# included, so SERVER=uvicorn needs no other image), each wheel checked against its sha256
+# there (`tox -e lock` regenerates it); then quartstack's wheel without resolving anything,
+# and pip check proves the set is complete. pip compiles the bytecode at install time, so
+# nothing is written at run time.
 RUN --mount=type=bind,from=build,source=/dist,target=/dist \
     --mount=type=bind,source=requirements.lock,target=/requirements.lock \
     pip install --no-cache-dir --require-hashes --only-binary=:all: -r /requirements.lock \

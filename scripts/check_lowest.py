@@ -16,7 +16,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-EXTRAS = ("test",)  # what tox -e lowest installs besides the runtime dependencies
+# what tox -e lowest installs besides the runtime dependencies
+EXTRAS = ("test", "uvicorn")
 
 
 def main() -> int:

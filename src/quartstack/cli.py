@@ -1,28 +1,30 @@
-"""``quartstack serve``: run the service under Hypercorn.
+"""``quartstack serve``: run the service under Hypercorn or uvicorn (``SERVER``).
 
 One worker by default: with one worker the process owns SIGTERM and drains
-in-flight requests before stopping (Hypercorn's multi-worker mode cuts them),
-so scale with replicas rather than workers.
+in-flight requests before stopping (with several, each server's own supervisor
+stops the workers and cuts what runs past its graceful timeout), so scale with
+replicas rather than workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable
 
-from hypercorn.config import Config
-
 from quartstack import NAME, __version__
 from quartstack.logging_setup import configure_logging
-from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
+from quartstack.servers import SERVER_NAMES, HttpServer, hypercorn_config, make_server
 from quartstack.serving import serve_until_signalled
 from quartstack.settings import Settings, SettingsError, load_settings
 from quartstack.signup import cli as signup_cli
 from quartstack.tracing import configure_tracing, shutdown_tracing
 from quartstack.worker import cli as worker_cli
+
+__all__ = ["hypercorn_config", "main"]  # hypercorn_config: bench/bare_app.py
 
 logger = logging.getLogger("quartstack.cli")
 
@@ -34,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quartstack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"quartstack {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the HTTP service under Hypercorn")
+    serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     serve_cmd.add_argument("--bind", help="HOST:PORT to listen on (default from HOST and PORT)")
     serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
+    add_server_option(serve_cmd)
     serve_cmd.add_argument("--no-uvloop", action="store_true", help="use the asyncio event loop")
     serve_cmd.add_argument(
         "--reload", action="store_true", help="restart when source files change (development)"
@@ -46,19 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def hypercorn_config(settings: Settings, bind: str | None, workers: int) -> Config:
-    config = Config()
-    config.bind = [bind or f"{settings.host}:{settings.port}"]
-    config.workers = workers
-    config.graceful_timeout = settings.shutdown_grace_seconds  # several workers: Hypercorn's own
-    config.shutdown_timeout = settings.shutdown_close_seconds + 1
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.include_server_header = False
-    config.h11_max_incomplete_size = MAX_REQUEST_HEAD_BYTES
-    config.keep_alive_timeout = 75
-    apply_hypercorn_fixes(settings.max_body_bytes)  # closed connections, 100-continue
-    return config
+def add_server_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--server", choices=SERVER_NAMES, help="HTTP server (default from SERVER: hypercorn)"
+    )
+
+
+def server_missing(name: str) -> str | None:
+    """Why the chosen server cannot run here, or None."""
+    if name == "uvicorn" and not all(
+        importlib.util.find_spec(module) for module in ("uvicorn", "httptools")
+    ):
+        return "SERVER=uvicorn needs the uvicorn extra: pip install 'quartstack[uvicorn]'"
+    return None
 
 
 def _uvloop_factory(disabled: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -72,7 +75,7 @@ def _uvloop_factory(disabled: bool) -> Callable[[], asyncio.AbstractEventLoop] |
     return factory
 
 
-async def _serve_one(settings: Settings, config: Config) -> bool:
+async def _serve_one(settings: Settings, server: HttpServer) -> bool:
     """Serve until SIGTERM/SIGINT, then shut down within the budget; False if the
     budget ran out and the server was stopped by force."""
     from quartstack.app import create_app
@@ -84,16 +87,7 @@ async def _serve_one(settings: Settings, config: Config) -> bool:
         + settings.shutdown_grace_seconds
         + settings.shutdown_close_seconds
     )
-    return await serve_until_signalled(
-        app, config, lifecycle(app).shut_down, budget, settings.shutdown_close_seconds
-    )
-
-
-def _serve_many(config: Config) -> None:
-    from hypercorn.run import run
-
-    config.application_path = "quartstack.asgi:app"
-    run(config)
+    return await serve_until_signalled(app, server, lifecycle(app).shut_down, budget)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         print(f"quartstack: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "server", None):
+        settings = settings.model_copy(update={"server": args.server})
+    if args.command in ("serve", "worker") and (missing := server_missing(settings.server)):
+        print(f"quartstack: {missing}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     configure_tracing(f"{NAME}-worker" if args.command == "worker" else NAME)
@@ -117,25 +116,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in worker_cli.COMMANDS:
         return worker_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
-    config = hypercorn_config(settings, args.bind, workers)
+    server = make_server(settings, settings.server, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)
     logger.info(
         "starting",
         extra={
-            "bind": config.bind,
+            "bind": [server.bind],
+            "server": server.name,
             "workers": workers,
             "uvloop": loop_factory is not None,
             "version": __version__,
         },
     )
-    if args.reload:
-        config.use_reloader = True
     if workers > 1 or args.reload:
-        if loop_factory is not None:
-            config.worker_class = "uvloop"
-        _serve_many(config)
+        uvloop = loop_factory is not None
+        server.serve_many("quartstack.asgi:app", uvloop=uvloop, reload=args.reload)
         return 0
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        clean = runner.run(_serve_one(settings, config))
+        clean = runner.run(_serve_one(settings, server))
     logger.info("stopped")
     return 0 if clean else 1

@@ -37,9 +37,18 @@ _state: dict[str, int] = {}
 _PATCHED = "_quartstack_patched"
 
 
+def max_body_bytes() -> int:
+    """The app's body limit, as set by :func:`apply_hypercorn_fixes` (uvicorn reads it too)."""
+    return _state.get("max_body_bytes", 2**63)
+
+
+def set_max_body_bytes(limit: int) -> None:
+    _state["max_body_bytes"] = limit
+
+
 def apply_hypercorn_fixes(max_body_bytes: int) -> None:
     """Install both workarounds (idempotent); ``max_body_bytes`` is the app's limit."""
-    _state["max_body_bytes"] = max_body_bytes
+    set_max_body_bytes(max_body_bytes)
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.protocol.h11 import H11Protocol
 
@@ -84,7 +93,7 @@ async def _no_continue_for_oversized_bodies(
     if (
         isinstance(event, h11.InformationalResponse)
         and event.status_code == 100
-        and _declared_length(protocol) > _state.get("max_body_bytes", 2**63)
+        and _declared_length(protocol) > max_body_bytes()
     ):
         return  # the app answers 413; the client must not send the body
     await original(protocol, event)

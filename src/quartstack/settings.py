@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # the HTTP server: Hypercorn (HTTP/2, in-process TLS) or uvicorn (the [uvicorn] extra)
+    server: Literal["hypercorn", "uvicorn"] = "hypercorn"
     # SIGTERM budget, in order: drain (readiness 503, still accepting), grace (in-flight
     # requests finish; the rest get a 503), close (backend clients); see lifecycle.py
     shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=120)

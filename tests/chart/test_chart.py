@@ -178,6 +178,8 @@ def test_dashboard_configmap_is_labelled_for_the_sidecar(rendered_all_on):
         "service.port=70000",
         "serviceMonitor.interval=30 seconds",
         "ingress.hosts[0].paths[0].pathType=Wildcard",
+        "server=granian",
+        "config.SERVER=uvicorn",
     ],
 )
 def test_schema_rejects_bad_values(bad):
@@ -228,6 +230,7 @@ def test_schema_config_keys_are_the_apps_settings():
         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
     }
     managed = {"PORT", "HOST", "WORKERS", "SHUTDOWN_GRACE_SECONDS", "SHUTDOWN_CLOSE_SECONDS"}
+    managed |= {"SERVER"}  # the top-level `server` value
     managed |= {"REDIS_NODES", "REDIS_KEY_PREFIX"}
     managed |= {f"VAULT_{n}" for n in ("ADDR", "MOUNT", "APPROLE_DIR", "TOKEN_FILE")}
     for backend in ("POSTGRES", "MYSQL", "MONGODB", "REDIS", "RABBITMQ"):
@@ -240,6 +243,14 @@ def test_schema_config_keys_are_the_apps_settings():
     assert accepted == expected, {"add": expected - accepted, "remove": accepted - expected}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values["config"]) <= accepted
+
+
+def test_the_server_value_sets_server_for_the_api_and_the_worker(rendered_defaults):
+    assert find(rendered_defaults, "ConfigMap", "quartstack")["data"]["SERVER"] == "hypercorn"
+    chosen = render(sets=("server=uvicorn",))
+    assert find(chosen, "ConfigMap", "quartstack")["data"]["SERVER"] == "uvicorn"
+    production = render(CHART / "values-prod.yaml")
+    assert find(production, "ConfigMap", "quartstack")["data"]["SERVER"] == "uvicorn"
 
 
 # --- template guards ----------------------------------------------------------------------

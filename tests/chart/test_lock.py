@@ -25,7 +25,7 @@ from tests.chart.test_image import _pip_runs, runtime_install
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TOX = configparser.ConfigParser(interpolation=None)
 TOX.read(ROOT / "tox.ini")
-IMAGE_EXTRAS: tuple[str, ...] = ()  # what the image installs besides the runtime dependencies
+IMAGE_EXTRAS = ("uvicorn",)  # what the image installs besides the runtime deps
 PYTHONS = ("3.11.0", "3.11.7", "3.12.1", "3.13.0")  # requires-python >= 3.11, on Linux
 
 

@@ -1,6 +1,7 @@
-"""Connection handling of a real ``quartstack serve``: connections a client closes are
-released at once (not at the 75 s keep-alive timeout), and ``Expect: 100-continue``
-with a body over the limit gets the 413 without a ``100 Continue``."""
+"""Connection handling of a real ``quartstack serve``, on each server: connections a
+client closes are released at once (not at the 75 s keep-alive timeout), and
+``Expect: 100-continue`` with a body over the limit gets the 413 without a
+``100 Continue``."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import time
 
 import pytest
 
-from tests.support.process import ServiceProcess
+from tests.support.process import SERVERS, ServiceProcess
 from tests.support.raw_http import RawResponse, parse_response
 
 REQUEST = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ServiceProcess({"RATE_LIMIT_ENABLED": "false"}) as process:
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request):
+    with ServiceProcess({"RATE_LIMIT_ENABLED": "false"}, server=request.param) as process:
         process.wait_live().wait_started()
         yield process
 

@@ -14,13 +14,23 @@ import httpx
 
 from tests.support.net import free_port
 
+#: The HTTP servers ``quartstack serve --server`` runs; process-level tests run on each.
+SERVERS = ("hypercorn", "uvicorn")
+
 
 class ServiceProcess:
     """``python -m quartstack serve`` on a free loopback port, stderr captured."""
 
     command = "serve"
 
-    def __init__(self, env: dict[str, str] | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        port: int | None = None,
+        server: str | None = None,
+    ) -> None:
+        self.server = server
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -29,8 +39,12 @@ class ServiceProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> ServiceProcess:
+        command = [sys.executable, "-m", "quartstack", self.command]
+        command += ["--bind", f"127.0.0.1:{self.port}"]
+        if self.server is not None:
+            command += ["--server", self.server]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "quartstack", self.command, "--bind", f"127.0.0.1:{self.port}"],
+            command,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -65,9 +79,11 @@ class ServiceProcess:
             except httpx.HTTPError as exc:
                 last = exc
             time.sleep(0.1)
-        raise TimeoutError(f"{path} not 200 after {timeout} s (last: {last})")
+        raise TimeoutError(
+            f"{path} not 200 after {timeout} s (last: {last}):\n" + "\n".join(self._lines[-30:])
+        )
 
-    def wait_live(self, timeout: float = 20.0) -> ServiceProcess:
+    def wait_live(self, timeout: float = 60.0) -> ServiceProcess:
         self._wait_for("/health/live", timeout)
         return self
 

@@ -8,11 +8,12 @@ import signal
 import time
 
 import httpx
+import pytest
 from aio_pika.abc import AbstractChannel
 
 from tests.rabbitmq.broker import BROKER_PORT, rabbitmqctl
 from tests.support.net import TcpProxy
-from tests.support.process import ServiceProcess
+from tests.support.process import SERVERS, ServiceProcess
 from tests.worker.conftest import WorkerEnv
 from tests.worker.helpers import Projections, eventually, publish, queue_counts, registered
 from tests.worker.test_consumer import dead_letters
@@ -127,13 +128,16 @@ async def _queue_drained(env: WorkerEnv) -> bool:
     return ready == 0 and _unacked(env) == 0
 
 
+@pytest.mark.parametrize("http_server", SERVERS)
 async def test_sigterm_requeues_what_is_in_hand_and_exits_0_within_the_grace(
-    worker_env: WorkerEnv, publisher: AbstractChannel
+    worker_env: WorkerEnv, publisher: AbstractChannel, http_server: str
 ):
     """MongoDB is down, so five events are held in hand when SIGTERM arrives: the
-    worker gives them back to the queue (not dead-lettered) and exits 0 in time."""
+    worker gives them back to the queue (not dead-lettered) and exits 0 in time, its
+    probes served by either server."""
     proxy = TcpProxy(worker_env.mongo_port).start()
-    worker = WorkerProcess({**worker_env.environ(), "MONGODB_PORT": str(proxy.port)})
+    environ = {**worker_env.environ(), "MONGODB_PORT": str(proxy.port)}
+    worker = WorkerProcess(environ, server=http_server)
     try:
         worker.start().wait_live()
         await eventually(lambda: _consumers_at_least(worker_env, 1), what="worker consuming")

@@ -16,6 +16,11 @@ COMMANDS = frozenset({"worker", "dlq"})
 def add_commands(commands: Any) -> None:
     worker = commands.add_parser("worker", help="consume the signup events into the projections")
     worker.add_argument("--bind", help="HOST:PORT of the probes (default HOST and WORKER_PORT)")
+    worker.add_argument(
+        "--server",
+        choices=("hypercorn", "uvicorn"),
+        help="HTTP server of the probes (default from SERVER: hypercorn)",
+    )
     dlq = commands.add_parser("dlq", help="inspect or replay the worker's dead-letter queue")
     actions = dlq.add_subparsers(dest="dlq_action", required=True)
     listing = actions.add_parser("list", help="print the dead letters (one JSON object a line)")
