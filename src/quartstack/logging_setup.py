@@ -69,6 +69,13 @@ def add_context_field(name: str, value: Callable[[], object]) -> None:
         _context_fields = (*kept, (name, value))
 
 
+def remove_context_field(name: str) -> None:
+    """Stop adding ``name`` to lines (nothing happens if it was never added)."""
+    global _context_fields
+    with _lock:
+        _context_fields = tuple(field for field in _context_fields if field[0] != name)
+
+
 def _dumps(entry: dict[str, Any]) -> str:
     try:
         return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()

@@ -110,18 +110,22 @@ def tls_server(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
-        + ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
         check=True,
         capture_output=True,
     )
     tls_port, plain_port = free_port(), free_port()
     env = {**os.environ, "RATE_LIMIT_ENABLED": "false", "TRUSTED_PROXIES": "127.0.0.1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "quartstack.asgi:app"]
-        + ["--certfile", str(cert), "--keyfile", str(key)]
-        + ["--bind", f"127.0.0.1:{tls_port}", "--insecure-bind", f"127.0.0.1:{plain_port}"],
+        [
+            *(sys.executable, "-m", "hypercorn", "quartstack.asgi:app"),
+            *("--certfile", str(cert), "--keyfile", str(key)),
+            *("--bind", f"127.0.0.1:{tls_port}", "--insecure-bind", f"127.0.0.1:{plain_port}"),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
