@@ -15,8 +15,9 @@ fill logs are rejected by a check rather than by a looser pattern:
   zero and 9-12 digits (``030 12345678``, ``0151-23456789``). A bare digit run
   without ``+`` or separators is an id, a count or a timestamp, not a phone number;
 - emails: ``local@domain.tld``;
-- bearer tokens: the credential after ``Bearer`` (any case; not an RFC 6750
-  ``realm=``/``error=`` parameter), and anything JWT-shaped (``eyJ...``.``...``.``...``).
+- bearer tokens: the credential (8 characters or more) after ``Bearer`` (any case;
+  not an RFC 6750 ``realm=``/``error=`` parameter), and anything JWT-shaped
+  (``eyJ...``.``...``.``...``).
 
 :func:`may_hold_personal_data` is the cheap test run on every log line (substring
 tests and three regex searches that start with a character class); only a line it
