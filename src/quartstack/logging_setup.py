@@ -1,14 +1,17 @@
-"""JSON structured logging: one object per line on stderr, secrets scrubbed.
+"""JSON structured logging: one object per line on stderr, secrets and personal data masked.
 
 Every line carries the request id of the request that emitted it (from a
-context variable set by the web layer), so one grep follows a request.
+context variable set by the web layer), so one grep follows a request; other
+context fields (a trace id) are added with :func:`add_context_field`.
 
 A line is rendered where it is logged (the request id is the caller's context, the
-``extra`` values may change later) and written by a listener thread: a write to
-stderr blocks when the log collector falls behind, and that must not stall the
-event loop. The queue is bounded: if stderr stays blocked, lines beyond it are
-dropped and counted (a warning line says how many), rather than memory growing
-without end. At exit the queue is drained, so the last lines are never lost.
+``extra`` values may change later; orjson, and masking only for lines that may need
+it, keep this cheap) and written by a listener thread: a write to stderr blocks when
+the log collector falls behind, and that must not stall the event loop. Lines that
+queue up are written together, one system call for many. The queue is bounded: if
+stderr stays blocked, lines beyond it are dropped and counted (a warning line says
+how many), rather than memory growing without end. At exit the queue is drained, so
+the last lines are never lost.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from itertools import islice
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
-from quartstack.redaction import redact
+import orjson
+
+from quartstack.log_masking import LARGE_INT, Checked, masked, needs_masking
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -35,16 +41,56 @@ _STANDARD_ATTRS = frozenset(_FRESH_RECORD_ATTRS | {"message", "asctime"})
 # ``makeRecord`` sets the standard attributes first and the ``extra`` fields after them,
 # so the extras are found without walking every attribute of every record.
 _FIRST_EXTRA = len(_FRESH_RECORD_ATTRS)
-_encode = json.JSONEncoder(default=str).encode
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_fallback_encode = json.JSONEncoder(default=str).encode
 
 #: Lines waiting for stderr; beyond this they are dropped (a few MB of JSON at most).
 QUEUE_LINES = 10_000
 #: At exit, how long a blocked stderr may hold the process while the queue drains.
 FLUSH_SECONDS = 5.0
+#: Lines the writer thread joins into one write (one system call) when they queue up.
+WRITE_BATCH = 256
+
+ContextField = tuple[str, Callable[[], object]]
+# Fields every line carries when their value is not None; read where the line is logged.
+_context_fields: tuple[ContextField, ...] = (("request_id", request_id_var.get),)
+
+
+def add_context_field(name: str, value: Callable[[], object]) -> None:
+    """Add ``name`` to every line logged while ``value()`` is not None (a trace id, say).
+
+    ``value`` runs where the line is logged, so it may read the caller's context
+    variables; it runs for every line, so it must be cheap. A field of the same name
+    is replaced.
+    """
+    global _context_fields
+    with _lock:
+        kept = tuple(field for field in _context_fields if field[0] != name)
+        _context_fields = (*kept, (name, value))
+
+
+def remove_context_field(name: str) -> None:
+    """Stop adding ``name`` to lines (nothing happens if it was never added)."""
+    global _context_fields
+    with _lock:
+        _context_fields = tuple(field for field in _context_fields if field[0] != name)
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:  # an int beyond 64 bits, say: the slower encoder copes
+        return _fallback_encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
-    """Render a record as one JSON object; extra fields become top-level keys."""
+    """Render a record as one JSON object; extra fields become top-level keys.
+
+    Secret values and personal data are masked in every value (message, extras at any
+    depth, the traceback). The test for them looks at strings (not :class:`Checked`
+    ones) and at ints long enough to be a card number; any other type sends the line
+    down the careful path (every value masked) outright.
+    """
 
     _second = -1
     _second_text = ""
@@ -57,56 +103,80 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
         entry: dict[str, Any] = {
             "timestamp": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
-        request_id = request_id_var.get()
-        if request_id is not None:
-            entry["request_id"] = request_id
+        texts = [message]  # what may hold a secret or personal data
+        careful = False
+        for name, value_of in _context_fields:
+            value = value_of()
+            if value is not None:
+                entry[name] = value
+                if type(value) is str:
+                    texts.append(value)
+                elif type(value) is not Checked:
+                    careful = True
         for key, value in islice(record.__dict__.items(), _FIRST_EXTRA, None):
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
+            if key in _STANDARD_ATTRS or key.startswith("_"):
+                continue
+            entry[key] = value
+            kind = type(value)
+            if kind is str:
+                texts.append(value)
+            elif kind is int:
+                careful = careful or not -LARGE_INT < value < LARGE_INT
+            elif kind is not Checked and kind is not float and kind is not bool:
+                careful = careful or value is not None
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return redact(_encode(entry))
+            entry["exception"] = exception = self.formatException(record.exc_info)
+            texts.append(exception)
+        if careful or needs_masking(texts):
+            entry = {key: masked(value) for key, value in entry.items()}
+        return _dumps(entry)
 
 
-_Lines = queue.Queue[logging.LogRecord | None]  # None: the listener's stop sentinel
+# C-implemented, so a put costs no Python-level lock and condition; the handler bounds it.
+_Lines = queue.SimpleQueue[str | None]  # None: the listener's stop sentinel
 
 
 class _LineQueueHandler(QueueHandler):
-    """Queues the rendered line; when the queue is full, drops and counts instead of
-    blocking (``handle`` holds the handler's lock, so the count needs no other)."""
+    """Queues the rendered line; beyond ``capacity`` waiting lines, drops and counts
+    instead of blocking (``handle`` holds the handler's lock, so the count needs no
+    other, and only the listener takes lines out, so a size seen below capacity stays so)."""
 
-    def __init__(self, lines: _Lines) -> None:
-        super().__init__(lines)
+    def __init__(self, lines: _Lines, capacity: int) -> None:
+        super().__init__(lines)  # a queue of rendered lines, not of records
         self.lines = lines
+        self.capacity = capacity
         self.setFormatter(JsonFormatter())
         self.dropped = 0
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            if self.dropped:
-                self.lines.put_nowait(self._dropped_record())
-                self.dropped = 0
-            self.lines.put_nowait(record)
-        except queue.Full:
+    def prepare(self, record: logging.LogRecord) -> str:
+        """The line itself: the listener only writes it (no copy of the record)."""
+        return self.format(record)
+
+    def enqueue(self, record: Any) -> None:  # a line, from ``prepare``
+        waiting = self.lines.qsize()
+        if waiting >= self.capacity - (1 if self.dropped else 0):
             self.dropped += 1
+            return
+        if self.dropped:
+            self.lines.put(self._dropped_line())
+            self.dropped = 0
+        self.lines.put(record)
 
     def report_dropped(self) -> None:
         """At exit: say how many lines were dropped since the last report."""
         with self.lock or contextlib.nullcontext():
             if self.dropped:
-                try:
-                    self.lines.put(self._dropped_record(), timeout=FLUSH_SECONDS)
-                except queue.Full:
-                    return
+                self.lines.put(self._dropped_line())
                 self.dropped = 0
 
-    def _dropped_record(self) -> logging.LogRecord:
+    def _dropped_line(self) -> str:
         record = logging.LogRecord(
             "quartstack.logging",
             logging.WARNING,
@@ -117,32 +187,47 @@ class _LineQueueHandler(QueueHandler):
             None,
         )
         record.dropped = self.dropped
-        prepared: logging.LogRecord = self.prepare(record)
-        return prepared
+        return self.prepare(record)
 
 
 class _Listener(QueueListener):
-    """Writes the queued lines on its own thread; its stop is bounded, so a log sink
-    that stays blocked cannot hold the process at exit."""
+    """Writes the queued lines on its own thread, several per write when they queue up;
+    its stop is bounded, so a log sink that stays blocked cannot hold the process at exit."""
 
-    def __init__(self, lines: _Lines, output: logging.StreamHandler[IO[str]]) -> None:
-        super().__init__(lines, output)
+    def __init__(self, lines: _Lines, stream: IO[str], capacity: int) -> None:
+        super().__init__(lines)  # a queue of rendered lines, not of records
         self.lines = lines
-        self.output = output
-        self.input = _LineQueueHandler(lines)
+        self.stream = stream
+        self.input = _LineQueueHandler(lines, capacity)
+        self.pending: list[str] = []
+        self.failed_writes = 0
+
+    def handle(self, record: Any) -> None:  # a line; runs on the listener's thread only
+        self.pending.append(record)
+        if len(self.pending) >= WRITE_BATCH or self.lines.empty():
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        if not self.pending:
+            return
+        text = "\n".join(self.pending) + "\n"
+        self.pending.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed or broken: nothing left to tell
+            self.failed_writes += 1
 
     def finish(self) -> bool:
         """Stop once the queued lines are written; False if stderr stayed blocked."""
         thread = self._thread
-        try:
-            self.lines.put(None, timeout=FLUSH_SECONDS)  # None is the listener's sentinel
-        except queue.Full:
-            return False
+        self.lines.put(None)  # the listener's sentinel
         if thread is not None:
             thread.join(FLUSH_SECONDS)
             if thread.is_alive():
                 return False
         self._thread = None
+        self.write_pending()  # lines taken just before the sentinel
         return True
 
 
@@ -157,8 +242,8 @@ def configure_logging(
     written to ``stream`` (stderr) by a listener thread until :func:`stop_logging`."""
     global _listener
     stop_logging()
-    lines: _Lines = queue.Queue(queue_lines)
-    listener = _Listener(lines, logging.StreamHandler(stream if stream is not None else sys.stderr))
+    lines: _Lines = queue.SimpleQueue()
+    listener = _Listener(lines, stream if stream is not None else sys.stderr, queue_lines)
     root = logging.getLogger()
     root.handlers[:] = [listener.input]
     root.setLevel(level)
@@ -193,16 +278,17 @@ def stop_logging() -> None:
     listener.input.report_dropped()
     if not listener.finish():
         return  # stderr stays blocked: writing from here would hang the exit
-    handler = logging.StreamHandler(listener.output.stream)
+    handler = logging.StreamHandler(listener.stream)
     handler.setFormatter(JsonFormatter())
     logging.getLogger().handlers[:] = [handler]
     while True:  # lines queued after the listener's last one
         try:
-            record = listener.lines.get_nowait()
+            line = listener.lines.get_nowait()
         except queue.Empty:
             break
-        if record is not None:
-            listener.output.handle(record)
+        if line is not None:
+            listener.pending.append(line)
+    listener.write_pending()
 
 
 atexit.register(stop_logging)

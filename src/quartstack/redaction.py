@@ -120,6 +120,14 @@ def _rebuild() -> None:
     _snapshot = _Snapshot(ordered, pattern)
 
 
+def holds_secret(text: str) -> bool:
+    """True if ``text`` contains a registered secret value (a substring test per value)."""
+    snapshot = _snapshot
+    if snapshot.pattern is None or not text:
+        return False
+    return any(value in text for value in snapshot.values)
+
+
 def redact(text: str) -> str:
     """Return ``text`` with every registered secret value replaced by ``***``."""
     snapshot = _snapshot

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # --- process -------------------------------------------------------------------
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # the client address in log lines: as is, or only its network (IPv4 /24, IPv6 /48)
+    log_client_ip: Literal["full", "truncated"] = "full"
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -273,6 +275,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_client_ip", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("required_backends")
     @classmethod

@@ -1,16 +1,31 @@
 """JSON logs are written off the event loop: a blocked stderr does not stall the loop,
-the queue is bounded (drops are counted), and the last lines before exit are written."""
+the queue is bounded (drops are counted), lines that queue up share a write, the last
+lines before exit are written, and context fields (a trace id) join every line."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import select
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from contextvars import ContextVar
 
+import pytest
+
+from quartstack.logging_setup import (
+    add_context_field,
+    configure_logging,
+    remove_context_field,
+    stop_logging,
+)
+from tests.support.app import captured_json_logs
+from tests.support.polling import wait_until_sync
 from tests.support.process import ServiceProcess
 
 # Far more than a pipe buffer (64 KiB): written synchronously, these lines block the loop.
@@ -111,3 +126,64 @@ def test_the_service_writes_its_last_lines_on_exit():
     messages = [json.loads(line)["message"] for line in server.log_lines() if line.startswith("{")]
     assert "shutdown signal received" in messages
     assert messages[-1] == "stopped"
+
+
+class _GatedStream(io.StringIO):
+    """Its first write waits for ``gate``: lines queue up behind it meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes == 1:
+            assert self.gate.wait(10)
+        return super().write(text)
+
+
+@pytest.fixture
+def restored_logging():
+    """configure_logging rewires the root logger: put pytest's handlers back after."""
+    root = logging.getLogger()
+    handlers, level, srcfile = root.handlers[:], root.level, logging._srcfile
+    yield
+    stop_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging._srcfile = srcfile
+
+
+def test_lines_that_queue_up_are_written_together(restored_logging):
+    stream = _GatedStream()
+    configure_logging("INFO", stream=stream)
+    try:
+        log = logging.getLogger("quartstack.test.batch")
+        log.info("first")
+        wait_until_sync(lambda: stream.writes == 1, what="the first write to start")
+        for i in range(500):
+            log.info("line %d", i)
+        stream.gate.set()
+    finally:
+        stop_logging()
+    lines = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+    assert lines == ["first"] + [f"line {i}" for i in range(500)]
+    assert stream.writes <= 4  # the first, then batches of up to 256 lines
+
+
+def test_context_fields_join_every_line_while_they_have_a_value():
+    test_id: ContextVar[str | None] = ContextVar("test_id", default=None)
+    add_context_field("test_context_id", test_id.get)
+    log = logging.getLogger("quartstack.test.context")
+    try:
+        with captured_json_logs() as stream:
+            log.info("outside")
+            token = test_id.set("4bf92f3577b34da6a3ce929d0e0e4736")
+            log.info("inside")
+            test_id.reset(token)
+    finally:
+        remove_context_field("test_context_id")
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "test_context_id" not in outside
+    assert inside["test_context_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"

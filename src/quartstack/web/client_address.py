@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 from quart import current_app, request
 
@@ -23,7 +24,8 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-def _is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    """True if ``address`` is an IP address inside one of ``networks``."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -39,11 +41,11 @@ def resolve_client_address(
     The first address that is not a trusted proxy is the client; if the peer
     itself is not trusted, the header is ignored entirely.
     """
-    if not forwarded_for or not networks or not _is_trusted(peer, networks):
+    if not forwarded_for or not networks or not is_trusted(peer, networks):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, networks):
+        if not is_trusted(hop, networks):
             return hop
     return hops[0] if hops else peer
 
@@ -54,3 +56,23 @@ def client_address() -> str:
     if not networks:  # the common case: no proxy is trusted, the header is never read
         return peer
     return resolve_client_address(peer, optional_header("X-Forwarded-For"), networks)
+
+
+#: Prefix lengths kept by :func:`truncated_address`: a household or a small office, not a
+#: person (the usual anonymisation of web analytics).
+IPV4_PREFIX = 24
+IPV6_PREFIX = 48
+
+
+@lru_cache(maxsize=4096)
+def truncated_address(address: str) -> str:
+    """``203.0.113.7`` -> ``203.0.113.0/24``, ``2001:db8:abcd:12::1`` -> ``2001:db8:abcd::/48``;
+    something that is not an IP address (``unknown``) is returned as is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -4,7 +4,9 @@ Metrics use the route template (``/examples/cache/{key}``) as ``endpoint`` so
 label cardinality stays bounded; unmatched paths share one label.
 
 These hooks run on every request, so they are kept lean: one state object per
-request, metric children looked up once per label set, one log call.
+request, metric children looked up once per label set, one log call whose fixed-set
+values (method, route, client, request id) were masked once and marked
+:class:`~quartstack.log_masking.Checked`, so the formatter searches only the path.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from quart import Quart, Response, g, request
 
+from quartstack.log_masking import Checked, checked
 from quartstack.logging_setup import request_id_var
 from quartstack.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from quartstack.settings import Settings
 from quartstack.tracing import state as tracing_state
 from quartstack.tracing.exemplars import current_exemplar
-from quartstack.web.client_address import client_address
+from quartstack.web.client_address import client_address, truncated_address
 from quartstack.web.headers import optional_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -45,11 +49,14 @@ def current_endpoint() -> str:
     return route_template(rule.rule) if rule is not None else UNMATCHED_ENDPOINT
 
 
-def _incoming_request_id() -> str:
+def _incoming_request_id() -> tuple[str, Checked]:
+    """The request id, and its form for log lines: a client's id that holds personal
+    data (a card number is a valid id) is masked there; the response keeps it."""
     candidate = optional_header(REQUEST_ID_HEADER)
     if candidate and _VALID_REQUEST_ID.fullmatch(candidate):
-        return candidate
-    return new_request_id()
+        return candidate, checked(candidate)
+    request_id = new_request_id()
+    return request_id, Checked(request_id)
 
 
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
@@ -93,11 +100,36 @@ class RequestRecord:
         self.in_progress = True
 
 
+@lru_cache(maxsize=1024)
+def _checked(text: str) -> Checked:
+    """Methods and route templates repeat: masked once each (bounded: a client picks
+    the method)."""
+    return checked(text)
+
+
+@lru_cache(maxsize=4096)
+def _checked_full_address(address: str) -> Checked:
+    return checked(address)
+
+
+@lru_cache(maxsize=4096)
+def _checked_truncated_address(address: str) -> Checked:
+    return checked(truncated_address(address))
+
+
+#: ``LOG_CLIENT_IP`` -> the client address as access lines show it.
+CLIENT_FOR_LOGS: dict[str, Callable[[str], Checked]] = {
+    "full": _checked_full_address,
+    "truncated": _checked_truncated_address,
+}
+
+
 def _start_request() -> RequestRecord:
-    record = RequestRecord(_incoming_request_id(), request.method, current_endpoint())
+    request_id, for_logs = _incoming_request_id()
+    record = RequestRecord(request_id, request.method, current_endpoint())
     g.request_record = record
     g.request_id = record.request_id
-    request_id_var.set(record.request_id)
+    request_id_var.set(for_logs)
     _in_progress(record.method, record.endpoint).inc()
     return record
 
@@ -121,6 +153,7 @@ class Observability:
 
     def init_app(self, app: Quart) -> None:
         app.extensions[self.KEY] = self
+        client_for_logs = CLIENT_FOR_LOGS[self.settings.log_client_ip]
 
         async def start_request() -> None:
             _start_request()
@@ -137,12 +170,12 @@ class Observability:
                 _duration(record.method, record.endpoint).observe(duration)
             if access_logger.isEnabledFor(logging.INFO):
                 fields = {
-                    "method": record.method,
-                    "route": record.endpoint,
+                    "method": _checked(record.method),
+                    "route": _checked(record.endpoint),
                     "path": request.path,
                     "status": status,
                     "duration_ms": round(duration * 1000, 2),
-                    "client": client_address(),
+                    "client": client_for_logs(client_address()),
                 }
                 problem_kind = g.get("problem_kind")
                 if problem_kind is not None:  # only error lines carry it (no null on the rest)
