@@ -29,7 +29,7 @@ from quartstack.settings import Settings
 from quartstack.web.client_address import (
     TRUSTED_PROXIES_KEY,
     Network,
-    _is_trusted,
+    is_trusted,
     resolve_client_address,
 )
 from quartstack.web.observability import UNMATCHED_ENDPOINT, current_endpoint
@@ -104,7 +104,7 @@ class ServerSpans:
             return None
         if self.trust == "proxies":
             client = scope.get("client")
-            if not client or not self.networks or not _is_trusted(str(client[0]), self.networks):
+            if not client or not self.networks or not is_trusted(str(client[0]), self.networks):
                 return None
         return propagate.extract(headers, getter=_GETTER)
 
