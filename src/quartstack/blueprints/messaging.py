@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
@@ -63,6 +64,7 @@ class QueueStatus(BaseModel):
 
 
 @blueprint.post("/publish")
+@requires("write")
 @validate_querystring(PublishQuery)
 @document_request(MessageBody)
 @validate_response(Published)
@@ -85,6 +87,7 @@ async def publish(query_args: PublishQuery) -> Published:
 
 
 @blueprint.get("/queue/<queue_name>/info")
+@requires("read")
 @path_param("queue_name", _QUEUE_PATTERN, 100)
 @validate_response(QueueStatus)
 @problems(422, 429, 503, 504)

@@ -18,6 +18,7 @@ from quart_schema import document_response
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
 
+from quartstack.auth.scopes import scope_for
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.redis.rate_limit import PROBE_PATHS
 from quartstack.web.problems import PROBLEM_CONTENT_TYPE, ProblemDetails
@@ -34,6 +35,8 @@ _STATUS_TEXT = {
     413: "Request body over the limit",
     415: "Request body in a content type the service does not accept",
     422: "Invalid path parameter, query string or body (see `errors`)",
+    401: "Missing or invalid credential (WWW-Authenticate: Bearer)",
+    403: "The credential lacks the scope this route needs (insufficient_scope)",
     429: "Rate limit exceeded (see Retry-After)",
     431: "Request line and headers over 16 KiB",
 }
@@ -96,6 +99,7 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
         components = document["components"]["schemas"]
         for name, definition in {"ProblemDetails": schema, **schema.pop("$defs", {})}.items():
             components.setdefault(name, definition)
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
         return document
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,6 +155,12 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
             added.add(422)
         if rule.rule not in PROBE_PATHS:
             added.add(429)
+        scope = scope_for(rule.endpoint, func)
+        operation["security"] = _security(scope)
+        if scope != "public":
+            added.add(401)
+        if scope not in ("public", "metrics"):
+            added.add(403)
         for code in sorted(added):
             responses.setdefault(str(code), _problem(_STATUS_TEXT[code]))
         for key, response in responses.items():
@@ -160,6 +170,39 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
                 responses[key] = _problem(_STATUS_TEXT.get(code, HTTPStatus(code).phrase))
         operation["responses"] = dict(sorted(responses.items()))
         return operation
+
+
+#: "Authorize" in /docs offers both: a JWT from the issuer, or an API key.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT from the OIDC issuer (AUTH_JWT_ISSUER), or an API key "
+        "(qsk_...) as a bearer token. Needs AUTH_MODE=required to be checked.",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key made by `quartstack auth create-key`.",
+    },
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "METRICS_TOKEN, when set (only /metrics).",
+    },
+}
+
+
+def _security(scope: str) -> list[dict[str, list[str]]]:
+    """The operation's security requirement: none for public routes (an empty list
+    overrides nothing global, and says so), the route's scope otherwise."""
+    if scope == "public":
+        return []
+    if scope == "metrics":
+        return [{"metricsToken": []}, {}]  # {}: open when METRICS_TOKEN is unset
+    return [{"bearerAuth": [scope]}, {"apiKeyAuth": [scope]}]
 
 
 def _problem(description: str) -> dict[str, Any]:

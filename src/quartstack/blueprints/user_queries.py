@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.mongodb import Document, MongoDatabase
@@ -98,6 +99,7 @@ def _decode_cursor(cursor: str) -> str:
 
 
 @blueprint.get("/<uuid:id>")
+@requires("read")
 @validate_response(ProjectedUser)
 @problems(404, 429, 503, 504)
 async def get_user(id: uuid.UUID) -> ProjectedUser:
@@ -121,6 +123,7 @@ async def get_user(id: uuid.UUID) -> ProjectedUser:
 
 
 @blueprint.get("")
+@requires("read")
 @validate_querystring(ListQuery)
 @validate_response(UserList)
 @problems(400, 422, 429, 503, 504)
@@ -142,6 +145,7 @@ async def list_users(query_args: ListQuery) -> UserList:
 
 
 @blueprint.get("/stats")
+@requires("read")
 @validate_querystring(StatsQuery)
 @validate_response(Stats)
 @problems(422, 429, 503, 504)
