@@ -16,6 +16,7 @@ from collections.abc import Callable
 from hypercorn.config import Config
 
 from quartstack import __version__
+from quartstack.auth import cli as auth_cli
 from quartstack.logging_setup import configure_logging
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, apply_hypercorn_fixes
 from quartstack.serving import serve_until_signalled
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     signup_cli.add_commands(commands)
     worker_cli.add_commands(commands)
+    auth_cli.add_commands(commands)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return signup_cli.run_command(args, settings)
     if args.command in worker_cli.COMMANDS:
         return worker_cli.run_command(args, settings)
+    if args.command in auth_cli.COMMANDS:
+        return auth_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
     config = hypercorn_config(settings, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)

@@ -91,7 +91,9 @@ async def test_expired_not_yet_valid_wrong_audience_wrong_issuer(client, issuer)
 async def test_alg_none_and_foreign_signatures(client, issuer):
     claims = issuer.claims("read")
     kid = issuer.keys[0].kid
-    await assert_invalid_token(client, jwt.encode(claims, None, algorithm="none", headers={"kid": kid}))
+    await assert_invalid_token(
+        client, jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
+    )
     stranger = ec_key()
     stranger.kid = issuer.keys[1].kid  # a known kid, signed by someone else
     await assert_invalid_token(client, issuer.mint("read", key=stranger))
