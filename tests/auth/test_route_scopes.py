@@ -123,8 +123,8 @@ async def test_openapi_declares_the_schemes_and_each_operation_security(app_and_
         operation = spec["paths"][path][method.lower()]
         if scope == "public":
             assert operation["security"] == [], rule
-        elif scope == "metrics":
-            assert {"metricsToken": []} in operation["security"]
+        elif scope == "metrics":  # METRICS_TOKEN unset: nothing to declare
+            assert "security" not in operation and "401" not in operation["responses"]
         else:
             assert {"bearerAuth": [scope]} in operation["security"], rule
             assert {"401", "403"} <= set(operation["responses"]), rule
@@ -145,6 +145,10 @@ async def test_a_route_without_a_decision_needs_admin(issuer):
 
 async def test_metrics_has_its_own_token():
     async with running_app(metrics_token="s3cret-metrics-token") as (_app, client):
+        spec = await (await client.get("/openapi.json")).get_json()
+        assert spec["paths"]["/metrics"]["get"]["security"] == [{"metricsToken": []}]
+        # AUTH_MODE=none: the other routes declare no security (the service checks none)
+        assert "security" not in spec["paths"]["/health/all"]["get"]
         assert (await client.get("/metrics")).status_code == 401
         wrong = await client.get("/metrics", headers=_bearer("nope"))
         assert wrong.status_code == 401

@@ -18,6 +18,7 @@ from quart_schema import document_response
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
 
+from quartstack.auth.authentication import Authentication
 from quartstack.auth.scopes import scope_for
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.redis.rate_limit import PROBE_PATHS
@@ -122,6 +123,22 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
                 parameter["required"] = True
         return parameters, definitions
 
+    def _security(self, scope: str) -> list[dict[str, list[str]]] | None:
+        """The operation's security requirement as this process enforces it: ``[]`` for
+        public routes, the route's scope with ``AUTH_MODE=required``, the metrics token
+        when one is set; None (nothing declared) for what is not checked, so the
+        document never promises a 401 the service would not send."""
+        auth = self._app.extensions.get(Authentication.KEY)
+        if not isinstance(auth, Authentication):
+            return None
+        if scope == "public":
+            return []
+        if scope == "metrics":
+            return [{"metricsToken": []}] if auth.metrics_token is not None else None
+        if not auth.required:
+            return None
+        return [{"bearerAuth": [scope]}, {"apiKeyAuth": [scope]}]
+
     def _complete(
         self, rule: Rule, func: Any, method: str, operation: dict[str, Any]
     ) -> dict[str, Any]:
@@ -155,12 +172,13 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
             added.add(422)
         if rule.rule not in PROBE_PATHS:
             added.add(429)
-        scope = scope_for(rule.endpoint, func)
-        operation["security"] = _security(scope)
-        if scope != "public":
-            added.add(401)
-        if scope not in ("public", "metrics"):
-            added.add(403)
+        security = self._security(scope_for(rule.endpoint, func))
+        if security is not None:
+            operation["security"] = security
+            if security:
+                added.add(401)
+            if any(requirement.get("bearerAuth") for requirement in security):
+                added.add(403)
         for code in sorted(added):
             responses.setdefault(str(code), _problem(_STATUS_TEXT[code]))
         for key, response in responses.items():
@@ -172,7 +190,8 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
         return operation
 
 
-#: "Authorize" in /docs offers both: a JWT from the issuer, or an API key.
+#: "Authorize" in /docs offers both: a JWT from the issuer, or an API key. Operations
+#: name them only while the service checks them (AUTH_MODE=required, METRICS_TOKEN).
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearerAuth": {
         "type": "http",
@@ -193,16 +212,6 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": "METRICS_TOKEN, when set (only /metrics).",
     },
 }
-
-
-def _security(scope: str) -> list[dict[str, list[str]]]:
-    """The operation's security requirement: none for public routes (an empty list
-    overrides nothing global, and says so), the route's scope otherwise."""
-    if scope == "public":
-        return []
-    if scope == "metrics":
-        return [{"metricsToken": []}, {}]  # {}: open when METRICS_TOKEN is unset
-    return [{"bearerAuth": [scope]}, {"apiKeyAuth": [scope]}]
 
 
 def _problem(description: str) -> dict[str, Any]:
