@@ -189,3 +189,18 @@ async def test_rate_limits_count_per_principal(issuer):
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_idempotency_keys_belong_to_their_principal(issuer):
+    settings = issuer.settings(redis_host="127.0.0.1")
+    async with running_app(**settings) as (_app, client):
+        key = {"Idempotency-Key": "k-" + uuid.uuid4().hex}
+        alice, bob = (_bearer(issuer.mint("write", sub=name)) for name in ("alice", "bob"))
+        url = f"/examples/cache/idem-{uuid.uuid4().hex}?value=v"
+        first = await client.post(url, headers={**alice, **key})
+        assert first.status_code == 200, await first.get_data()
+        again = await client.post(url, headers={**alice, **key})
+        assert again.headers.get("Idempotency-Replayed") == "true"
+        other = await client.post(url, headers={**bob, **key})
+        assert other.status_code == 200 and "Idempotency-Replayed" not in other.headers
+        await client.delete(url.split("?")[0], headers=alice)
