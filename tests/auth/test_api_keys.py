@@ -21,7 +21,14 @@ from tests.support.app import captured_json_logs, running_app
 from tests.support.leftovers import unique_name
 from tests.support.polling import wait_until
 
-READ_ROUTE = "/health/all"  # scope read, 200 without other backends
+READ_ROUTE = "/health/all"  # scope read; 200, or 503 if the Vault health check is slow
+
+
+async def passes(client, headers: dict[str, str]) -> bool:
+    """Authenticated and authorized (whatever the route then answers)."""
+    return (await client.get(READ_ROUTE, headers=headers)).status_code not in (401, 403)
+
+
 CACHE_TTL = 1.0
 
 
@@ -84,7 +91,7 @@ async def test_keys_from_vault_then_revoked_after_the_cache_ttl(vault_server, se
     }
     async with running_app(**settings) as (_app, client):
         for headers in ({"X-API-Key": reader}, {"Authorization": f"Bearer {reader}"}):
-            assert (await client.get(READ_ROUTE, headers=headers)).status_code == 200
+            assert await passes(client, headers)
         # read-only key on a write route: 403; the read+write key passes auth (503: no Redis)
         write = await client.post("/examples/cache/k?value=v", headers={"X-API-Key": reader})
         assert write.status_code == 403
@@ -110,10 +117,10 @@ async def test_keys_from_vault_then_revoked_after_the_cache_ttl(vault_server, se
             response = await client.get(READ_ROUTE, headers={"X-API-Key": reader})
             return response.status_code == 401
 
-        await wait_until(refused, timeout=10, interval=0.1, what="the revoked key is refused")
-        assert time.monotonic() - revoked_at < CACHE_TTL + 5
+        await wait_until(refused, timeout=20, interval=0.1, what="the revoked key is refused")
+        assert time.monotonic() - revoked_at < CACHE_TTL + 10  # the TTL, not the default 60 s
         # the other key is untouched
-        assert (await client.get(READ_ROUTE, headers={"X-API-Key": writer})).status_code == 200
+        assert await passes(client, {"X-API-Key": writer})
 
 
 def test_the_quartstack_command_makes_a_key_and_lists_it(vault_server, secret, capsys):
