@@ -11,6 +11,7 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 from quartstack import NAME, __version__
+from quartstack.auth.authentication import Authentication
 from quartstack.blueprints import (
     cache,
     database,
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     init_lifecycle(app, settings)
 
     _init_backends(app, settings)
+    # Before the limiter, which counts per authenticated principal.
+    Authentication(settings).init_app(app)
     # Request hooks that share state through Redis (inactive without it); the limiter
     # first: a refused request must not claim an Idempotency-Key.
     RateLimiting(settings).init_app(app)

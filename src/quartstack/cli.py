@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from quartstack import NAME, __version__
+from quartstack.auth import cli as auth_cli
 from quartstack.logging_setup import configure_logging
 from quartstack.servers import SERVER_NAMES, HttpServer, hypercorn_config, make_server
 from quartstack.serving import serve_until_signalled
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     signup_cli.add_commands(commands)
     worker_cli.add_commands(commands)
+    auth_cli.add_commands(commands)
     return parser
 
 
@@ -115,6 +117,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return signup_cli.run_command(args, settings)
     if args.command in worker_cli.COMMANDS:
         return worker_cli.run_command(args, settings)
+    if args.command in auth_cli.COMMANDS:
+        return auth_cli.run_command(args, settings)
     workers = args.workers if args.workers is not None else settings.workers
     server = make_server(settings, settings.server, args.bind, workers)
     loop_factory = _uvloop_factory(args.no_uvloop)

@@ -27,6 +27,20 @@ BACKEND_NAMES: tuple[BackendName, ...] = (
 
 CommaList = Annotated[list[str], NoDecode]
 
+#: JWT algorithms AUTH_JWT_ALGORITHMS may name: public-key signatures only.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
 
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
@@ -249,8 +263,36 @@ class Settings(BaseSettings):
     outbox_relay_batch_size: int = Field(default=100, ge=1, le=1000)
     outbox_relay_poll_seconds: float = Field(default=2.0, gt=0, le=300)
 
+    # --- authentication (see quartstack.auth) -----------------------------------------
+    auth_mode: Literal["none", "required"] = Field(
+        default="none", description="'required': every non-public route needs a credential"
+    )
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwks_url: str | None = None
+    auth_jwt_algorithms: CommaList = Field(default_factory=lambda: ["RS256", "ES256"])
+    auth_clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)
+    auth_jwks_min_refresh_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="least time between two JWKS fetches"
+    )
+    auth_jwks_max_age_seconds: float = Field(
+        default=3600.0, gt=0, le=86400, description="refetch the JWKS when older than this"
+    )
+    auth_jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    auth_api_keys_secret: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$",
+        description="Vault KV v2 secret holding the API-key hashes",
+    )
+    metrics_token: SecretStr | None = None
+
     _split = field_validator(
-        "cors_origins", "trusted_proxies", "required_backends", "redis_nodes", mode="before"
+        "cors_origins",
+        "trusted_proxies",
+        "required_backends",
+        "redis_nodes",
+        "auth_jwt_algorithms",
+        mode="before",
     )(_split_commas)
 
     @field_validator("trusted_proxies")
@@ -300,6 +342,10 @@ class Settings(BaseSettings):
         "vault_approle_dir",
         "vault_cacert",
         "vault_token_file",
+        "auth_jwt_issuer",
+        "auth_jwt_audience",
+        "auth_jwks_url",
+        "auth_api_keys_secret",
         mode="before",
     )
     @classmethod
@@ -329,6 +375,46 @@ class Settings(BaseSettings):
                 f"REQUIRED_BACKENDS: names backends that are not configured ({needed})"
             )
         return self
+
+    @field_validator("auth_jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        """Only public-key algorithms: with an HMAC algorithm allowed, a token signed with
+        the issuer's *public* key as the HMAC secret would verify (algorithm confusion)."""
+        refused = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if refused:
+            allowed = ", ".join(ASYMMETRIC_ALGORITHMS)
+            raise ValueError(f"only asymmetric algorithms are allowed ({allowed})")
+        if not value:
+            raise ValueError("name at least one algorithm")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_is_complete(self) -> Settings:
+        jwt = {
+            "AUTH_JWT_ISSUER": self.auth_jwt_issuer,
+            "AUTH_JWT_AUDIENCE": self.auth_jwt_audience,
+            "AUTH_JWKS_URL": self.auth_jwks_url,
+        }
+        missing = [name for name, value in jwt.items() if value is None]
+        if 0 < len(missing) < len(jwt):
+            raise ValueError(f"JWT authentication needs {', '.join(missing)} as well")
+        if self.auth_api_keys_secret is not None and self.vault_addr is None:
+            raise ValueError("AUTH_API_KEYS_SECRET needs VAULT_ADDR (the hashes live in Vault)")
+        if self.auth_mode == "required" and not (self.jwt_enabled or self.api_keys_enabled):
+            raise ValueError(
+                "AUTH_MODE=required needs AUTH_JWT_ISSUER/AUDIENCE and AUTH_JWKS_URL, "
+                "or AUTH_API_KEYS_SECRET"
+            )
+        return self
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return self.auth_jwks_url is not None
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return self.auth_api_keys_secret is not None
 
     @cached_property
     def enabled_backends(self) -> frozenset[str]:

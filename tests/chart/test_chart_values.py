@@ -457,3 +457,30 @@ def test_a_lifecycle_override_sleep_counts_in_the_shutdown_budget(seconds, rende
     assert (result.returncode == 0) is renders, result.stderr
     if not renders:
         assert "lifecycle.preStop.sleep.seconds" in result.stderr
+
+
+def test_production_values_require_auth_and_scrape_with_the_metrics_token():
+    documents = render(*VALUES_FILES["prod"])
+    config = find(documents, "ConfigMap", "quartstack")["data"]
+    assert config["AUTH_MODE"] == "required"
+    assert {"AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE", "AUTH_JWKS_URL"} <= set(config)
+    container = _pod(documents)["containers"][0]
+    [token] = [e for e in container["env"] if e["name"] == "METRICS_TOKEN"]
+    reference = token["valueFrom"]["secretKeyRef"]
+    endpoint = find(documents, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": reference}
+
+
+def test_metrics_token_is_off_by_default_and_an_explicit_authorization_wins():
+    documents = render()
+    config = find(documents, "ConfigMap", "quartstack")["data"]
+    assert config["AUTH_MODE"] == "none"
+    assert "env" not in _pod(documents)["containers"][0]
+    sets = (
+        "serviceMonitor.enabled=true",
+        "metricsToken.existingSecret=scrape-token",
+        "serviceMonitor.authorization.credentials.name=other",
+        "serviceMonitor.authorization.credentials.key=k",
+    )
+    endpoint = find(render(sets=sets), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"credentials": {"name": "other", "key": "k"}}

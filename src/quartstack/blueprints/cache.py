@@ -11,6 +11,7 @@ from quart_schema import validate_querystring, validate_response
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
@@ -58,6 +59,7 @@ def _redis(key: str) -> RedisClient:
 
 
 @blueprint.get("/<key>")
+@requires("read")
 @path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheEntry)
 @problems(409, 422, 429, 503, 504)
@@ -106,6 +108,7 @@ def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"
 @blueprint.post("/<key>")
 @link(200, "ReadKey", "get_read_key", {"key": "$response.body#/key"}, "Read the value back")
 @link(200, "DeleteKey", "delete_delete_key", {"key": "$response.body#/key"}, "Delete the key")
+@requires("write")
 @path_param("key", _KEY_PATTERN, 200)
 @validate_querystring(CacheWrite)
 @validate_response(CacheWritten)
@@ -118,6 +121,7 @@ async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:
 
 @blueprint.delete("/<key>")
 @link(200, "ReadKey", "get_read_key", {"key": "$response.body#/key"}, "Now exists: false")
+@requires("write")
 @path_param("key", _KEY_PATTERN, 200)
 @validate_response(CacheDeleted)
 @problems(422, 429, 503, 504)

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from quart import Blueprint
 from quart_schema import validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.mongodb import MongoDatabase
@@ -33,6 +34,7 @@ class Collections(BaseModel):
 
 
 @blueprint.get("/postgres/query")
+@requires("read")
 @validate_response(QueryResult)
 @problems(429, 503, 504)
 async def postgres_query() -> QueryResult:
@@ -42,6 +44,7 @@ async def postgres_query() -> QueryResult:
 
 
 @blueprint.get("/mysql/query")
+@requires("read")
 @validate_response(QueryResult)
 @problems(429, 503, 504)
 async def mysql_query() -> QueryResult:
@@ -51,6 +54,7 @@ async def mysql_query() -> QueryResult:
 
 
 @blueprint.get("/mongodb/query")
+@requires("read")
 @validate_response(Collections)
 @problems(429, 503, 504)
 async def mongodb_query() -> Collections:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import problems
 from quartstack.integrations.base import Backend, registry
 from quartstack.integrations.redis.response_cache import cached_response
@@ -57,6 +58,7 @@ _OK = Status(status="ok")
 
 
 @blueprint.get("/")
+@requires("public")
 @validate_response(Status)
 async def process_health() -> Status:
     """The process is up; touches no backend."""
@@ -64,6 +66,7 @@ async def process_health() -> Status:
 
 
 @blueprint.get("/live")
+@requires("public")
 @validate_response(Status)
 async def liveness() -> Status:
     """Liveness: the event loop answers. Never checks a backend, so a dead
@@ -72,6 +75,7 @@ async def liveness() -> Status:
 
 
 @blueprint.get("/startup")
+@requires("public")
 @validate_response(Startup, 200)
 @validate_response(Startup, 503)
 async def startup() -> tuple[Startup, int]:
@@ -87,6 +91,7 @@ async def check_backend(backend: Backend) -> tuple[bool, dict[str, Any]]:
 
 
 @blueprint.get("/ready")
+@requires("public")
 @validate_response(Readiness, 200)
 @validate_response(Readiness, 503)
 async def readiness() -> tuple[Readiness, int]:
@@ -129,6 +134,7 @@ async def all_backends_health() -> tuple[AllHealth, int]:
 
 
 @blueprint.get("/all")
+@requires("read")
 @cached_response(ttl=30, statuses=(200, 503))
 @validate_response(AllHealth, 200)
 @validate_response(AllHealth, 503)
@@ -139,6 +145,7 @@ async def all_health() -> tuple[AllHealth, int]:
 
 
 @blueprint.get("/<any(vault, postgres, mysql, mongodb, redis, rabbitmq):service>")
+@requires("read")
 @validate_response(BackendHealth, 200)
 @validate_response(BackendHealth, 503)
 @problems(404)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
 from quart_schema import document_request, validate_querystring, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
@@ -70,6 +71,7 @@ class QueueStatus(BaseModel):
     {"queue_name": "$response.body#/queue"},
     "The queue the message went to (publishing declares it): its message count",
 )
+@requires("write")
 @validate_querystring(PublishQuery)
 @document_request(MessageBody)
 @validate_response(Published)
@@ -92,6 +94,7 @@ async def publish(query_args: PublishQuery) -> Published:
 
 
 @blueprint.get("/queue/<queue_name>/info")
+@requires("read")
 @path_param("queue_name", _QUEUE_PATTERN, 100)
 @validate_response(QueueStatus)
 @problems(422, 429, 503, 504)

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from quart import Blueprint, Response, request
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import text_response
 from quartstack.metrics import REGISTRY
 
@@ -20,6 +21,7 @@ OPENMETRICS = "application/openmetrics-text"
 
 
 @blueprint.get("/metrics")
+@requires("metrics")
 @text_response(
     "text/plain",
     "Prometheus text exposition, format 0.0.4; OpenMetrics (with exemplars) when the "

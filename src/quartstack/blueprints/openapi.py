@@ -18,6 +18,8 @@ from quart_schema import document_response
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
 
+from quartstack.auth.authentication import Authentication
+from quartstack.auth.scopes import scope_for
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.redis.rate_limit import PROBE_PATHS
 from quartstack.web.problems import PROBLEM_CONTENT_TYPE, ProblemDetails
@@ -35,6 +37,8 @@ _STATUS_TEXT = {
     413: "Request body over the limit",
     415: "Request body in a content type the service does not accept",
     422: "Invalid path parameter, query string or body (see `errors`)",
+    401: "Missing or invalid credential (WWW-Authenticate: Bearer)",
+    403: "The credential lacks the scope this route needs (insufficient_scope)",
     429: "Rate limit exceeded (see Retry-After)",
     431: "Request line and headers over 16 KiB",
 }
@@ -118,6 +122,7 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
         components = document["components"]["schemas"]
         for name, definition in {"ProblemDetails": schema, **schema.pop("$defs", {})}.items():
             components.setdefault(name, definition)
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
         return document
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -139,6 +144,22 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
             if parameter["name"] in required:
                 parameter["required"] = True
         return parameters, definitions
+
+    def _security(self, scope: str) -> list[dict[str, list[str]]] | None:
+        """The operation's security requirement as this process enforces it: ``[]`` for
+        public routes, the route's scope with ``AUTH_MODE=required``, the metrics token
+        when one is set; None (nothing declared) for what is not checked, so the
+        document never promises a 401 the service would not send."""
+        auth = self._app.extensions.get(Authentication.KEY)
+        if not isinstance(auth, Authentication):
+            return None
+        if scope == "public":
+            return []
+        if scope == "metrics":
+            return [{"metricsToken": []}] if auth.metrics_token is not None else None
+        if not auth.required:
+            return None
+        return [{"bearerAuth": [scope]}, {"apiKeyAuth": [scope]}]
 
     def _complete(
         self, rule: Rule, func: Any, method: str, operation: dict[str, Any]
@@ -175,6 +196,13 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
             added.add(422)
         if rule.rule not in PROBE_PATHS:
             added.add(429)
+        security = self._security(scope_for(rule.endpoint, func))
+        if security is not None:
+            operation["security"] = security
+            if security:
+                added.add(401)
+            if any(requirement.get("bearerAuth") for requirement in security):
+                added.add(403)
         for code in sorted(added):
             responses.setdefault(str(code), _problem(_STATUS_TEXT[code]))
         for key, response in responses.items():
@@ -184,6 +212,30 @@ class ServiceOpenAPIProvider(OpenAPIProvider):
                 responses[key] = _problem(_STATUS_TEXT.get(code, HTTPStatus(code).phrase))
         operation["responses"] = dict(sorted(responses.items()))
         return operation
+
+
+#: "Authorize" in /docs offers both: a JWT from the issuer, or an API key. Operations
+#: name them only while the service checks them (AUTH_MODE=required, METRICS_TOKEN).
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT from the OIDC issuer (AUTH_JWT_ISSUER), or an API key "
+        "(qsk_...) as a bearer token. Needs AUTH_MODE=required to be checked.",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key made by `quartstack auth create-key`.",
+    },
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "METRICS_TOKEN, when set (only /metrics).",
+    },
+}
 
 
 def _problem(description: str) -> dict[str, Any]:

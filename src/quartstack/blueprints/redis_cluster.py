@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import RedisClient
@@ -103,6 +104,7 @@ async def _cluster() -> RedisClient:
 
 
 @blueprint.get("/cluster/nodes")
+@requires("admin")
 @validate_response(ClusterNodes)
 @problems(409, 503, 504)
 async def cluster_nodes() -> ClusterNodes:
@@ -114,6 +116,7 @@ async def cluster_nodes() -> ClusterNodes:
 
 
 @blueprint.get("/cluster/slots")
+@requires("admin")
 @validate_response(ClusterSlots)
 @problems(409, 503, 504)
 async def cluster_slots() -> ClusterSlots:
@@ -123,6 +126,7 @@ async def cluster_slots() -> ClusterSlots:
 
 
 @blueprint.get("/cluster/info")
+@requires("admin")
 @validate_response(ClusterInfo)
 @problems(409, 503, 504)
 async def cluster_info() -> ClusterInfo:
@@ -132,6 +136,7 @@ async def cluster_info() -> ClusterInfo:
 
 
 @blueprint.get("/nodes/<node_name>/info")
+@requires("admin")
 @path_param("node_name", r"^[a-zA-Z0-9_.-]+$", 100)
 @validate_response(NodeInfo)
 @problems(404, 422, 503, 504)
@@ -147,6 +152,7 @@ async def node_info(node_name: str) -> NodeInfo:
 
 
 @blueprint.delete("/cache/responses")
+@requires("admin")
 @validate_querystring(Invalidation)
 @validate_response(Invalidated)
 @problems(409, 422, 503, 504)

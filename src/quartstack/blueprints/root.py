@@ -9,6 +9,7 @@ from quart import Blueprint, Quart, current_app
 from quart_schema import validate_response
 
 from quartstack import NAME, __version__
+from quartstack.auth.scopes import requires
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.settings import Settings
 from quartstack.web.security import security_headers
@@ -146,6 +147,7 @@ def _static_info(app: Quart) -> dict[str, Any]:
 
 
 @blueprint.get("/")
+@requires("public")
 @validate_response(ServiceInfo)
 async def service_info() -> ServiceInfo:
     """Service name, version, links to docs, health, metrics and the examples, a summary

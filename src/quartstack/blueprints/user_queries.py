@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
 from quart_schema import validate_querystring, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.mongodb import Document, MongoDatabase
@@ -99,6 +100,7 @@ def _decode_cursor(cursor: str) -> str:
 
 @blueprint.get("/<uuid:id>")
 @link(200, "DeleteUser", "delete_delete_user", {"id": "$response.body#/id"}, "Erase this user")
+@requires("read")
 @validate_response(ProjectedUser)
 @problems(404, 429, 503, 504)
 async def get_user(id: uuid.UUID) -> ProjectedUser:
@@ -122,6 +124,7 @@ async def get_user(id: uuid.UUID) -> ProjectedUser:
 
 
 @blueprint.get("")
+@requires("read")
 @validate_querystring(ListQuery)
 @validate_response(UserList)
 @problems(400, 422, 429, 503, 504)
@@ -143,6 +146,7 @@ async def list_users(query_args: ListQuery) -> UserList:
 
 
 @blueprint.get("/stats")
+@requires("read")
 @validate_querystring(StatsQuery)
 @validate_response(Stats)
 @problems(422, 429, 503, 504)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from quart import Blueprint, Response
 from quart_schema import validate_request, validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, no_content, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.postgres import PostgresPool
@@ -72,6 +73,7 @@ class UserCreated(BaseModel):
 @blueprint.post("")
 @link(201, "GetUser", "get_get_user", {"id": "$response.body#/id"}, "Read the new user")
 @link(201, "DeleteUser", "delete_delete_user", {"id": "$response.body#/id"}, "Erase it")
+@requires("write")
 @validate_request(Signup)
 @validate_response(UserCreated, 201)
 @problems(400, 409, 413, 415, 422, 429, 503, 504)
@@ -98,6 +100,7 @@ async def sign_up(data: Signup) -> tuple[UserCreated, int, dict[str, str]]:
 
 @blueprint.delete("/<uuid:id>")
 @link(204, "GetUser", "get_get_user", {"id": "$request.path.id"}, "Now 404 user-not-found")
+@requires("write")
 @no_content("Erased (or already erased)")
 @problems(404, 429, 503, 504)
 async def delete_user(id: uuid.UUID) -> Response:

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from quart import Blueprint
 from quart_schema import validate_response
 
+from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
@@ -59,6 +60,7 @@ async def _read(service_name: str) -> dict[str, Any]:
     {"service_name": "$response.body#/service"},
     "One field of the same secret (field names are the keys of `data`)",
 )
+@requires("read")
 @path_param("service_name", _NAME_PATTERN, 50)
 @cached_response(ttl=300, private=True)
 @validate_response(SecretBody)
@@ -70,6 +72,7 @@ async def read_secret(service_name: str) -> SecretBody:
 
 
 @blueprint.get("/secret/<service_name>/<key>")
+@requires("read")
 @path_param("service_name", _NAME_PATTERN, 50)
 @path_param("key", _NAME_PATTERN, 100)
 @cached_response(ttl=300, private=True)

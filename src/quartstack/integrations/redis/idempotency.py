@@ -27,6 +27,7 @@ from typing import Any
 from quart import Quart, Response, g, request
 from redis.exceptions import ResponseError
 
+from quartstack.auth.principal import current_principal
 from quartstack.integrations.redis.client import RedisClient, RedisDataError
 from quartstack.metrics import IDEMPOTENCY_NOT_ENFORCED
 from quartstack.resilience import BackendError
@@ -178,6 +179,9 @@ class KeyClaims:
                 "Idempotency-Key must be 1-255 visible ASCII characters.",
             )
         fingerprint = await _fingerprint()
+        principal = current_principal()
+        if principal is not None:  # one principal can neither replay nor block another's key
+            key = f"{principal.id}\n{key}"
         try:
             stored = await self.store.claim(key, fingerprint)
         except RedisDataError:

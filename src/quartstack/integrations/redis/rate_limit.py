@@ -35,12 +35,12 @@ from quart_rate_limiter import (
 from quart_rate_limiter.store import RateLimiterStoreABC
 from redis.exceptions import RedisError
 
+from quartstack.auth.principal import rate_limit_identity
 from quartstack.integrations.redis.batched_script import BatchedScript
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.metrics import RATE_LIMIT_HITS, RATE_LIMIT_STORE_ERRORS
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
-from quartstack.web.client_address import client_address
 from quartstack.web.observability import current_endpoint
 
 logger = logging.getLogger("quartstack.rate_limit")
@@ -242,7 +242,7 @@ class DistributedRateLimiter(RateLimiter):
         plan = self.plan_for_request()
         if not plan.limits:
             return
-        client = client_address()
+        client = rate_limit_identity()  # the principal if authenticated, else the address
         if plan.static:
             limits: Sequence[RateLimit] = plan.limits
             prefix = f"{self.key_prefix}{{{client}}}"
@@ -321,7 +321,7 @@ def _headers(limit: RateLimit, reset_us: int) -> dict[str, str]:
 
 
 async def _client_key() -> str:
-    return client_address()
+    return rate_limit_identity()
 
 
 class RateLimiting:
