@@ -11,10 +11,13 @@ keeps the message id stable across client retries, so consumers can drop a
 duplicate.
 
 One robust connection (aio-pika re-establishes it after a broker restart)
-carries a bounded pool of plain channels. Plain rather than robust channels: a
-channel closed by a connection loss is dropped and replaced, so requests during
-an outage fail fast with 503 instead of waiting for the reconnection, and no
-channel keeps re-declaring every queue it ever saw.
+carries a bounded set of plain confirm-mode channels that concurrent publishes
+share (channel_pool.py). Plain rather than robust channels: a channel closed by
+a connection loss is dropped and replaced, so requests during an outage fail
+fast with 503 instead of waiting for the reconnection, and no channel keeps
+re-declaring every queue it ever saw. Declarations run on throwaway channels:
+a conflicting declaration closes its channel, which must not fail the other
+publishes sharing a confirm channel.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -138,6 +141,10 @@ class RabbitMQClient(Backend):
         self._declared: OrderedDict[str, None] = OrderedDict()
         self._declaring: dict[str, asyncio.Future[None]] = {}
         self._declared_exchanges: set[str] = set()
+        self._declaring_exchanges: dict[str, asyncio.Future[None]] = {}
+        #: Message ids being published: the broker returns an unroutable message by
+        #: its id, so two publishes with one id must not be in flight at once.
+        self._in_flight_ids: dict[str, asyncio.Future[None]] = {}
         # Throwaway channels (inspection, health) are bounded like the pool.
         self._spare_channels = asyncio.Semaphore(settings.rabbitmq_channel_pool_size)
 
@@ -316,23 +323,40 @@ class RabbitMQClient(Backend):
         MESSAGES_PUBLISHED.inc()
 
     async def _publish(self, queue: str, message: Message) -> None:
-        await self._ready_connection()
+        connection = await self._ready_connection()
         pool = self._pool
         if pool is None:  # closed meanwhile (the app is stopping)
             raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
-        async with pool.acquire() as channel:
-            await self._declare_once(channel, queue)
+        await self._declare_once(connection, queue)
+        async with self._sole_publish(message.message_id), pool.acquire() as channel:
             try:
                 await _confirmed_publish(channel, queue, message)
             except PublishError:
                 # Returned unroutable although we declared the queue: it was deleted
                 # since. The broker kept nothing, so declaring and resending is safe.
                 self._declared.pop(queue, None)
-                await self._declare_once(channel, queue)
+                await self._declare_once(connection, queue)
                 try:
                     await _confirmed_publish(channel, queue, message)
                 except PublishError as exc:
                     raise MessageUnroutable(queue) from exc
+
+    @contextlib.asynccontextmanager
+    async def _sole_publish(self, message_id: str | None) -> AsyncIterator[None]:
+        """Hold ``message_id`` while its publish is in flight; a second publish with
+        the same id (a client retrying with its Idempotency-Key) waits for the first."""
+        if message_id is None:
+            yield
+            return
+        while (earlier := self._in_flight_ids.get(message_id)) is not None:
+            await asyncio.shield(earlier)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight_ids[message_id] = done
+        try:
+            yield
+        finally:
+            del self._in_flight_ids[message_id]
+            done.set_result(None)
 
     async def publish_to_exchange(
         self, exchange: str, messages: Sequence[ExchangeMessage]
@@ -362,15 +386,23 @@ class RabbitMQClient(Backend):
         ]
 
         async def send() -> list[BaseException | None]:
-            await self._ready_connection()
+            connection = await self._ready_connection()
             pool = self._pool
             if pool is None:
                 raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
+            await self._declare_exchange_once(connection, exchange)
             async with pool.acquire() as channel:
-                target = await self._topic_exchange(channel, exchange)
+                target = await channel.get_exchange(exchange, ensure=False)
+
+                async def one(routing_key: str, message: Message) -> None:
+                    async with self._sole_publish(message.message_id):
+                        await _confirmed_publish(
+                            channel, routing_key, message, target, mandatory=False
+                        )
+
                 return await asyncio.gather(
                     *(
-                        _confirmed_publish(channel, m.routing_key, message, target, mandatory=False)
+                        one(m.routing_key, message)
                         for m, message in zip(messages, outgoing, strict=True)
                     ),
                     return_exceptions=True,
@@ -392,22 +424,32 @@ class RabbitMQClient(Backend):
             outcomes.append(error)
         return outcomes
 
-    async def _topic_exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
-        """Durable topic exchange ``name`` on ``channel``, declared once per connection."""
+    async def _declare_exchange_once(self, connection: RobustConnection, name: str) -> None:
+        """Declare durable topic exchange ``name`` unless this connection already did
+        (on a throwaway channel: a conflict closes it)."""
+        while name not in self._declared_exchanges and name in self._declaring_exchanges:
+            await asyncio.shield(self._declaring_exchanges[name])
         if name in self._declared_exchanges:
-            return await channel.get_exchange(name, ensure=False)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._declaring_exchanges[name] = done
         try:
-            declared = await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+            async with self._spare_channels, self._spare_channel(connection) as channel:
+                await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
         except ChannelPreconditionFailed as exc:
             raise BackendUnavailable(
                 SERVICE, f"exchange {name!r} exists with another type or not durable"
             ) from exc
-        self._declared_exchanges.add(name)
-        return declared
+        else:
+            self._declared_exchanges.add(name)
+        finally:
+            del self._declaring_exchanges[name]
+            done.set_result(None)
 
-    async def _declare_once(self, channel: AbstractChannel, queue: str) -> None:
-        """Declare durable ``queue`` unless this connection already did; concurrent
-        first publishes to one queue share a single declaration."""
+    async def _declare_once(self, connection: RobustConnection, queue: str) -> None:
+        """Declare durable ``queue`` unless this connection already did (on a throwaway
+        channel: a conflict closes it); concurrent first publishes to one queue share
+        a single declaration."""
         while queue not in self._declared and queue in self._declaring:
             await asyncio.shield(self._declaring[queue])
         if queue in self._declared:
@@ -416,7 +458,8 @@ class RabbitMQClient(Backend):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._declaring[queue] = done
         try:
-            await channel.declare_queue(queue, durable=True)
+            async with self._spare_channels, self._spare_channel(connection) as channel:
+                await channel.declare_queue(queue, durable=True)
         except ChannelPreconditionFailed as exc:
             raise QueueConflict(queue, "exists with other properties (not durable)") from exc
         except ChannelLockedResource as exc:
@@ -449,7 +492,7 @@ class RabbitMQClient(Backend):
         return QueueInfo(True, result.message_count, result.consumer_count)
 
     @contextlib.asynccontextmanager
-    async def _spare_channel(self, connection: RobustConnection) -> Any:
+    async def _spare_channel(self, connection: RobustConnection) -> AsyncIterator[AbstractChannel]:
         channel = await self._open_channel(connection, confirms=False)
         try:
             yield channel
