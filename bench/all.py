@@ -163,6 +163,7 @@ def markdown(report: dict[str, Any]) -> str:
             once = by_key.get((bench, None))
             if once is not None:
                 tail = [line for line in once.get("output", []) if line.strip()][-4:]
+                tail = [" ".join(line.split()) for line in tail]
                 notes.append(f"- **{bench}** (no HTTP server): " + "; ".join(tail))
             continue
         targets: list[str] = []

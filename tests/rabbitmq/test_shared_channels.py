@@ -11,11 +11,12 @@ import uuid
 from typing import Any
 
 import aio_pika
-from aio_pika import Channel, Message
+from aio_pika import Channel
 from aio_pika.abc import AbstractChannel
 
 from quartstack.integrations.rabbitmq.channel_pool import ChannelPool
 from quartstack.integrations.rabbitmq.client import (
+    OutgoingMessage,
     PublishUnconfirmed,
     _confirmed_publish,
 )
@@ -36,8 +37,8 @@ def confirm_pool(connection: Any, size: int) -> tuple[ChannelPool, list[Abstract
     return ChannelPool(open_channel, size, f"test-{uuid.uuid4().hex[:6]}"), opened
 
 
-def message(n: int) -> Message:
-    return Message(json.dumps({"n": n}).encode(), message_id=uuid.uuid4().hex)
+def message(n: int) -> OutgoingMessage:
+    return OutgoingMessage.json(json.dumps({"n": n}).encode(), uuid.uuid4().hex)
 
 
 async def test_concurrent_publishes_share_one_channel_and_each_gets_its_ack(amqp, queue_name):

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika import Channel, DeliveryMode, ExchangeType, Message, RobustConnection
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika import Channel, DeliveryMode, ExchangeType, RobustConnection
+from aio_pika.abc import AbstractChannel
 from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     AuthenticationError,
@@ -305,16 +305,7 @@ class RabbitMQClient(Backend):
         self, queue: str, body: bytes, *, message_id: str, correlation_id: str | None = None
     ) -> None:
         """Publish ``body`` (JSON) to durable ``queue``; return once the broker confirmed it."""
-        message = Message(
-            body,
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            timestamp=datetime.now(UTC),
-            app_id=NAME,
-        )
+        message = OutgoingMessage.json(body, message_id, correlation_id=correlation_id)
         try:
             await self.guard.call("publish", lambda: self._publish(queue, message))
         except BackendError as exc:
@@ -322,7 +313,7 @@ class RabbitMQClient(Backend):
             raise
         MESSAGES_PUBLISHED.inc()
 
-    async def _publish(self, queue: str, message: Message) -> None:
+    async def _publish(self, queue: str, message: OutgoingMessage) -> None:
         connection = await self._ready_connection()
         pool = self._pool
         if pool is None:  # closed meanwhile (the app is stopping)
@@ -372,15 +363,8 @@ class RabbitMQClient(Backend):
         not an error the publisher could fix.
         """
         outgoing = [
-            Message(
-                m.body,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=DeliveryMode.PERSISTENT,
-                message_id=m.message_id,
-                type=m.message_type,
-                timestamp=m.timestamp or datetime.now(UTC),
-                app_id=NAME,
+            OutgoingMessage.json(
+                m.body, m.message_id, message_type=m.message_type, timestamp=m.timestamp
             )
             for m in messages
         ]
@@ -392,12 +376,11 @@ class RabbitMQClient(Backend):
                 raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
             await self._declare_exchange_once(connection, exchange)
             async with pool.acquire() as channel:
-                target = await channel.get_exchange(exchange, ensure=False)
 
-                async def one(routing_key: str, message: Message) -> None:
+                async def one(routing_key: str, message: OutgoingMessage) -> None:
                     async with self._sole_publish(message.message_id):
                         await _confirmed_publish(
-                            channel, routing_key, message, target, mandatory=False
+                            channel, routing_key, message, exchange, mandatory=False
                         )
 
                 return await asyncio.gather(
@@ -525,21 +508,69 @@ class RabbitMQClient(Backend):
         return await self.guard.call("health", check)
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message's body and AMQP properties, ready for the wire: built straight as
+    pamqp properties, without aio-pika's ``Message`` (a third of a publish's CPU)."""
+
+    body: bytes
+    properties: Basic.Properties
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id
+
+    @classmethod
+    def json(
+        cls,
+        body: bytes,
+        message_id: str,
+        *,
+        correlation_id: str | None = None,
+        message_type: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> OutgoingMessage:
+        """Persistent JSON from this app, stamped now unless ``timestamp`` is given."""
+        return cls(
+            body,
+            Basic.Properties(
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=int(DeliveryMode.PERSISTENT),
+                message_id=message_id,
+                correlation_id=correlation_id,
+                message_type=message_type,
+                timestamp=timestamp or datetime.now(UTC),
+                app_id=NAME,
+            ),
+        )
+
+
 async def _confirmed_publish(
     channel: AbstractChannel,
     routing_key: str,
-    message: Message,
-    exchange: AbstractExchange | None = None,
+    message: OutgoingMessage,
+    exchange: str = "",
     *,
     mandatory: bool = True,
 ) -> None:
     """Send and wait for the broker's answer. Failing before the send is a plain 503
-    (not published); failing after it is :class:`PublishUnconfirmed`."""
-    if channel.is_closed:
-        raise BackendUnavailable(SERVICE, "rabbitmq channel closed; message not sent")
-    target = exchange if exchange is not None else channel.default_exchange
+    (not published); failing after it is :class:`PublishUnconfirmed`.
+
+    Straight on aiormq's channel: aio-pika's ``Exchange.publish`` adds nothing a
+    confirmed publish needs."""
     try:
-        confirmation = await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+        underlay = await channel.get_underlay_channel()
+    except Exception as exc:  # closed meanwhile
+        raise BackendUnavailable(SERVICE, "rabbitmq channel closed; message not sent") from exc
+    try:
+        confirmation = await underlay.basic_publish(
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=message.properties,
+            mandatory=mandatory,
+        )
     except PublishError:
         raise
     except DeliveryError as exc:  # Basic.Nack
