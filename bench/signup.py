@@ -199,9 +199,11 @@ def main() -> int:
                     / by_name[BASELINE.name].requests_per_second
                 )
                 print(f"round {round_number + 1}: signup/query {ratios[-1]:.2f}", file=sys.stderr)
-            if args.rate_seconds > 0:
-                constant = _constant_rate_runs(server, args.rate, args.rate_seconds)
             drain_s = float("nan") if args.relay_off else _drained(server.url)
+            if args.rate_seconds > 0:
+                # After the drain: the relay catching up on the wrk runs' backlog would
+                # compete with the constant-rate requests for the server and the pool.
+                constant = _constant_rate_runs(server, args.rate, args.rate_seconds)
             lag_after = _lag_buckets(server.url)
 
     medians = [(t, median_result(runs[t.name])) for t in (BASELINE, SIGNUP)]
