@@ -36,6 +36,24 @@ def create_bare_app(security_headers: bool = False) -> Quart:
     return app
 
 
+async def _serve_uvicorn(bind: str, security_headers: bool) -> None:
+    """The bare app on uvicorn (httptools, our event loop), for ``--server uvicorn``."""
+    import uvicorn
+
+    host, _, port = bind.rpartition(":")
+    config = uvicorn.Config(
+        create_bare_app(security_headers),
+        host=host,
+        port=int(port),
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    await uvicorn.Server(config).serve()
+
+
 async def _serve(bind: str, security_headers: bool) -> None:
     config = hypercorn_config(load_settings(), bind, 1)
     stop = asyncio.Event()
@@ -50,9 +68,11 @@ def main() -> int:
     parser.add_argument("--bind", required=True)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--security-headers", action="store_true")
+    parser.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
     args = parser.parse_args()
+    serve_with = _serve_uvicorn if args.server == "uvicorn" else _serve
     with asyncio.Runner(loop_factory=_uvloop_factory(args.no_uvloop)) as runner:
-        runner.run(_serve(args.bind, args.security_headers))
+        runner.run(serve_with(args.bind, args.security_headers))
     return 0
 
 

@@ -27,7 +27,18 @@ import sys
 import uuid
 from collections.abc import Iterator
 
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
+from bench.wrkbench import (
+    BenchServer,
+    Target,
+    WrkResult,
+    add_common_arguments,
+    format_table,
+    goal_entry,
+    measure,
+    median_result,
+    result_row,
+    write_json,
+)
 from tests.support.databases import MySQLDatabase, PostgresDatabase
 from tests.support.mongo import NxMongoServer
 
@@ -84,6 +95,7 @@ def main() -> int:
     parser.add_argument(
         "--databases", default="postgres", help="comma-separated: postgres, mysql, mongodb"
     )
+    add_common_arguments(parser)
     args = parser.parse_args()
     databases = [name.strip() for name in args.databases.split(",") if name.strip()]
     if "postgres" not in databases:
@@ -96,12 +108,12 @@ def main() -> int:
     ratios: list[float] = []
     with (
         _database_env(databases, args.pool_max) as env,
-        BenchServer({**env, "LOG_LEVEL": args.log_level}) as server,
+        BenchServer({**env, "LOG_LEVEL": args.log_level}, server=args.server) as server,
     ):
         for round_number in range(args.rounds):
             rows = measure(
                 server.url,
-                targets,
+                targets if round_number % 2 == 0 else [*targets[1:], targets[0]],
                 duration=args.duration,
                 connections=args.connections,
                 warmup=args.warmup if round_number == 0 else 0,
@@ -109,7 +121,11 @@ def main() -> int:
             )
             for target, result in rows:
                 runs[target.name].append(result)
-            ratios.append(rows[1][1].requests_per_second / rows[0][1].requests_per_second)
+            by_name = {target.name: result for target, result in rows}
+            ratios.append(
+                by_name[targets[1].name].requests_per_second
+                / by_name[BASELINE.name].requests_per_second
+            )
             print(f"round {round_number + 1}: postgres/health {ratios[-1]:.2f}", file=sys.stderr)
 
     medians = [(t, median_result(runs[t.name])) for t in targets]
@@ -129,6 +145,14 @@ def main() -> int:
     )
     if failed:
         print(f"{failed} requests were not 2xx or hit socket errors", file=sys.stderr)
+    write_json(
+        args.json,
+        "database",
+        args.server,
+        [result_row(t.name, r, medians[0][1]) for t, r in medians],
+        goals=[goal_entry("postgres query / health", ratio, GOAL, ratios)],
+        settings=f"{args.connections} connections, pool max {args.pool_max}",
+    )
     return 0 if ratio >= GOAL and not failed else 1
 
 

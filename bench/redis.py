@@ -35,10 +35,14 @@ from bench.wrkbench import (
     BenchServer,
     Target,
     WrkResult,
+    add_common_arguments,
     format_table,
+    goal_entry,
     measure,
     median_result,
     process_cpu_seconds,
+    result_row,
+    write_json,
 )
 
 GOAL = 0.60
@@ -59,6 +63,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2)
+    add_common_arguments(parser)
     args = parser.parse_args()
 
     info = dict(line.split(":", 1) for line in _redis_cli("info", "server").split() if ":" in line)
@@ -74,7 +79,10 @@ def main() -> int:
     }
     redis_cpu: list[float] = []
     try:
-        with BenchServer(common) as plain, BenchServer(limited_env) as limited:
+        with (
+            BenchServer(common, server=args.server) as plain,
+            BenchServer(limited_env, server=args.server) as limited,
+        ):
             targets = [
                 Target("plain /health/", "GET", plain.url + "/health/", pid=plain.pid),
                 Target(
@@ -89,6 +97,7 @@ def main() -> int:
                 ),
             ]
             runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+            ratios: list[float] = []
             for round_number in range(args.rounds):
                 order = targets if round_number % 2 == 0 else targets[::-1]
                 for target in order:
@@ -104,7 +113,11 @@ def main() -> int:
                     if target.name == "limited /health/" and result.requests:
                         used = process_cpu_seconds(redis_pid) - redis_before
                         redis_cpu.append(used / result.requests * 1e6)
-                print(f"round {round_number + 1} done", file=sys.stderr)
+                ratios.append(
+                    runs["plain cache read"][-1].requests_per_second
+                    / runs["plain /health/"][-1].requests_per_second
+                )
+                print(f"round {round_number + 1}: cache/health {ratios[-1]:.2f}", file=sys.stderr)
     finally:
         _redis_cli("del", key)
 
@@ -132,6 +145,14 @@ def main() -> int:
         f"{limited_health.requests_per_second / health.requests_per_second:.2f} of unlimited; "
         f"redis-server CPU {statistics.median(redis_cpu) if redis_cpu else float('nan'):.0f} us "
         f"per limited request"
+    )
+    write_json(
+        args.json,
+        "redis",
+        args.server,
+        [result_row(t.name, medians[t.name], health) for t in targets],
+        goals=[goal_entry("cache read / health", statistics.median(ratios), GOAL, ratios)],
+        settings=f"{args.connections} connections; limited = rate limiting on, never refusing",
     )
     return 0 if ratio >= GOAL else 1
 

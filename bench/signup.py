@@ -12,10 +12,16 @@ absolute numbers drift between runs on shared machines. The event publish lag
 ``outbox_publish_lag_seconds`` histogram, and the outbox must drain afterwards.
 Goals from issue #11: signup p95 < 100 ms and ratio >= 0.5 at 32 connections.
 
+Then a constant-rate run of each (bench/openloop.py: ``--rate`` requests per second
+for ``--rate-seconds``, open loop, latency from when each request was due) reports
+p95 against the 100 ms SLO at a load the server can carry, which wrk's closed loop
+at 32 connections (queueing by construction) does not show.
+
 Run from the repository root (needs ``wrk``: ``apt-get install -y wrk``):
 
     .venv/bin/python -m bench.signup [--duration 10] [--connections 32] [--rounds 3]
-        [--pool-max 10] [--relay-off]
+        [--pool-max 10] [--relay-off] [--rate 50] [--rate-seconds 10]
+        [--server hypercorn|uvicorn] [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,7 +39,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
+from bench.openloop import constant_rate
+from bench.wrkbench import (
+    BenchServer,
+    Target,
+    WrkResult,
+    add_common_arguments,
+    format_table,
+    goal_entry,
+    measure,
+    median_result,
+    result_row,
+    write_json,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support.databases import PostgresDatabase
 
@@ -78,6 +96,23 @@ def _accounts(pool_max: int) -> Iterator[dict[str, str]]:
         subprocess.run(["rabbitmqctl", "delete_user", user], capture_output=True, check=False)
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, check=False)
         postgres.drop()
+
+
+def _constant_rate_runs(server: BenchServer, rate: float, seconds: float) -> dict[str, WrkResult]:
+    """The query and the signup at ``rate`` requests per second, open loop."""
+    prefix = uuid.uuid4().hex[:8]
+    query = constant_rate(
+        server.url + BASELINE.path, rate=rate, duration=seconds, server_pid=server.pid
+    )
+    signup = constant_rate(
+        server.url + SIGNUP.path,
+        rate=rate,
+        duration=seconds,
+        method="POST",
+        body=lambda n: {"email": f"c-{prefix}-{n}@bench.example", "name": "Bench"},
+        server_pid=server.pid,
+    )
+    return {BASELINE.name: query.as_wrk_result(), SIGNUP.name: signup.as_wrk_result()}
 
 
 def _lag_buckets(url: str) -> dict[float, float]:
@@ -125,7 +160,11 @@ def main() -> int:
     parser.add_argument(
         "--relay-off", action="store_true", help="OUTBOX_RELAY_ENABLED=false: the write alone"
     )
+    parser.add_argument("--rate", type=float, default=50, help="constant-rate run, req/s")
+    parser.add_argument("--rate-seconds", type=float, default=10, help="0: no constant-rate run")
+    add_common_arguments(parser)
     args = parser.parse_args()
+    constant: dict[str, WrkResult] = {}
 
     runs: dict[str, list[WrkResult]] = {BASELINE.name: [], SIGNUP.name: []}
     ratios: list[float] = []
@@ -141,12 +180,12 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        with BenchServer(server_env) as server:
+        with BenchServer(server_env, server=args.server) as server:
             lag_before = _lag_buckets(server.url)
             for round_number in range(args.rounds):
                 rows = measure(
                     server.url,
-                    [BASELINE, SIGNUP],
+                    [BASELINE, SIGNUP] if round_number % 2 == 0 else [SIGNUP, BASELINE],
                     duration=args.duration,
                     connections=args.connections,
                     warmup=args.warmup if round_number == 0 else 0,
@@ -154,9 +193,17 @@ def main() -> int:
                 )
                 for target, result in rows:
                     runs[target.name].append(result)
-                ratios.append(rows[1][1].requests_per_second / rows[0][1].requests_per_second)
+                by_name = {target.name: result for target, result in rows}
+                ratios.append(
+                    by_name[SIGNUP.name].requests_per_second
+                    / by_name[BASELINE.name].requests_per_second
+                )
                 print(f"round {round_number + 1}: signup/query {ratios[-1]:.2f}", file=sys.stderr)
             drain_s = float("nan") if args.relay_off else _drained(server.url)
+            if args.rate_seconds > 0:
+                # After the drain: the relay catching up on the wrk runs' backlog would
+                # compete with the constant-rate requests for the server and the pool.
+                constant = _constant_rate_runs(server, args.rate, args.rate_seconds)
             lag_after = _lag_buckets(server.url)
 
     medians = [(t, median_result(runs[t.name])) for t in (BASELINE, SIGNUP)]
@@ -181,6 +228,35 @@ def main() -> int:
     print(
         f"event publish lag p95 <= {lag_p95:g} s (histogram bucket bound); outbox drained "
         f"{drain_s:.1f} s after the last run"
+    )
+    goals = [
+        goal_entry("POST /users / postgres query", ratio, RATIO_GOAL, ratios),
+        goal_entry("POST /users p95 ms (wrk, 32 connections)", p95, P95_GOAL_MS, at_most=True),
+    ]
+    json_rows = [result_row(t.name, r, medians[0][1]) for t, r in medians]
+    if constant:
+        label = f"constant {args.rate:g} req/s"
+        print(f"{label} for {args.rate_seconds:g} s, open loop (latency from when each was due):")
+        print(format_table([(Target(f"{name} @ {label}"), r) for name, r in constant.items()]))
+        for name, result in constant.items():
+            print(
+                f"{name} p95 at {label}: {result.p95:.1f} ms "
+                f"({'meets' if result.p95 < P95_GOAL_MS else 'MISSES'} the {P95_GOAL_MS:g} ms SLO)"
+            )
+            json_rows.append({**result_row(f"{name} @ {label}", result), "open_loop": True})
+            goals.append(
+                goal_entry(f"{name} p95 ms @ {label}", result.p95, P95_GOAL_MS, at_most=True)
+            )
+    write_json(
+        args.json,
+        "signup",
+        args.server,
+        json_rows,
+        goals=goals,
+        settings=(
+            f"{args.connections} connections, pool max {args.pool_max}, relay "
+            f"{'off' if args.relay_off else 'in-process'}; publish lag p95 <= {lag_p95:g} s"
+        ),
     )
     failed = signup.non_2xx + signup.socket_errors + medians[0][1].non_2xx
     if failed:

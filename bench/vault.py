@@ -12,7 +12,11 @@ the Vault client's own cache is measured.
 
 Run from the repository root (needs ``wrk``: ``apt-get install -y wrk``):
 
-    .venv/bin/python -m bench.vault [--duration 10] [--connections 1 32] [--threads 1]
+    .venv/bin/python -m bench.vault [--duration 10] [--connections 1 32] [--rounds 3]
+        [--server hypercorn|uvicorn] [--json PATH]
+
+Each round measures ``/health/live`` and the route back to back (alternating which
+goes first); the ratios are medians over the rounds.
 
 With one connection every uncached request is one Vault round trip; with many,
 concurrent misses for the same secret coalesce into one Vault read (single
@@ -23,11 +27,22 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 
 import httpx
-from bench.wrkbench import WrkResult, run_wrk
-from tests.support.process import ServiceProcess
+from bench.wrkbench import (
+    BenchServer,
+    Target,
+    WrkResult,
+    add_common_arguments,
+    format_table,
+    goal_entry,
+    measure,
+    median_result,
+    result_row,
+    write_json,
+)
 from tests.support.vault import VaultTestServer
 
 SECRET_NAME = "bench-postgres"
@@ -36,10 +51,14 @@ KV_PATH = f"/v1/secret/data/{SECRET_NAME}"
 RUNS = (("cached (TTL 300 s)", 300), ("uncached (TTL 0)", 0))
 
 
-def measure(
+BASELINE = Target("/health/live", "GET", "/health/live")
+ROUTE_TARGET = Target("vault secret", "GET", ROUTE)
+
+
+def run(
     vault: VaultTestServer, cache_ttl: int, args: argparse.Namespace
-) -> list[tuple[int, WrkResult, WrkResult, int]]:
-    """Per connection count: baseline, route result, KV reads served by Vault."""
+) -> list[tuple[int, list[WrkResult], list[WrkResult], list[float], int]]:
+    """Per connection count: baseline rounds, route rounds, their ratios, KV reads."""
     env = {
         "VAULT_ADDR": vault.url,
         "VAULT_TOKEN": vault.root_token,
@@ -49,30 +68,44 @@ def measure(
         "LOG_LEVEL": "WARNING",
     }
     results = []
-    with ServiceProcess(env) as service:
-        service.wait_started()
-        httpx.get(service.url + ROUTE).raise_for_status()  # warm the cache (if any)
+    with BenchServer(env, server=args.server) as server:
+        httpx.get(server.url + ROUTE).raise_for_status()  # warm the cache (if any)
         for connections in args.connections:
-            baseline = run_wrk(
-                service.url + "/health/live", duration=args.duration, connections=connections
-            )
-            vault.request_counts(reset=True)
-            result = run_wrk(
-                service.url + ROUTE,
-                duration=args.duration,
-                connections=connections,
-                threads=args.threads,
-            )
-            kv_reads = vault.request_counts().get(KV_PATH, 0)
-            results.append((connections, baseline, result, kv_reads))
+            base_runs: list[WrkResult] = []
+            route_runs: list[WrkResult] = []
+            ratios: list[float] = []
+            kv_reads = 0
+            for round_number in range(args.rounds):
+                order = [BASELINE, ROUTE_TARGET]
+                vault.request_counts(reset=True)
+                rows = dict(
+                    (t.name, r)
+                    for t, r in measure(
+                        server.url,
+                        order if round_number % 2 == 0 else order[::-1],
+                        duration=args.duration,
+                        connections=connections,
+                        warmup=1 if round_number == 0 else 0,
+                        server_pid=server.pid,
+                    )
+                )
+                kv_reads += vault.request_counts().get(KV_PATH, 0)
+                base_runs.append(rows[BASELINE.name])
+                route_runs.append(rows[ROUTE_TARGET.name])
+                ratios.append(
+                    rows[ROUTE_TARGET.name].requests_per_second
+                    / rows[BASELINE.name].requests_per_second
+                )
+            results.append((connections, base_runs, route_runs, ratios, kv_reads))
     return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    add_common_arguments(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -82,26 +115,37 @@ def main() -> int:
         vault.write_secret(
             SECRET_NAME, {"user": "app", "password": "bench-password", "database": "app"}
         )
-        runs = {label: measure(vault, ttl, args) for label, ttl in RUNS}
+        runs = {label: run(vault, ttl, args) for label, ttl in RUNS}
 
-    print(f"wrk: {args.duration} s per run, loopback; ratios against /health/live in the same run")
     print(
-        f"{'run':<20} {'conns':>5} {'req/s':>8} {'vs live':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'non-2xx':>8} {'KV reads':>9}"
+        f"wrk: {args.rounds} x {args.duration:g} s per target, loopback; server {args.server}; "
+        "medians; ratios against /health/live in the same run"
     )
-    for label, rows in runs.items():
-        for connections, baseline, result, kv_reads in rows:
-            print(
-                f"{label:<20} {connections:>5} {result.requests_per_second:>8.0f} "
-                f"{result.requests_per_second / baseline.requests_per_second:>8.2f} "
-                f"{result.p50:>8.2f} "
-                f"{result.p99:>8.2f} "
-                f"{result.non_2xx:>8} {kv_reads:>9}"
-            )
-    cached, uncached = runs[RUNS[0][0]], runs[RUNS[1][0]]
-    for (connections, _, warm, _), (_, _, cold, _) in zip(cached, uncached, strict=True):
-        ratio = warm.requests_per_second / cold.requests_per_second
-        print(f"{connections} connection(s): cached / uncached throughput {ratio:.2f}x")
+    rows: list[dict[str, object]] = []
+    goals: list[dict[str, object]] = []
+    table = []
+    for label, per_connections in runs.items():
+        for connections, base_runs, route_runs, ratios, kv_reads in per_connections:
+            base, route = median_result(base_runs), median_result(route_runs)
+            name = f"{label}, {connections} conn"
+            table += [(Target(f"/health/live {connections} conn"), base), (Target(name), route)]
+            rows += [
+                result_row(f"/health/live, {connections} conn", base),
+                {**result_row(name, route, base), "kv_reads": kv_reads},
+            ]
+            ratio = statistics.median(ratios)
+            print(f"{name}: {ratio:.2f} of /health/live, {kv_reads} KV reads")
+            goals.append(goal_entry(f"{name} / live", ratio, 0.0, ratios))
+    print(format_table(table))
+    cached = runs[RUNS[0][0]]
+    write_json(
+        args.json,
+        "vault",
+        args.server,
+        rows,
+        goals=[{k: v for k, v in g.items() if k not in ("goal", "met")} for g in goals],
+        settings="in-process KV cache warm (TTL 300 s) vs off (TTL 0); response cache off",
+    )
     if any(kv_reads for *_, kv_reads in cached):
         print("FAIL: the warm-cache run made Vault round trips", file=sys.stderr)
         return 1

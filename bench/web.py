@@ -27,7 +27,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
+from bench.wrkbench import (
+    BenchServer,
+    Target,
+    WrkResult,
+    add_common_arguments,
+    format_table,
+    goal_entry,
+    measure,
+    median_result,
+    result_row,
+    write_json,
+)
 
 GOAL = 0.75
 
@@ -44,20 +55,22 @@ def main() -> int:
         action="store_true",
         help="give the bare app the same security headers (their cost is then on both sides)",
     )
+    add_common_arguments(parser)
     args = parser.parse_args()
 
-    bare_cmd = [sys.executable, "-m", "bench.bare_app", "--bind", "{bind}"]
+    bare_cmd = [sys.executable, "-m", "bench.bare_app", "--bind", "{bind}", "--server", args.server]
     if args.bare_security_headers:
         bare_cmd.append("--security-headers")
     with (
         BenchServer(command=bare_cmd, ready_path="/health/") as bare,
-        BenchServer({"LOG_LEVEL": args.log_level}) as full,
+        BenchServer({"LOG_LEVEL": args.log_level}, server=args.server) as full,
     ):
         targets = [
             Target("bare Quart /health/", "GET", bare.url + "/health/", pid=bare.pid),
             Target("quartstack /health/", "GET", full.url + "/health/", pid=full.pid),
         ]
         runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+        round_ratios: list[float] = []
         for round_number in range(args.rounds):
             rows = measure(
                 "",
@@ -70,6 +83,7 @@ def main() -> int:
                 runs[target.name].append(result)
             bare_r, full_r = (runs[t.name][-1] for t in targets)
             cpu = (bare_r.cpu_us_per_request or 0) / (full_r.cpu_us_per_request or 1)
+            round_ratios.append(full_r.requests_per_second / bare_r.requests_per_second)
             print(
                 f"round {round_number + 1}: req/s ratio "
                 f"{full_r.requests_per_second / bare_r.requests_per_second:.2f}, "
@@ -83,13 +97,21 @@ def main() -> int:
     print(
         f"wrk: {args.rounds} x {args.duration:g} s per server (alternating), "
         f"{args.connections} connections, 1 thread, loopback; medians; "
-        f"full app LOG_LEVEL={args.log_level}"
+        f"full app LOG_LEVEL={args.log_level}; server {args.server}"
         + ("; bare app WITH the security headers" if args.bare_security_headers else "")
     )
     print(format_table(medians))
     for label, value in (("req/s", ratio), ("CPU per request", cpu_ratio)):
         verdict = "meets" if value >= GOAL else "MISSES"
         print(f"full/bare by {label}: {value:.2f} ({verdict} the {GOAL:.0%} goal)")
+    write_json(
+        args.json,
+        "web",
+        args.server,
+        [result_row(t.name, r, bare_m) for t, r in medians],
+        goals=[goal_entry("quartstack / bare Quart (/health/)", ratio, GOAL, round_ratios)],
+        settings=f"{args.connections} connections, LOG_LEVEL={args.log_level}",
+    )
     return 0 if ratio >= GOAL else 1
 
 

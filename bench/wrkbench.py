@@ -26,7 +26,10 @@ From Python::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -43,6 +46,9 @@ from types import TracebackType
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+P95_SCRIPT = Path(__file__).with_name("p95.lua")
+#: ``quartstack serve --server`` choices; hypercorn is the default everywhere.
+SERVERS = ("hypercorn", "uvicorn")
 
 #: Environment every benchmarked server gets unless the caller overrides it:
 #: rate limiting would turn most of a run into 429s.
@@ -81,6 +87,10 @@ class WrkResult:
     @property
     def p50(self) -> float:
         return self.latency_ms.get("p50", float("nan"))
+
+    @property
+    def p95(self) -> float:
+        return self.latency_ms.get("p95", float("nan"))
 
     @property
     def p99(self) -> float:
@@ -136,10 +146,35 @@ def _generated_script(target: Target, directory: Path) -> Path:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process and its live descendants so far (Linux
+    /proc): a server with worker processes is charged for all of them."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending += [int(child) for child in children.read_text().split()]
+    return total / ticks
+
+
+def with_p95(script: Path | None, directory: Path) -> Path:
+    """``script`` with a ``done`` hook that prints p95 in wrk's percentile format
+    (``wrk --latency`` prints 50/75/90/99 only), unless it reports on its own."""
+    if script is None:
+        return P95_SCRIPT
+    text = script.read_text()
+    if "done = function" in text or "function done" in text:
+        return script
+    combined = directory / f"p95-{script.name}"
+    combined.write_text(text + "\n" + P95_SCRIPT.read_text())
+    return combined
 
 
 def run_wrk(
@@ -163,15 +198,15 @@ def run_wrk(
         "10s",
         "--latency",
     ]
-    if script is not None:
-        command += ["-s", str(script)]
-    completed = subprocess.run(
-        [*command, url],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+    with tempfile.TemporaryDirectory(prefix="wrk-p95-") as tmp:
+        command += ["-s", str(with_p95(script, Path(tmp)))]
+        completed = subprocess.run(
+            [*command, url],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
     return parse_wrk(completed.stdout)
 
 
@@ -231,7 +266,7 @@ def format_table(rows: Sequence[tuple[Target, WrkResult]]) -> str:
     base = rows[0][1]
     with_cpu = all(r.cpu_us_per_request for _, r in rows)
     header = (
-        f"{'target':<24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'target':<24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
         f"{'p99 ratio':>9} {'non-2xx':>8} {'sock err':>8}"
     )
     if with_cpu:
@@ -242,7 +277,7 @@ def format_table(rows: Sequence[tuple[Target, WrkResult]]) -> str:
         p99_ratio = result.p99 / base.p99 if base.p99 else float("nan")
         line = (
             f"{target.name:<24} {result.requests_per_second:>9.0f} {ratio:>6.2f} "
-            f"{result.p50:>8.2f} {result.p99:>8.2f} {p99_ratio:>9.2f} "
+            f"{result.p50:>8.2f} {result.p95:>8.2f} {result.p99:>8.2f} {p99_ratio:>9.2f} "
             f"{result.non_2xx:>8} {result.socket_errors:>8}"
         )
         if with_cpu:
@@ -277,12 +312,16 @@ class BenchServer:
         command: Sequence[str] | None = None,
         ready_path: str = "/health/startup",
         port: int | None = None,
+        server: str = "hypercorn",
     ) -> None:
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **DEFAULT_SERVER_ENV, **(env or {})}
+        self.server = server
+        extra_env, extra_args = server_choice(server)
+        self.env = {**os.environ, **DEFAULT_SERVER_ENV, **extra_env, **(env or {})}
         self.command = list(
-            command or [sys.executable, "-m", "quartstack", "serve", "--bind", "{bind}"]
+            command
+            or [sys.executable, "-m", "quartstack", "serve", "--bind", "{bind}", *extra_args]
         )
         self.ready_path = ready_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -350,6 +389,100 @@ class BenchServer:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def server_choice(server: str) -> tuple[dict[str, str], list[str]]:
+    """Environment and ``quartstack serve`` arguments that pick ``server``. Nothing for
+    Hypercorn (the default), so these benches also run on a build without ``--server``."""
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+    if server == "hypercorn":
+        return {}, []
+    return {"SERVER": server}, ["--server", server]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--json``: what bench/all.py passes to every bench."""
+    parser.add_argument("--server", choices=SERVERS, default="hypercorn", help="HTTP server")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the results here (bench/all.py)"
+    )
+
+
+def result_row(
+    name: str, result: WrkResult, baseline: WrkResult | None = None
+) -> dict[str, object]:
+    """One table row as JSON: throughput, latency, server CPU per request, failures."""
+    row: dict[str, object] = {
+        "target": name,
+        "rps": round(result.requests_per_second, 1),
+        "p50_ms": _finite(result.p50),
+        "p95_ms": _finite(result.p95),
+        "p99_ms": _finite(result.p99),
+        "cpu_us": None if result.cpu_us_per_request is None else round(result.cpu_us_per_request),
+        "non_2xx": result.non_2xx,
+        "socket_errors": result.socket_errors,
+    }
+    if baseline is not None and baseline.requests_per_second:
+        row["ratio"] = round(result.requests_per_second / baseline.requests_per_second, 3)
+    return row
+
+
+def goal_entry(
+    name: str, value: float, goal: float, rounds: Sequence[float] = (), *, at_most: bool = False
+) -> dict[str, object]:
+    """A goal for the JSON: ratios must reach ``goal``; with ``at_most`` (a latency
+    SLO) ``value`` must stay below it."""
+    met = value < goal if at_most else value >= goal
+    return {
+        "name": name,
+        "value": _finite(value),
+        "goal": goal,
+        "at_most": at_most,
+        "met": bool(met) and value == value,
+        "rounds": [round(r, 3) for r in rounds],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else round(value, 2)  # NaN -> null
+
+
+def write_json(
+    path: Path | None,
+    bench: str,
+    server: str,
+    rows: Sequence[dict[str, object]],
+    *,
+    goals: Sequence[dict[str, object]] = (),
+    settings: str = "",
+) -> None:
+    """Write one bench's results for bench/all.py (nothing without ``--json``).
+
+    ``goals``: ``{"name", "value", "goal", "met", "rounds"}`` (a ratio's median and the
+    per-round values it came from, or a p95 against the SLO)."""
+    if path is None:
+        return
+    document = {
+        "bench": bench,
+        "server": server,
+        "settings": settings,
+        "machine": machine(),
+        "rows": list(rows),
+        "goals": list(goals),
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def machine() -> str:
+    """CPU model, core count and kernel: what the numbers were measured on."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:

@@ -1,11 +1,18 @@
-"""A bounded pool of AMQP channels, each lent to one caller at a time.
+"""Up to ``size`` confirm-mode AMQP channels, each shared by concurrent publishers.
 
-A channel that may be in an unknown state (closed by the broker, its connection
-lost, or its user interrupted mid-publish) is closed and replaced rather than
-returned: a half-written publish or a channel-level error must not leak into the
-next request. After a connection loss every pooled channel is closed, so they are
-simply dropped on their next checkout and new ones are opened on the restored
-connection.
+A channel in publisher-confirm mode numbers every publish and the broker acks
+(or nacks, or returns) each one by that number, so many publishes can be
+outstanding on one channel and each caller still awaits its own answer: lending
+a channel to one caller at a time only added a checkout and a wait. aiormq writes
+a publish's frames into the connection's queue as one unit under the channel's
+lock, so a caller cancelled mid-publish cannot leave half a message on the
+channel for the next one.
+
+A channel the broker closed, or whose connection was lost, fails every publish
+outstanding on it (the caller reports that, never a 200) and is replaced by a
+new one on the next publish that picks its slot. Anything that may close a
+channel on purpose (declaring a queue that conflicts) must not run here: it
+would fail the other publishers' confirms.
 """
 
 from __future__ import annotations
@@ -16,17 +23,26 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import DeliveryError
 
 from quartstack.metrics import BACKEND_POOL_CONNECTIONS
 
-#: Exceptions after which the channel is still in a known, usable state: the
-#: broker answered a publish with a nack or returned it as unroutable.
-_CLEAN_FAILURES = (DeliveryError,)
+
+class _Slot:
+    """One channel (opened lazily, reopened after it closed) and its publishes in flight."""
+
+    __slots__ = ("channel", "opening", "outstanding")
+
+    def __init__(self) -> None:
+        self.channel: AbstractChannel | None = None
+        self.opening: asyncio.Task[AbstractChannel] | None = None
+        self.outstanding = 0
+
+    def usable(self) -> bool:
+        return self.channel is not None and not self.channel.is_closed
 
 
 class ChannelPool:
-    """At most ``size`` channels; callers wait for a free one (bounded by their timeout)."""
+    """``size`` slots; a publisher takes the slot with the fewest publishes in flight."""
 
     def __init__(
         self, open_channel: Callable[[], Awaitable[AbstractChannel]], size: int, service: str
@@ -34,77 +50,85 @@ class ChannelPool:
         self._open_channel = open_channel
         self._size = size
         self._service = service
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list[AbstractChannel] = []
-        self._in_use = 0
+        self._slots = [_Slot() for _ in range(size)]
         self._users = 0
-        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._report()
+        # Read at scrape time, not kept up to date on every publish.
+        BACKEND_POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: self._count(True))
+        BACKEND_POOL_CONNECTIONS.labels(service, "idle").set_function(lambda: self._count(False))
+        BACKEND_POOL_CONNECTIONS.labels(service, "max").set(size)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[AbstractChannel]:
-        self._users += 1  # waiting, opening or holding: the pool must not close under it
+        """A channel to publish on, shared with other callers for the duration."""
+        if self._closed:
+            raise RuntimeError("channel pool is closed")
+        slot = self._pick()
+        slot.outstanding += 1
+        self._users += 1  # opening or publishing: the pool must not close under it
         try:
-            async with self._channel() as channel:
-                yield channel
+            channel = slot.channel
+            if channel is None or channel.is_closed:
+                channel = await self._reopen(slot)
+            yield channel
         finally:
+            slot.outstanding -= 1
             self._users -= 1
 
-    @contextlib.asynccontextmanager
-    async def _channel(self) -> AsyncIterator[AbstractChannel]:
-        async with self._slots:
-            channel = self._take_idle() or await self._open_channel()
-            self._in_use += 1
-            reusable = False
-            try:
-                yield channel
-                reusable = True
-            except _CLEAN_FAILURES:
-                reusable = True
-                raise
-            finally:
-                self._in_use -= 1
-                if reusable and not self._closed and not channel.is_closed:
-                    self._idle.append(channel)
-                else:
-                    self._discard(channel)
-                self._report()
+    def _pick(self) -> _Slot:
+        """The least busy slot, preferring an open channel over opening a new one."""
+        best = self._slots[0]
+        best_key = (best.outstanding, not best.usable())
+        for slot in self._slots[1:]:
+            key = (slot.outstanding, not slot.usable())
+            if key < best_key:
+                best, best_key = slot, key
+        return best
 
-    def _take_idle(self) -> AbstractChannel | None:
-        while self._idle:
-            channel = self._idle.pop()
-            if not channel.is_closed:
-                return channel
-        return None
+    async def _reopen(self, slot: _Slot) -> AbstractChannel:
+        """Open the slot's channel once for every caller waiting on it. Shielded: a
+        caller giving up must not leave a half-open channel behind."""
+        if slot.opening is None or slot.opening.done():
+            slot.opening = asyncio.get_running_loop().create_task(self._open_into(slot))
+            slot.opening.add_done_callback(_consume_exception)
+        return await asyncio.shield(slot.opening)
 
-    def _discard(self, channel: AbstractChannel) -> None:
-        """Close ``channel`` in the background (this may run while being cancelled)."""
-        if channel.is_closed:
-            return
-        task = asyncio.get_running_loop().create_task(_close_quietly(channel))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    async def _open_into(self, slot: _Slot) -> AbstractChannel:
+        channel = await self._open_channel()
+        if self._closed:
+            await _close_quietly(channel)
+            raise RuntimeError("channel pool is closed")
+        slot.channel = channel
+        return channel
 
     async def drained(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) until no caller holds or waits for a channel."""
+        """Wait (at most ``timeout``) until no caller is publishing or opening."""
         deadline = time.monotonic() + timeout
         while self._users and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(_close_quietly(c) for c in idle), *self._closing)
-        self._report()
+        opening = [s.opening for s in self._slots if s.opening is not None]
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
+        channels = [s.channel for s in self._slots if s.channel is not None]
+        for slot in self._slots:
+            slot.channel = None
+        await asyncio.gather(*(_close_quietly(c) for c in channels))
 
-    def _report(self) -> None:
-        idle = sum(1 for c in self._idle if not c.is_closed)
-        BACKEND_POOL_CONNECTIONS.labels(self._service, "in_use").set(self._in_use)
-        BACKEND_POOL_CONNECTIONS.labels(self._service, "idle").set(idle)
-        BACKEND_POOL_CONNECTIONS.labels(self._service, "max").set(self._size)
+    def _count(self, busy: bool) -> int:
+        """Open channels with (``busy``) or without publishes in flight."""
+        return sum(1 for s in self._slots if s.usable() and (s.outstanding > 0) == busy)
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
     with contextlib.suppress(Exception):
         await channel.close()
+
+
+def _consume_exception(task: asyncio.Task[AbstractChannel]) -> None:
+    """Mark a failed open as seen when every waiter gave up on it."""
+    if not task.cancelled():
+        task.exception()

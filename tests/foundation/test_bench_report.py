@@ -1,0 +1,104 @@
+"""bench/all.py's report (no benchmark runs here): servers side by side, goals, the
+README block replaced in place; wrkbench's p95 script and server choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.all import BEGIN, END, markdown, update_readme
+from bench.openloop import OpenLoopResult
+from bench.wrkbench import P95_SCRIPT, server_choice, with_p95
+
+
+def row(target: str, rps: float, ratio: float, cpu: int) -> dict[str, object]:
+    return {
+        "target": target,
+        "rps": rps,
+        "ratio": ratio,
+        "p50_ms": 1.0,
+        "p95_ms": 2.5,
+        "p99_ms": 4.0,
+        "cpu_us": cpu,
+        "non_2xx": 0,
+        "socket_errors": 0,
+    }
+
+
+def report() -> dict[str, object]:
+    def document(server: str, rps: float, ratio: float) -> dict[str, object]:
+        return {
+            "bench": "messaging",
+            "server": server,
+            "rows": [row("health", rps, 1.0, 300), row("publish", rps * ratio, ratio, 500)],
+            "goals": [
+                {
+                    "name": "publish / health",
+                    "value": ratio,
+                    "goal": 0.6,
+                    "at_most": False,
+                    "met": ratio >= 0.6,
+                    "rounds": [ratio - 0.1, ratio, ratio + 0.1],
+                }
+            ],
+        }
+
+    return {
+        "date": "2026-12-02 04:00 UTC",
+        "machine": "test cpu, 2 cores",
+        "load_average": "1.0 1.0 1.0",
+        "servers": ["hypercorn", "uvicorn"],
+        "duration": 3.0,
+        "rounds": 3,
+        "benches": ["messaging", "redaction"],
+        "results": [
+            document("hypercorn", 1000, 0.5),
+            document("uvicorn", 2000, 0.7),
+            {"bench": "redaction", "server": None, "output": ["header", "clean 2.4x"]},
+        ],
+    }
+
+
+def test_servers_side_by_side_with_goals():
+    table = markdown(report())
+    assert "| bench | target | hypercorn | uvicorn |" in table
+    assert "| messaging | publish | 500 (0.50) · 1.0/2.5/4.0 · 500 | 1400 (0.70)" in table
+    assert "| messaging: publish / health | ≥ 0.6 | 0.50 [0.40-0.60] ✗ | 0.70 [0.60-0.80] ✓ |" in (
+        table
+    )
+    assert "2026-12-02 04:00 UTC on test cpu, 2 cores" in table
+    assert "**redaction** (no HTTP server): header; clean 2.4x" in table
+
+
+def test_readme_block_is_replaced_in_place(tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Benchmarks\n\nIntro.\n\n## Next\n\nrest\n")
+    update_readme("first table\n", readme)
+    update_readme("second table\n", readme)
+    text = readme.read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "second table" in text and "first table" not in text
+    assert text.index("Intro.") < text.index(BEGIN) < text.index("## Next")
+
+
+def test_p95_is_added_to_a_script_without_its_own_report(tmp_path: Path):
+    assert with_p95(None, tmp_path) == P95_SCRIPT
+    plain = tmp_path / "post.lua"
+    plain.write_text('wrk.method = "POST"\n')
+    combined = with_p95(plain, tmp_path).read_text()
+    assert combined.startswith('wrk.method = "POST"') and "percentile(95)" in combined
+    reporting = tmp_path / "own.lua"
+    reporting.write_text("done = function(summary, latency, requests) end\n")
+    assert with_p95(reporting, tmp_path) == reporting
+
+
+def test_hypercorn_needs_no_server_option():
+    assert server_choice("hypercorn") == ({}, [])
+    assert server_choice("uvicorn") == ({"SERVER": "uvicorn"}, ["--server", "uvicorn"])
+
+
+def test_open_loop_percentiles():
+    result = OpenLoopResult(
+        rate=10, sent=100, ok=100, failed=0, achieved_rps=10, latencies_ms=list(range(1, 101))
+    )
+    assert 94 <= result.percentile(95) <= 96
+    assert result.as_wrk_result().p95 == result.percentile(95)
