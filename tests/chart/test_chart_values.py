@@ -475,7 +475,8 @@ def test_metrics_token_is_off_by_default_and_an_explicit_authorization_wins():
     documents = render()
     config = find(documents, "ConfigMap", "quartstack")["data"]
     assert config["AUTH_MODE"] == "none"
-    assert "env" not in _pod(documents)["containers"][0]
+    env = _pod(documents)["containers"][0].get("env", [])
+    assert "METRICS_TOKEN" not in {e["name"] for e in env}
     sets = (
         "serviceMonitor.enabled=true",
         "metricsToken.existingSecret=scrape-token",
