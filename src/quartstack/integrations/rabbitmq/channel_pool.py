@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aio_pika.abc import AbstractChannel
 
@@ -57,6 +57,20 @@ class ChannelPool:
         BACKEND_POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: self._count(True))
         BACKEND_POOL_CONNECTIONS.labels(service, "idle").set_function(lambda: self._count(False))
         BACKEND_POOL_CONNECTIONS.labels(service, "max").set(size)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count a publish as using this pool from the moment it chose the pool, before
+        its first await (declaring the queue): :meth:`drained` must not let a credential
+        rotation close the connection under a publish that has not reached
+        :meth:`acquire` yet."""
+        if self._closed:
+            raise RuntimeError("channel pool is closed")
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[AbstractChannel]:

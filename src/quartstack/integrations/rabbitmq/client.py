@@ -319,11 +319,28 @@ class RabbitMQClient(Backend):
                 raise
         MESSAGES_PUBLISHED.inc()
 
-    async def _publish(self, queue: str, message: OutgoingMessage) -> None:
-        connection = await self._ready_connection()
-        pool = self._pool
-        if pool is None:  # closed meanwhile (the app is stopping)
+    def _current(self) -> tuple[RobustConnection, ChannelPool]:
+        """The connection new publishes use and its pool, read together in one step:
+        after a credential rotation adopted a new connection, a publish must not
+        declare on the old one and publish on the new pool (or the reverse)."""
+        connection, pool = self._connection, self._pool
+        if connection is None or pool is None:  # closed meanwhile (the app is stopping)
             raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
+        return connection, pool
+
+    async def _publish(self, queue: str, message: OutgoingMessage) -> None:
+        await self._ready_connection()
+        connection, pool = self._current()
+        with pool.held():  # from here on a rotation waits for this publish
+            await self._publish_on(connection, pool, queue, message)
+
+    async def _publish_on(
+        self,
+        connection: RobustConnection,
+        pool: ChannelPool,
+        queue: str,
+        message: OutgoingMessage,
+    ) -> None:
         await self._declare_once(connection, queue)
         async with self._sole_publish(message.message_id), pool.acquire() as channel:
             try:
@@ -381,11 +398,13 @@ class RabbitMQClient(Backend):
         ]
 
         async def send() -> list[BaseException | None]:
-            connection = await self._ready_connection()
-            pool = self._pool
-            if pool is None:
-                raise BackendUnavailable(SERVICE, "rabbitmq client is closed")
-            await self._declare_exchange_once(connection, exchange)
+            await self._ready_connection()
+            connection, pool = self._current()
+            with pool.held():  # from here on a rotation waits for this batch
+                await self._declare_exchange_once(connection, exchange)
+                return await pipelined(pool)
+
+        async def pipelined(pool: ChannelPool) -> list[BaseException | None]:
             async with pool.acquire() as channel:
 
                 async def one(routing_key: str, message: OutgoingMessage) -> None:
