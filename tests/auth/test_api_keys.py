@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -123,17 +124,24 @@ async def test_keys_from_vault_then_revoked_after_the_cache_ttl(vault_server, se
         assert await passes(client, {"X-API-Key": writer})
 
 
+def _in_thread(*args: str) -> int:
+    """``run_auth_command`` off the main thread: its ``asyncio.run`` ends by clearing the
+    calling thread's event loop, which is the test session's loop on the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_auth_command, *args).result()
+
+
 def test_the_quartstack_command_makes_a_key_and_lists_it(vault_server, secret, capsys):
     done = quartstack_cli(vault_server, secret, "create-key", "--name", "ci", "--scopes", "admin")
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip()
     assert api_keys.looks_like_api_key(key) and key not in done.stderr
-    assert run_auth_command(vault_server, secret, "list-keys") == 0
+    assert _in_thread(vault_server, secret, "list-keys") == 0
     [entry] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert entry["name"] == "ci" and entry["scopes"] == ["admin"] and "hash" not in entry
     bad = ("create-key", "--name", "x", "--scopes", "root")
-    assert run_auth_command(vault_server, secret, *bad) == 2
-    assert run_auth_command(vault_server, secret, "revoke-key", "--id", "0" * 16) == 1
+    assert _in_thread(vault_server, secret, *bad) == 2
+    assert _in_thread(vault_server, secret, "revoke-key", "--id", "0" * 16) == 1
 
 
 def test_hashes_are_bound_to_their_key_id():
