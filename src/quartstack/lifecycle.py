@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from quart import Quart, current_app, g, request
 
+from quartstack.heap import freeze_startup_heap
 from quartstack.integrations.base import registry
 from quartstack.metrics import HTTP_ERRORS, READINESS
 from quartstack.readiness import BackendMonitor, readiness_checks
@@ -63,6 +64,9 @@ class Lifecycle:
         # handler task -> its ASGI scope, while the handler runs (before the response)
         self._handlers: dict[asyncio.Task[Any], Scope] = {}
         self._close_deadline: float | None = None
+        # Set by the process that serves this app (not by tests that build many apps in
+        # one process): freeze what startup left alive, see quartstack.heap.
+        self.freeze_heap = False
 
     @property
     def started(self) -> bool:
@@ -102,9 +106,10 @@ class Lifecycle:
             logger.exception("startup failed; serving degraded")
         await monitor.refresh()  # readiness has a real answer once startup is done
         self.startup_done = True
-        logger.info(
-            "startup complete", extra={"duration_ms": round((time.monotonic() - began) * 1000, 1)}
-        )
+        extra: dict[str, Any] = {"duration_ms": round((time.monotonic() - began) * 1000, 1)}
+        if self.freeze_heap:
+            extra["frozen_objects"] = freeze_startup_heap()
+        logger.info("startup complete", extra=extra)
         if monitor.backends or monitor.check_results():
             self._tasks.append(asyncio.create_task(_keep_refreshing(monitor), name="readiness"))
 

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from quartstack.lifecycle import lifecycle
 from quartstack.servers import HttpServer
 
 logger = logging.getLogger("quartstack.cli")
@@ -27,6 +28,7 @@ async def serve_until_signalled(
     budget: float,
 ) -> bool:
     """Serve until signalled; False if the shutdown overran ``budget`` (plus 1 s)."""
+    lifecycle(app).freeze_heap = True  # this process serves one app, for its lifetime
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

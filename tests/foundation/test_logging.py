@@ -19,6 +19,7 @@ from contextvars import ContextVar
 import pytest
 
 from quartstack.logging_setup import (
+    GATHER_SECONDS,
     add_context_field,
     configure_logging,
     remove_context_field,
@@ -170,6 +171,36 @@ def test_lines_that_queue_up_are_written_together(restored_logging):
     lines = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
     assert lines == ["first"] + [f"line {i}" for i in range(500)]
     assert stream.writes <= 4  # the first, then batches of up to 256 lines
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_steady_trickle_of_lines_is_written_once_per_gathering_interval(restored_logging):
+    """The writer thread lets lines gather for GATHER_SECONDS after it wakes: a busy
+    server's access lines cost one wake-up and one write per interval, not one per line
+    (each wake-up takes the GIL from the event loop)."""
+    stream = _CountingStream()
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("quartstack.test.trickle")
+    began = time.monotonic()
+    for i in range(60):
+        log.info("line %d", i)
+        time.sleep(0.001)
+    elapsed = time.monotonic() - began
+    stop_logging()
+    lines = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+    assert lines == [f"line {i}" for i in range(60)]
+    # the writer sleeps at least GATHER_SECONDS between writes, whatever the load;
+    # one write per line (60) is what waking for every line looked like
+    assert stream.writes <= elapsed / GATHER_SECONDS + 2
 
 
 def test_context_fields_join_every_line_while_they_have_a_value():
