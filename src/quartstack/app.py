@@ -45,6 +45,7 @@ from quartstack.tracing.server import ServerSpans
 from quartstack.web.client_address import TRUSTED_PROXIES_KEY, parse_networks
 from quartstack.web.observability import Observability
 from quartstack.web.problems import ProblemHandlers
+from quartstack.web.quart_app import ServiceQuart
 from quartstack.web.request_body import RequestBodyChecks
 from quartstack.web.scrub import SuccessBodyScrubbing
 from quartstack.web.security import Cors, SecurityHeaders
@@ -55,7 +56,7 @@ SETTINGS_KEY = "quartstack.settings"
 def create_app(settings: Settings | None = None) -> Quart:
     """Build the app: web layer, backends from settings, blueprints."""
     settings = settings or load_settings()
-    app = Quart(NAME, static_folder=None)  # an API: no static files to serve
+    app = ServiceQuart(NAME, static_folder=None)  # an API: no static files to serve
     app.config.update(
         DEBUG=settings.debug,
         PROPAGATE_EXCEPTIONS=False,

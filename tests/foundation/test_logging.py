@@ -22,7 +22,9 @@ from quartstack.logging_setup import (
     GATHER_SECONDS,
     add_context_field,
     configure_logging,
+    log_info,
     remove_context_field,
+    request_id_var,
     stop_logging,
 )
 from tests.support.app import captured_json_logs
@@ -218,3 +220,54 @@ def test_context_fields_join_every_line_while_they_have_a_value():
     outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert "test_context_id" not in outside
     assert inside["test_context_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _without_timestamp(line: str) -> dict[str, object]:
+    entry: dict[str, object] = json.loads(line)
+    entry.pop("timestamp")
+    return entry
+
+
+def test_log_info_writes_the_line_logger_info_would(restored_logging):
+    """The request lines skip the LogRecord when our listener is the only consumer;
+    the line must be the one ``logger.info(..., extra=...)`` writes."""
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("quartstack.test.direct")
+    fields = {"method": "GET", "route": "/x/{id}", "status": 200, "duration_ms": 1.5}
+    token = request_id_var.set("req-1")
+    try:
+        log_info(log, "request", fields)
+        log.info("request", extra=fields)
+        log_info(log, "card", {"note": "paid with 4111 1111 1111 1111"})
+    finally:
+        request_id_var.reset(token)
+        stop_logging()
+    direct, ordinary, masked_line = stream.getvalue().splitlines()
+    assert _without_timestamp(direct) == _without_timestamp(ordinary)
+    assert _without_timestamp(direct)["request_id"] == "req-1"
+    assert "4111 1111 1111 1111" not in masked_line  # masking applies on this path too
+
+
+def test_log_info_takes_the_ordinary_path_when_anything_else_listens(restored_logging):
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("quartstack.test.direct")
+    try:
+        with captured_json_logs() as captured:  # a second handler on the root logger
+            log_info(log, "seen by both", {"status": 200})
+        extra = logging.Filter("nothing")  # a filter on the way: it decides
+        log.addFilter(extra)
+        log_info(log, "filtered out", {"status": 200})
+        log.removeFilter(extra)
+        log.setLevel(logging.WARNING)
+        log_info(log, "below the level", {"status": 200})
+        log.setLevel(logging.NOTSET)
+    finally:
+        stop_logging()
+    assert [json.loads(line)["message"] for line in captured.getvalue().splitlines()] == [
+        "seen by both"
+    ]
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
+        "seen by both"
+    ]

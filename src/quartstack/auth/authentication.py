@@ -20,6 +20,7 @@ from quartstack.auth.principal import Principal, current_principal, set_principa
 from quartstack.auth.scopes import scope_for
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.vault.client import SecretNotFound, VaultClient
+from quartstack.logging_setup import log_info
 from quartstack.settings import Settings
 from quartstack.web.headers import optional_header
 
@@ -117,9 +118,10 @@ class Authentication:
         rule = request.url_rule
         if request.method in WRITE_METHODS and rule is not None:
             principal = current_principal()
-            audit_logger.info(
+            log_info(
+                audit_logger,
                 "audit",
-                extra={
+                {
                     "principal": principal.id if principal is not None else "anonymous",
                     "method": request.method,
                     "route": rule.rule,

@@ -22,7 +22,7 @@ from typing import Any
 from quart import Quart, Response, g, request
 
 from quartstack.log_masking import Checked, checked
-from quartstack.logging_setup import request_id_var
+from quartstack.logging_setup import log_info, request_id_var
 from quartstack.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from quartstack.settings import Settings
 from quartstack.tracing import state as tracing_state
@@ -169,7 +169,7 @@ class Observability:
             else:
                 _duration(record.method, record.endpoint).observe(duration)
             if access_logger.isEnabledFor(logging.INFO):
-                fields = {
+                fields: dict[str, Any] = {
                     "method": _checked(record.method),
                     "route": _checked(record.endpoint),
                     "path": request.path,
@@ -180,7 +180,7 @@ class Observability:
                 problem_kind = g.get("problem_kind")
                 if problem_kind is not None:  # only error lines carry it (no null on the rest)
                     fields["error_type"] = problem_kind
-                access_logger.info("request", extra=fields)
+                log_info(access_logger, "request", fields)
             return response
 
         async def end_request(_exc: BaseException | None) -> None:

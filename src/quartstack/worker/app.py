@@ -27,6 +27,7 @@ from quartstack.resilience import BackendUnavailable
 from quartstack.settings import Settings
 from quartstack.web.observability import Observability
 from quartstack.web.problems import ProblemHandlers
+from quartstack.web.quart_app import ServiceQuart
 from quartstack.worker.consumer import ProjectionConsumer
 
 CONSUMER_KEY = "quartstack.worker.consumer"
@@ -68,7 +69,7 @@ def create_worker_app(settings: Settings) -> Quart:
         raise WorkerNotConfigured(
             "the worker needs " + ", ".join(f"{name.upper()}_HOST" for name in missing)
         )
-    app = Quart(f"{NAME}-worker", static_folder=None)
+    app = ServiceQuart(f"{NAME}-worker", static_folder=None)
     app.config.update(
         DEBUG=settings.debug,
         PROPAGATE_EXCEPTIONS=False,
