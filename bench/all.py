@@ -7,7 +7,9 @@ drift on the machine does not favour one), then writes
 ``bench/results/latest.json`` and ``bench/results/latest.md`` and puts the table
 into the README's "## Benchmarks" section (between the ``bench:latest`` markers)
 with the date and the machine. Benches that need no HTTP server (redaction, the
-worker's projection lag) run once; their summary lines are kept as text.
+worker's projection lag) run once; their summary lines are kept as text. A bench
+that runs both servers itself (servers: uvicorn beside Hypercorn in one run) runs once
+too, and its rows go into the servers' columns.
 
     .venv/bin/python -m bench.all [--servers hypercorn uvicorn] [--duration 3]
         [--rounds 3] [--only web messaging ...] [--no-readme]
@@ -47,6 +49,9 @@ class Bench:
     arguments: Callable[[float, int], list[str]]
     #: Runs under each server (takes --server and --json), or once with text output.
     per_server: bool = True
+    #: Runs once and measures every server itself (takes --json, no --server): its rows
+    #: say which server they are from and fill those servers' columns.
+    side_by_side: bool = False
     what: str = ""
 
 
@@ -72,6 +77,14 @@ BENCHES = (
         what="POST /users vs the postgres query (wrk), then both at a constant 50 req/s",
     ),
     Bench(
+        "servers",
+        "bench.servers",
+        _wrk_args,
+        per_server=False,
+        side_by_side=True,
+        what="uvicorn beside Hypercorn in one run: /health/, postgres query, cached secret",
+    ),
+    Bench(
         "redaction",
         "bench.redaction",
         lambda d, r: ["--number", "5000"],
@@ -94,7 +107,9 @@ def run_bench(bench: Bench, server: str | None, duration: float, rounds: int) ->
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
         out = Path(tmp) / "result.json"
         if server is not None:
-            command += ["--server", server, "--json", str(out)]
+            command += ["--server", server]
+        if server is not None or bench.side_by_side:
+            command += ["--json", str(out)]
         label = bench.name + (f" on {server}" if server else "")
         print(f"== {label}: {' '.join(command[2:])}", file=sys.stderr, flush=True)
         began = time.monotonic()
@@ -139,9 +154,26 @@ def _goal_cell(goal: dict[str, Any] | None) -> str:
     return f"{goal['value']:.2f}{spread}{mark}"
 
 
+def _side_by_side(document: dict[str, Any], server: str) -> dict[str, Any]:
+    """A bench that measured every server in one run, as if it were ``server``'s run:
+    the rows and goals that say they are that server's."""
+    return {
+        **document,
+        "server": server,
+        "rows": [r for r in document.get("rows", []) if r.get("server") == server],
+        "goals": [g for g in document.get("goals", []) if g.get("server", server) == server],
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The table: one row per bench target, one column per server."""
-    servers: list[str] = report["servers"]
+    """The table: one row per bench target, one column per server (the ``--servers``,
+    then any other server a side-by-side bench measured)."""
+    servers: list[str] = list(report["servers"])
+    for document in report["results"]:
+        if document.get("server") is None:
+            for row in document.get("rows", []):
+                if row.get("server") and row["server"] not in servers:
+                    servers.append(row["server"])
     lines = [
         f"Measured {report['date']} on {report['machine']}, load average "
         f"{report['load_average']} at the start; `tox -e bench` (wrk -t1 -c32, "
@@ -159,12 +191,23 @@ def markdown(report: dict[str, Any]) -> str:
     for bench in report["benches"]:
         documents = [by_key.get((bench, server)) for server in servers]
         present = [d for d in documents if d is not None]
+        once = by_key.get((bench, None))
+        if not present and once is not None and once.get("rows"):
+            documents = [_side_by_side(once, server) for server in servers]
+            present = documents
+            base = next((r.get("server") for r in once["rows"] if "ratio" not in r), None)
+            notes.append(
+                f"- **{bench}** (every server in one run, at the same time"
+                + (f"; {once['settings']}" if once.get("settings") else "")
+                + ")"
+                + (f": a cell's ratio is against {base} on the same target." if base else ".")
+            )
         if not present:
-            once = by_key.get((bench, None))
             if once is not None:
                 tail = [line for line in once.get("output", []) if line.strip()][-4:]
                 tail = [" ".join(line.split()) for line in tail]
-                notes.append(f"- **{bench}** (no HTTP server): " + "; ".join(tail))
+                kind = "FAILED" if "error" in once else "no HTTP server"
+                notes.append(f"- **{bench}** ({kind}): " + "; ".join(tail))
             continue
         targets: list[str] = []
         for document in present:

@@ -32,9 +32,9 @@ from bench.wrkbench import (
     Target,
     WrkResult,
     add_common_arguments,
+    alternating_rounds,
     format_table,
     goal_entry,
-    measure,
     median_result,
     result_row,
     write_json,
@@ -104,29 +104,29 @@ def main() -> int:
     targets = [BASELINE] + [
         Target(f"{name} query", "GET", f"/examples/database/{name}/query") for name in databases
     ]
-    runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
     ratios: list[float] = []
+
+    def report_round(round_number: int, by_name: dict[str, WrkResult]) -> None:
+        ratios.append(
+            by_name[targets[1].name].requests_per_second
+            / by_name[BASELINE.name].requests_per_second
+        )
+        print(f"round {round_number + 1}: postgres/health {ratios[-1]:.2f}", file=sys.stderr)
+
     with (
         _database_env(databases, args.pool_max) as env,
         BenchServer({**env, "LOG_LEVEL": args.log_level}, server=args.server) as server,
     ):
-        for round_number in range(args.rounds):
-            rows = measure(
-                server.url,
-                targets if round_number % 2 == 0 else [*targets[1:], targets[0]],
-                duration=args.duration,
-                connections=args.connections,
-                warmup=args.warmup if round_number == 0 else 0,
-                server_pid=server.process.pid if server.process else None,
-            )
-            for target, result in rows:
-                runs[target.name].append(result)
-            by_name = {target.name: result for target, result in rows}
-            ratios.append(
-                by_name[targets[1].name].requests_per_second
-                / by_name[BASELINE.name].requests_per_second
-            )
-            print(f"round {round_number + 1}: postgres/health {ratios[-1]:.2f}", file=sys.stderr)
+        runs, _ = alternating_rounds(
+            server.url,
+            targets,
+            rounds=args.rounds,
+            duration=args.duration,
+            connections=args.connections,
+            warmup=args.warmup,
+            server_pid=server.pid,
+            after_round=report_round,
+        )
 
     medians = [(t, median_result(runs[t.name])) for t in targets]
     print(

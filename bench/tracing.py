@@ -20,7 +20,14 @@ import argparse
 import statistics
 import sys
 
-from bench.wrkbench import BenchServer, Target, WrkResult, format_table, measure, median_result
+from bench.wrkbench import (
+    BenchServer,
+    Target,
+    WrkResult,
+    alternating_rounds,
+    format_table,
+    median_result,
+)
 from tests.support.databases import PostgresDatabase
 from tests.support.otlp import OtlpReceiver
 
@@ -46,7 +53,6 @@ def main() -> int:
         "POSTGRES_DATABASE": db.database,
         "POSTGRES_POOL_MAX": str(args.pool_max),
     }
-    runs: dict[str, list[WrkResult]] = {"tracing off": [], "tracing on": []}
     ratios: list[float] = []
     spans = 0
     try:
@@ -67,20 +73,27 @@ def main() -> int:
                 Target("tracing off", "GET", off.url + PATH, pid=off.process.pid),
                 Target("tracing on", "GET", on.url + PATH, pid=on.process.pid),
             ]
-            for number in range(args.rounds):
-                rows = measure(
-                    off.url,
-                    targets,
-                    duration=args.duration,
-                    connections=args.connections,
-                    warmup=args.warmup if number == 0 else 0,
+
+            def report_round(number: int, by_name: dict[str, WrkResult]) -> None:
+                nonlocal spans
+                ratios.append(
+                    by_name["tracing on"].requests_per_second
+                    / by_name["tracing off"].requests_per_second
                 )
-                for target, result in rows:
-                    runs[target.name].append(result)
-                ratios.append(rows[1][1].requests_per_second / rows[0][1].requests_per_second)
                 spans += len(receiver.spans)
                 receiver.clear()  # keep the receiver's memory flat between rounds
                 print(f"round {number + 1}: on/off {ratios[-1]:.2f}", file=sys.stderr)
+
+            runs, _ = alternating_rounds(
+                off.url,
+                targets,
+                rounds=args.rounds,
+                duration=args.duration,
+                connections=args.connections,
+                warmup=args.warmup,
+                order=None,  # off, then on, every round (as before)
+                after_round=report_round,
+            )
     finally:
         postgres.drop()
 

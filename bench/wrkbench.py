@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -259,6 +259,57 @@ def measure(
     return rows
 
 
+def rotate_on_odd_rounds(round_number: int, targets: Sequence[Target]) -> list[Target]:
+    """Every other round the first target goes last (bench/database.py's order)."""
+    return list(targets) if round_number % 2 == 0 else [*targets[1:], targets[0]]
+
+
+def reverse_on_odd_rounds(round_number: int, targets: Sequence[Target]) -> list[Target]:
+    """Every other round in reverse: pairs stay adjacent, each pair's order swaps."""
+    return list(targets) if round_number % 2 == 0 else list(targets)[::-1]
+
+
+def alternating_rounds(
+    base_url: str,
+    targets: Sequence[Target],
+    *,
+    rounds: int,
+    duration: float = 10,
+    connections: int = 32,
+    warmup: float = 2,
+    server_pid: int | None = None,
+    order: Callable[[int, Sequence[Target]], Sequence[Target]] | None = rotate_on_odd_rounds,
+    after_round: Callable[[int, dict[str, WrkResult]], None] | None = None,
+) -> tuple[dict[str, list[WrkResult]], list[dict[str, WrkResult]]]:
+    """``rounds`` rounds of :func:`measure` over ``targets`` (warm-up before the first
+    only), each round in the order ``order(round_number, targets)`` gives (``None``: the
+    same order every round), so slow drift on the machine favours no target.
+
+    Returns every target's results by name, one per round (for :func:`median_result`),
+    and each round's results by target name (for per-round ratios: targets measured
+    back to back are the fair comparison when other work comes and goes).
+    ``after_round(round_number, by_name)`` runs after each round (progress, resets).
+    """
+    runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+    per_round: list[dict[str, WrkResult]] = []
+    for round_number in range(rounds):
+        rows = measure(
+            base_url,
+            targets if order is None else order(round_number, targets),
+            duration=duration,
+            connections=connections,
+            warmup=warmup if round_number == 0 else 0,
+            server_pid=server_pid,
+        )
+        by_name = {target.name: result for target, result in rows}
+        for name, result in by_name.items():
+            runs[name].append(result)
+        per_round.append(by_name)
+        if after_round is not None:
+            after_round(round_number, by_name)
+    return runs, per_round
+
+
 def format_table(rows: Sequence[tuple[Target, WrkResult]]) -> str:
     """A fixed-width table; ratios are against the first row."""
     if not rows:
@@ -451,13 +502,16 @@ def _finite(value: float) -> float | None:
 def write_json(
     path: Path | None,
     bench: str,
-    server: str,
+    server: str | None,
     rows: Sequence[dict[str, object]],
     *,
     goals: Sequence[dict[str, object]] = (),
     settings: str = "",
 ) -> None:
     """Write one bench's results for bench/all.py (nothing without ``--json``).
+
+    ``server`` is None for a bench that runs both servers itself (bench/servers.py):
+    its rows then say which server each is from (``"server"``).
 
     ``goals``: ``{"name", "value", "goal", "met", "rounds"}`` (a ratio's median and the
     per-round values it came from, or a p95 against the SLO)."""

@@ -3,11 +3,22 @@ README block replaced in place; wrkbench's p95 script and server choice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import bench.wrkbench
+import pytest
 from bench.all import BEGIN, END, markdown, update_readme
 from bench.openloop import OpenLoopResult
-from bench.wrkbench import P95_SCRIPT, server_choice, with_p95
+from bench.wrkbench import (
+    P95_SCRIPT,
+    Target,
+    WrkResult,
+    alternating_rounds,
+    reverse_on_odd_rounds,
+    server_choice,
+    with_p95,
+)
 
 
 def row(target: str, rps: float, ratio: float, cpu: int) -> dict[str, object]:
@@ -69,6 +80,61 @@ def test_servers_side_by_side_with_goals():
     assert "**redaction** (no HTTP server): header; clean 2.4x" in table
 
 
+def side_by_side_document() -> dict[str, object]:
+    """bench/servers.py's JSON: one run, rows and goals saying which server they are from."""
+    return {
+        "bench": "servers",
+        "server": None,
+        "settings": "32 connections, both servers at once",
+        "rows": [
+            {  # the baseline: no ratio of its own
+                **{k: v for k, v in row("/health/", 1000, 1.0, 600).items() if k != "ratio"},
+                "server": "hypercorn",
+            },
+            {**row("/health/", 1900, 1.9, 350), "server": "uvicorn"},
+        ],
+        "goals": [
+            {
+                "name": "uvicorn / hypercorn /health/",
+                "value": 1.9,
+                "goal": 1.8,
+                "at_most": False,
+                "met": True,
+                "rounds": [1.85, 1.95],
+                "server": "uvicorn",
+            }
+        ],
+        "output": ["/health/: 1.90 (meets the 1.8x goal)"],
+    }
+
+
+def test_a_side_by_side_bench_fills_the_server_columns():
+    data = report()
+    data["benches"] = ["messaging", "servers", "redaction"]
+    data["results"].insert(2, side_by_side_document())  # type: ignore[attr-defined]
+    table = markdown(data)
+    assert (
+        "| servers | /health/ | 1000 · 1.0/2.5/4.0 · 600 | 1900 (1.90) · 1.0/2.5/4.0 · 350 |"
+        in (table)
+    )
+    goal = "| servers: uvicorn / hypercorn /health/ | ≥ 1.8 | - | 1.90 [1.85-1.95] ✓ |"
+    assert goal in table
+    assert "**servers** (every server in one run" in table
+    assert "ratio is against hypercorn on the same target" in table
+    assert "**servers** (no HTTP server)" not in table
+
+
+def test_a_side_by_side_bench_adds_the_server_it_measured_as_a_column():
+    data = report()
+    data["servers"] = ["hypercorn"]
+    data["benches"] = ["messaging", "servers"]
+    data["results"] = [data["results"][0], side_by_side_document()]  # type: ignore[index]
+    table = markdown(data)
+    assert "| bench | target | hypercorn | uvicorn |" in table
+    assert "| messaging | publish | 500 (0.50) · 1.0/2.5/4.0 · 500 | - |" in table
+    assert "| servers | /health/ | 1000 · 1.0/2.5/4.0 · 600 | 1900 (1.90)" in table
+
+
 def test_readme_block_is_replaced_in_place(tmp_path: Path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n## Benchmarks\n\nIntro.\n\n## Next\n\nrest\n")
@@ -102,3 +168,27 @@ def test_open_loop_percentiles():
     )
     assert 94 <= result.percentile(95) <= 96
     assert result.as_wrk_result().p95 == result.percentile(95)
+
+
+def test_alternating_rounds_change_the_order_and_warm_up_once(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple[list[str], float]] = []
+
+    def fake_measure(
+        base_url: str, targets: Sequence[Target], *, warmup: float, **_: object
+    ) -> list[tuple[Target, WrkResult]]:
+        calls.append(([t.name for t in targets], warmup))
+        return [(t, WrkResult(requests=1, requests_per_second=len(calls))) for t in targets]
+
+    monkeypatch.setattr(bench.wrkbench, "measure", fake_measure)
+    targets = [Target("a"), Target("b"), Target("c")]
+    runs, rounds = alternating_rounds("http://x", targets, rounds=3, duration=1, warmup=2)
+    assert calls == [(["a", "b", "c"], 2), (["b", "c", "a"], 0), (["a", "b", "c"], 0)]
+    assert [r.requests_per_second for r in runs["b"]] == [1, 2, 3]
+    assert rounds[1]["a"].requests_per_second == 2
+
+    calls.clear()
+    alternating_rounds("http://x", targets, rounds=2, order=reverse_on_odd_rounds, warmup=0)
+    assert [names for names, _ in calls] == [["a", "b", "c"], ["c", "b", "a"]]
+    calls.clear()
+    alternating_rounds("http://x", targets, rounds=2, order=None, warmup=0)
+    assert [names for names, _ in calls] == [["a", "b", "c"], ["a", "b", "c"]]
