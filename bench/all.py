@@ -76,6 +76,7 @@ BENCHES = (
         lambda d, r: [*_wrk_args(d, r), "--rate", "50", "--rate-seconds", f"{max(d, 5):g}"],
         what="POST /users vs the postgres query (wrk), then both at a constant 50 req/s",
     ),
+    Bench("tracing", "bench.tracing", _wrk_args, what="tracing on (100 %) vs off, postgres query"),
     Bench(
         "servers",
         "bench.servers",

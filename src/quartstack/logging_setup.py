@@ -320,13 +320,13 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
     half the cost of the line). Anything else attached to the way (a handler, a
     filter, a test's capture) gets the ordinary call, so nothing is bypassed.
     ``fields`` must not use a ``LogRecord`` attribute's name, as for ``extra``."""
-    listener = _listener
-    if listener is None or not logger.isEnabledFor(logging.INFO):
+    if not logger.isEnabledFor(logging.INFO):
         return
-    handler = listener.input
-    if not _only_ours(logger, handler):
+    listener = _listener
+    if listener is None or not _only_ours(logger, listener.input):
         logger.info(message, extra=fields)
         return
+    handler = listener.input
     line = handler.formatter_json.render(time.time(), "INFO", logger.name, message, fields.items())
     with handler.lock or contextlib.nullcontext():
         handler.enqueue(line)

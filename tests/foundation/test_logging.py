@@ -271,3 +271,11 @@ def test_log_info_takes_the_ordinary_path_when_anything_else_listens(restored_lo
     assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
         "seen by both"
     ]
+
+
+def test_log_info_without_our_listener_is_an_ordinary_info_call(restored_logging):
+    stop_logging()  # as in a process that never configured our logging
+    with captured_json_logs() as captured:
+        log_info(logging.getLogger("quartstack.test.direct"), "plain", {"status": 201})
+    (line,) = captured.getvalue().splitlines()
+    assert json.loads(line)["message"] == "plain" and json.loads(line)["status"] == 201

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aio_pika.abc import AbstractChannel
@@ -52,6 +51,8 @@ class ChannelPool:
         self._service = service
         self._slots = [_Slot() for _ in range(size)]
         self._users = 0
+        self._idle = asyncio.Event()  # set while _users is 0: what drained() waits for
+        self._idle.set()
         self._closed = False
         # Read at scrape time, not kept up to date on every publish.
         BACKEND_POOL_CONNECTIONS.labels(service, "in_use").set_function(lambda: self._count(True))
@@ -66,11 +67,20 @@ class ChannelPool:
         :meth:`acquire` yet."""
         if self._closed:
             raise RuntimeError("channel pool is closed")
-        self._users += 1
+        self._enter()
         try:
             yield
         finally:
-            self._users -= 1
+            self._leave()
+
+    def _enter(self) -> None:
+        self._users += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._idle.set()
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[AbstractChannel]:
@@ -79,7 +89,7 @@ class ChannelPool:
             raise RuntimeError("channel pool is closed")
         slot = self._pick()
         slot.outstanding += 1
-        self._users += 1  # opening or publishing: the pool must not close under it
+        self._enter()  # opening or publishing: the pool must not close under it
         try:
             channel = slot.channel
             if channel is None or channel.is_closed:
@@ -87,7 +97,7 @@ class ChannelPool:
             yield channel
         finally:
             slot.outstanding -= 1
-            self._users -= 1
+            self._leave()
 
     def _pick(self) -> _Slot:
         """The least busy slot, preferring an open channel over opening a new one."""
@@ -117,9 +127,9 @@ class ChannelPool:
 
     async def drained(self, timeout: float) -> None:
         """Wait (at most ``timeout``) until no caller is publishing or opening."""
-        deadline = time.monotonic() + timeout
-        while self._users and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
 
     async def close(self) -> None:
         self._closed = True
