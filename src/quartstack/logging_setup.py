@@ -318,7 +318,8 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
     audit): when our listener is the only place the line can go, it is rendered and
     queued without a ``LogRecord`` and the handler chain (measured under load: about
     half the cost of the line). Anything else attached to the way (a handler, a
-    filter, a test's capture) gets the ordinary call, so nothing is bypassed.
+    filter, a record factory, a test's capture) gets the ordinary call, so nothing is
+    bypassed.
     ``fields`` must not use a ``LogRecord`` attribute's name, as for ``extra``."""
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -334,7 +335,10 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
 
 def _only_ours(logger: logging.Logger, handler: logging.Handler) -> bool:
     """True when the line would reach ``handler`` and nothing else: no handler or
-    filter on the way up, none beside ours on the root logger."""
+    filter on the way up, none beside ours on the root logger, and records made by
+    ``logging.LogRecord`` itself (a record factory, such as tracing's, adds fields)."""
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        return False
     root = logging.root
     handlers = root.handlers
     if len(handlers) != 1 or handlers[0] is not handler or root.filters or handler.filters:

@@ -82,7 +82,7 @@ async def test_keys_from_vault_then_revoked_after_the_cache_ttl(vault_server, se
     writer = await create_key(vault_server, secret, "read,write", capsys)
     stored = vault_server.http.get(f"/v1/secret/data/{secret}").json()["data"]["data"]
     assert len(stored) == 2
-    assert reader not in json.dumps(stored) and reader.split("_")[2] not in json.dumps(stored)
+    assert reader not in json.dumps(stored) and reader.split("_", 2)[2] not in json.dumps(stored)
     settings = {
         "auth_mode": "required",
         "auth_api_keys_secret": secret,
@@ -106,7 +106,7 @@ async def test_keys_from_vault_then_revoked_after_the_cache_ttl(vault_server, se
                 response = await client.get(READ_ROUTE, headers={"X-API-Key": bad})
                 assert response.status_code == 401, bad
                 assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
-        assert reader.split("_")[2] not in logs.getvalue()
+        assert reader.split("_", 2)[2] not in logs.getvalue()
         reasons = {json.loads(line).get("reason") for line in logs.getvalue().splitlines()}
         assert {"api key does not match", "unknown api key id", "malformed api key"} <= reasons
 

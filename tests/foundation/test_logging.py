@@ -279,3 +279,24 @@ def test_log_info_without_our_listener_is_an_ordinary_info_call(restored_logging
         log_info(logging.getLogger("quartstack.test.direct"), "plain", {"status": 201})
     (line,) = captured.getvalue().splitlines()
     assert json.loads(line)["message"] == "plain" and json.loads(line)["status"] == 201
+
+
+def test_log_info_keeps_the_fields_a_record_factory_adds(restored_logging):
+    """Tracing adds trace_id/span_id through a record factory: the line must carry them."""
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.trace_id = "abc"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        log_info(logging.getLogger("quartstack.test.direct"), "traced", {"status": 200})
+    finally:
+        logging.setLogRecordFactory(previous)
+        stop_logging()
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["trace_id"] == "abc"
