@@ -32,7 +32,7 @@ from quartstack.metrics import (
     CIRCUIT_STATE,
 )
 from quartstack.tracing import state as tracing_state
-from quartstack.tracing.client import client_span, default_attributes
+from quartstack.tracing.client import SpanSpecs, client_span, default_attributes
 from quartstack.tracing.client import wanted as wanted_span
 
 T = TypeVar("T")
@@ -238,9 +238,10 @@ class BackendGuard:
         span_attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self.service = service
-        #: Constant attributes of this backend's client spans (system, address, database).
-        self.span_attributes = (
-            default_attributes(service) if span_attributes is None else dict(span_attributes)
+        #: Names and constant attributes (system, address, database) of this backend's
+        #: client spans.
+        self.span_specs = SpanSpecs(
+            service, default_attributes(service) if span_attributes is None else span_attributes
         )
         self.timeout = timeout
         self.retry = retry
@@ -272,7 +273,7 @@ class BackendGuard:
         client span when tracing is on: every backend call gets its span here."""
         if not tracing_state.active or not wanted_span(operation):
             return await self._call(operation, func, timeout, idempotent)
-        with client_span(self.service, operation, self.span_attributes):
+        with client_span(self.span_specs, operation):
             return await self._call(operation, func, timeout, idempotent)
 
     async def _call(

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
@@ -91,23 +91,48 @@ def wanted(operation: str) -> bool:
     return operation not in BACKGROUND_NOISE or trace.get_current_span().is_recording()
 
 
+class SpanSpecs:
+    """Name and attributes of one backend's spans, per operation, built once (a guard
+    holds one: its attributes do not change, its operations are a handful of verbs)."""
+
+    __slots__ = ("attributes", "by_operation", "service")
+
+    def __init__(self, service: str, attributes: Mapping[str, Any]) -> None:
+        self.service = service
+        self.attributes = dict(attributes)
+        self.by_operation: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def get(self, operation: str) -> tuple[str, dict[str, Any]]:
+        spec = self.by_operation.get(operation)
+        if spec is None:
+            attributes = {**self.attributes, _operation_attribute(self.attributes): operation}
+            spec = (span_name(self.service, operation, self.attributes), attributes)
+            self.by_operation[operation] = spec
+        return spec
+
+
 @contextmanager
-def client_span(service: str, operation: str, attributes: Mapping[str, Any]) -> Iterator[None]:
-    """The current span for one guarded call (nested calls become its children)."""
+def client_span(specs: SpanSpecs, operation: str) -> Iterator[None]:
+    """The current span for one guarded call (nested calls become its children).
+
+    ``start_span`` and an explicit attach rather than ``start_as_current_span``: the
+    same span and context, without the SDK's decorator-built context manager around
+    ours (measured: a fifth of a client span's cost)."""
     global _tracer
     if _tracer is None:  # one tracer: the SDK builds a new one on every get_tracer()
         _tracer = trace.get_tracer(_TRACER)
-    with _tracer.start_as_current_span(
-        span_name(service, operation, attributes),
-        kind=SpanKind.CLIENT,
-        attributes={**attributes, _operation_attribute(attributes): operation},
-        record_exception=False,  # an exception's message may carry driver text
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            yield
-        except BaseException as exc:
-            cause = exc.__cause__ if exc.__cause__ is not None else exc
-            span.set_attribute("error.type", type(cause).__qualname__)
-            span.set_status(Status(StatusCode.ERROR))
-            raise
+    name, attributes = specs.get(operation)
+    span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    except BaseException as exc:
+        # No exception event and no description: an exception's message may carry
+        # driver text.
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        span.set_attribute("error.type", type(cause).__qualname__)
+        span.set_status(Status(StatusCode.ERROR))
+        raise
+    finally:
+        context.detach(token)
+        span.end()

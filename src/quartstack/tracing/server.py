@@ -57,11 +57,7 @@ class _Headers(Getter[list[tuple[bytes, bytes]]]):
 _GETTER = _Headers()
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+_WANTED_HEADERS = frozenset({b"host", b"x-forwarded-for", b"user-agent"})
 
 
 def _server_address(scope: Scope, host: str | None) -> tuple[str | None, int | None]:
@@ -117,7 +113,14 @@ class ServerSpans:
         }
         if method not in _KNOWN_METHODS:
             attributes["http.request.method_original"] = method
-        address, port = _server_address(scope, _header(headers, b"host"))
+        wanted = _WANTED_HEADERS
+        found: dict[bytes, bytes] = {}
+        for key, value in headers:  # one pass for the three headers read here
+            name = key.lower()
+            if name in wanted and name not in found:
+                found[name] = value
+        host = found.get(b"host")
+        address, port = _server_address(scope, host.decode("latin-1") if host else None)
         if address:
             attributes["server.address"] = address
         if port:
@@ -125,11 +128,13 @@ class ServerSpans:
         client = scope.get("client")
         if client:
             peer = str(client[0])
-            forwarded = _header(headers, b"x-forwarded-for") if self.networks else None
-            attributes["client.address"] = resolve_client_address(peer, forwarded, self.networks)
-        agent = _header(headers, b"user-agent")
+            forwarded = found.get(b"x-forwarded-for") if self.networks else None
+            attributes["client.address"] = resolve_client_address(
+                peer, forwarded.decode("latin-1") if forwarded else None, self.networks
+            )
+        agent = found.get(b"user-agent")
         if agent:
-            attributes["user_agent.original"] = agent
+            attributes["user_agent.original"] = agent.decode("latin-1")
         return attributes
 
     def wrap(self, inner: ASGIApp) -> ASGIApp:

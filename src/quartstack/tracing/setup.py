@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from quartstack import NAME, __version__
-from quartstack.tracing import state
+from quartstack.tracing import otlp_encoding, state
 from quartstack.tracing.logs import install_log_correlation
 
 logger = logging.getLogger("quartstack.tracing")
@@ -75,6 +75,7 @@ def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        otlp_encoding.install()  # the same bytes, a fifth of the CPU
         return OTLPSpanExporter()  # endpoint, headers, timeout, compression from OTEL_*
     if protocol == "grpc":
         try:

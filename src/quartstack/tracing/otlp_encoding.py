@@ -1,0 +1,282 @@
+"""A faster OTLP/protobuf encoding of finished spans, for the OTLP/HTTP exporter.
+
+Why: with 100 % sampling, the official encoder (``encode_spans``: a protobuf object per
+span, per attribute and per value, then serialised) was the largest single cost of
+tracing, measured at about 50 µs of CPU per span, on the exporter's thread but under
+the same GIL as the event loop. This module writes the same bytes directly, and keeps
+the encoded form of what repeats (the resource, each instrumentation scope, attribute
+pairs such as ``http.request.method=GET``): about a fifth of the cost.
+
+The output is the official encoder's, byte for byte; the tests compare both on spans
+with every field set (events, links, trace state, a remote parent, every value type).
+The exporter (``opentelemetry-exporter-otlp-proto-http`` 1.33 to 1.x) calls
+``encode_spans(spans).SerializePartialToString()`` from its module's namespace;
+:func:`install` points that name at :func:`encode_spans` here, only when it still
+holds the official function, so an exporter that changed shape keeps its own encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from struct import Struct
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+logger = logging.getLogger("quartstack.tracing")
+
+_FIXED64 = Struct("<Q").pack
+_FIXED32 = Struct("<I").pack
+_DOUBLE = Struct("<d").pack
+_KINDS = {
+    SpanKind.INTERNAL: b"\x30\x01",
+    SpanKind.SERVER: b"\x30\x02",
+    SpanKind.CLIENT: b"\x30\x03",
+    SpanKind.PRODUCER: b"\x30\x04",
+    SpanKind.CONSUMER: b"\x30\x05",
+}
+#: ``SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK``, with ``..._IS_REMOTE_MASK`` for a remote parent.
+_FLAGS_LOCAL = b"\x85\x01" + _FIXED32(0x100)
+_FLAGS_REMOTE = b"\x85\x01" + _FIXED32(0x300)
+_LINK_FLAGS_LOCAL = b"\x35" + _FIXED32(0x100)
+_LINK_FLAGS_REMOTE = b"\x35" + _FIXED32(0x300)
+#: Encoded attribute pairs kept for reuse; cleared when full (values may be unbounded).
+_PAIR_CACHE_SIZE = 4096
+_pairs: dict[tuple[str, type, Any], bytes] = {}
+#: Encoded resources and scopes, by object (one provider: a handful at most).
+_resources: dict[int, tuple[Any, bytes]] = {}
+_scopes: dict[int, tuple[Any, bytes]] = {}
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # int64 on the wire: two's complement, ten bytes
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (string, bytes, message)."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _any_value(value: Any) -> bytes:
+    """An ``AnyValue`` message body; the official type tests, in its order."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(b"\x0a", value.encode())
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _DOUBLE(value)
+    if isinstance(value, bytes):
+        return _field(b"\x3a", value)
+    if isinstance(value, Sequence):
+        items = b"".join(_field(b"\x0a", _any_value(item)) for item in value)
+        return _field(b"\x2a", items)
+    if isinstance(value, Mapping):
+        pairs = b"".join(_field(b"\x0a", _key_value(str(k), v)) for k, v in value.items())
+        return _field(b"\x32", pairs)
+    raise TypeError(f"invalid attribute value type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    body = _field(b"\x0a", key.encode()) if key else b""
+    return body + _field(b"\x12", _any_value(value))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """Each pair as a repeated ``KeyValue`` field ``tag``; a pair that cannot be encoded
+    is left out (and logged by key only), as the official encoder does."""
+    if not attributes:
+        return b""
+    parts = []
+    # The SDK's attributes are a read-only view over a mapping with a lock: a copy is a
+    # C-level dict copy, where iterating the view goes through Python for every key.
+    copy = getattr(attributes, "copy", None)
+    for key, value in (copy() if copy is not None else attributes).items():
+        kind = type(value)
+        cacheable = kind is str or kind is int or kind is bool or kind is float
+        if cacheable:
+            cached = _pairs.get((key, kind, value))
+            if cached is not None:
+                parts.append(tag + cached)
+                continue
+        try:
+            pair = _key_value(key, value)
+        except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
+            logger.warning("span attribute not exported", extra={"key": key, "error": str(exc)})
+            continue
+        encoded = _varint(len(pair)) + pair
+        if cacheable:
+            if len(_pairs) >= _PAIR_CACHE_SIZE:
+                _pairs.clear()
+            _pairs[(key, kind, value)] = encoded
+        parts.append(tag + encoded)
+    return b"".join(parts)
+
+
+def _resource(resource: Any) -> bytes:
+    """``ResourceSpans.resource`` field, encoded once per resource object."""
+    held = _resources.get(id(resource))
+    if held is not None and held[0] is resource:
+        return held[1]
+    encoded = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
+    if len(_resources) > 64:
+        _resources.clear()
+    _resources[id(resource)] = (resource, encoded)
+    return encoded
+
+
+def _scope(scope: Any) -> bytes:
+    """``ScopeSpans.scope`` field (always present, empty without a scope)."""
+    held = _scopes.get(id(scope))
+    if held is not None and held[0] is scope:
+        return held[1]
+    body = b""
+    if scope is not None:
+        if scope.name:
+            body += _field(b"\x0a", scope.name.encode())
+        if scope.version:
+            body += _field(b"\x12", scope.version.encode())
+        body += _attributes(b"\x1a", scope.attributes)
+    encoded = _field(b"\x0a", body)
+    if len(_scopes) > 256:
+        _scopes.clear()
+    _scopes[id(scope)] = (scope, encoded)
+    return encoded
+
+
+def _count(tag: bytes, count: int) -> bytes:
+    return tag + _varint(count) if count else b""
+
+
+def _span(span: ReadableSpan) -> bytes:
+    context = span.get_span_context()
+    if context is None:  # not a span the SDK ended; the official encoder fails on it too
+        return b""
+    parts = [
+        b"\x0a\x10",
+        context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        context.span_id.to_bytes(8, "big"),
+    ]
+    trace_state = context.trace_state
+    if trace_state:
+        text = ",".join(f"{key}={value}" for key, value in trace_state.items())
+        if text:
+            parts.append(_field(b"\x1a", text.encode()))
+    parent = span.parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    if span.name:
+        parts.append(_field(b"\x2a", span.name.encode()))
+    parts.append(_KINDS[span.kind])
+    if span.start_time:
+        parts.append(b"\x39" + _FIXED64(span.start_time))
+    if span.end_time:
+        parts.append(b"\x41" + _FIXED64(span.end_time))
+    parts.append(_attributes(b"\x4a", span.attributes))
+    parts.append(_count(b"\x50", span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _FIXED64(event.timestamp) if event.timestamp else b""
+        if event.name:
+            body += _field(b"\x12", event.name.encode())
+        body += _attributes(b"\x1a", event.attributes)
+        body += _count(b"\x20", event.dropped_attributes)
+        parts.append(_field(b"\x5a", body))
+    parts.append(_count(b"\x60", span.dropped_events))
+    for link in span.links:
+        body = (
+            b"\x0a\x10"
+            + link.context.trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + link.context.span_id.to_bytes(8, "big")
+            + _attributes(b"\x22", link.attributes)
+            + _count(b"\x28", link.dropped_attributes)
+            + (_LINK_FLAGS_REMOTE if link.context.is_remote else _LINK_FLAGS_LOCAL)
+        )
+        parts.append(_field(b"\x6a", body))
+    parts.append(_count(b"\x70", span.dropped_links))
+    status = span.status
+    if status is not None:
+        body = _field(b"\x12", status.description.encode()) if status.description else b""
+        code = status.status_code.value
+        if code:
+            body += b"\x18" + _varint(code)
+        parts.append(_field(b"\x7a", body))
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return _field(b"\x12", b"".join(parts))
+
+
+class EncodedRequest:
+    """An encoded ``ExportTraceServiceRequest``, with the two methods the exporter may
+    call on the official message."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializePartialToString(self) -> bytes:  # protobuf's name
+        return self.data
+
+    def SerializeToString(self) -> bytes:  # protobuf's name
+        return self.data
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> EncodedRequest:
+    """``ExportTraceServiceRequest``: spans grouped by resource, then by scope, in the
+    order first seen (as the official encoder groups them)."""
+    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    for span in spans:
+        resource = span.resource
+        scope = span.instrumentation_scope or None
+        by_scope = groups.setdefault(id(resource), (resource, {}))[1]
+        by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
+    out = []
+    for resource, by_scope in groups.values():
+        scope_spans = []
+        for scope, encoded in by_scope.values():
+            schema = scope.schema_url if scope is not None else None
+            body = _scope(scope) + b"".join(encoded)
+            if schema:
+                body += _field(b"\x1a", schema.encode())
+            scope_spans.append(_field(b"\x12", body))
+        body = _resource(resource) + b"".join(scope_spans)
+        if resource.schema_url:
+            body += _field(b"\x1a", resource.schema_url.encode())
+        out.append(_field(b"\x0a", body))
+    return EncodedRequest(b"".join(out))
+
+
+def install() -> bool:
+    """Make the OTLP/HTTP span exporter use :func:`encode_spans`; False (and the
+    official encoding stays) if the exporter no longer looks up ``encode_spans`` the
+    way this was measured against."""
+    try:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
+            encode_spans as official,
+        )
+        from opentelemetry.exporter.otlp.proto.http import trace_exporter
+    except ImportError:
+        return False
+    current = getattr(trace_exporter, "encode_spans", None)
+    if current is encode_spans:
+        return True
+    if current is not official:
+        logger.info("OTLP exporter not recognised; its own span encoding stays")
+        return False
+    setattr(trace_exporter, "encode_spans", encode_spans)  # noqa: B010 (typed for the official)
+    return True
