@@ -25,13 +25,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from quart import Quart, current_app, g, request
+from quart import Quart, current_app
 
 from quartstack.heap import freeze_startup_heap
 from quartstack.integrations.base import registry
 from quartstack.metrics import HTTP_ERRORS, READINESS
 from quartstack.readiness import BackendMonitor, readiness_checks
 from quartstack.tracing import flush_tracing, tracing_enabled
+from quartstack.web.context import current_g, current_request
 from quartstack.web.problems import problem_body
 
 if TYPE_CHECKING:
@@ -192,10 +193,10 @@ class Lifecycle:
             await asyncio.to_thread(flush_tracing, self.close_budget())
 
     # --- request tracking ------------------------------------------------------------
-    def track_handler(self) -> None:
+    def track_handler(self, scope: Scope) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._handlers[task] = cast(Scope, request.scope)
+            self._handlers[task] = scope
 
     def untrack_handler(self) -> None:
         task = asyncio.current_task()
@@ -273,8 +274,9 @@ def init_lifecycle(app: Quart, settings: Settings) -> Lifecycle:
 
     @app.before_request
     async def _track() -> None:
-        cast(Scope, request.scope)[_REQUEST_ID] = g.get("request_id", "")
-        state.track_handler()
+        scope = cast(Scope, current_request().scope)
+        scope[_REQUEST_ID] = current_g().get("request_id", "")
+        state.track_handler(scope)
 
     @app.teardown_request
     async def _untrack(_exc: BaseException | None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from quart import Quart, Response, current_app, request
+from quart import Quart, Response
 
 from quartstack.auth import api_keys
 from quartstack.auth.errors import insufficient_scope, invalid_token, missing_credentials
@@ -22,6 +22,7 @@ from quartstack.integrations.base import get_backend
 from quartstack.integrations.vault.client import SecretNotFound, VaultClient
 from quartstack.logging_setup import log_info
 from quartstack.settings import Settings
+from quartstack.web.context import current_quart, current_request
 from quartstack.web.headers import optional_header
 
 logger = logging.getLogger("quartstack.auth")
@@ -56,10 +57,11 @@ class Authentication:
             logger.warning(OFF_WARNING)
 
     async def check_request(self) -> None:
+        request = current_request()
         endpoint = request.endpoint
         if request.method == "OPTIONS" or endpoint is None:  # preflight, or 404/405 next
             return
-        scope = scope_for(endpoint, current_app.view_functions.get(endpoint))
+        scope = scope_for(endpoint, current_quart().view_functions.get(endpoint))
         if scope == "public":
             return
         if scope == "metrics":
@@ -115,6 +117,7 @@ class Authentication:
 
     async def audit(self, response: Response) -> Response:
         """One line per write: who, which route, the outcome; no body, no credential."""
+        request = current_request()
         rule = request.url_rule
         if request.method in WRITE_METHODS and rule is not None:
             principal = current_principal()

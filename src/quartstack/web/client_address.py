@@ -10,8 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
-from quart import current_app, request
-
+from quartstack.web.context import current_quart, current_request
 from quartstack.web.headers import optional_header
 
 TRUSTED_PROXIES_KEY = "QUARTSTACK_TRUSTED_PROXIES"
@@ -51,8 +50,8 @@ def resolve_client_address(
 
 
 def client_address() -> str:
-    peer = request.remote_addr or "unknown"
-    networks: tuple[Network, ...] = current_app.config.get(TRUSTED_PROXIES_KEY, ())
+    peer = current_request().remote_addr or "unknown"
+    networks: tuple[Network, ...] = current_quart().config.get(TRUSTED_PROXIES_KEY, ())
     if not networks:  # the common case: no proxy is trusted, the header is never read
         return peer
     return resolve_client_address(peer, optional_header("X-Forwarded-For"), networks)

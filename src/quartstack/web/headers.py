@@ -8,13 +8,13 @@ request headers is several times cheaper on the hot path.
 
 from __future__ import annotations
 
-from quart import request
+from quartstack.web.context import current_request
 
 
 def optional_header(name: str) -> str | None:
     """The first value of header ``name`` (case-insensitive), or None when absent."""
     wanted = name.lower()
-    for key, value in request.headers.items():
+    for key, value in current_request().headers.items():
         if key.lower() == wanted:
             return value
     return None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from quart import Quart, Response, g, request
+from quart import Quart, Response
 
 from quartstack.log_masking import Checked, checked
 from quartstack.logging_setup import log_info, request_id_var
@@ -28,6 +28,7 @@ from quartstack.settings import Settings
 from quartstack.tracing import state as tracing_state
 from quartstack.tracing.exemplars import current_exemplar
 from quartstack.web.client_address import client_address, truncated_address
+from quartstack.web.context import current_g, current_request
 from quartstack.web.headers import optional_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -45,7 +46,7 @@ def route_template(rule: str) -> str:
 
 
 def current_endpoint() -> str:
-    rule = request.url_rule
+    rule = current_request().url_rule
     return route_template(rule.rule) if rule is not None else UNMATCHED_ENDPOINT
 
 
@@ -126,7 +127,11 @@ CLIENT_FOR_LOGS: dict[str, Callable[[str], Checked]] = {
 
 def _start_request() -> RequestRecord:
     request_id, for_logs = _incoming_request_id()
-    record = RequestRecord(request_id, request.method, current_endpoint())
+    request = current_request()
+    rule = request.url_rule
+    endpoint = route_template(rule.rule) if rule is not None else UNMATCHED_ENDPOINT
+    record = RequestRecord(request_id, request.method, endpoint)
+    g = current_g()
     g.request_record = record
     g.request_id = record.request_id
     request_id_var.set(for_logs)
@@ -136,7 +141,7 @@ def _start_request() -> RequestRecord:
 
 def _record_of_request() -> RequestRecord:
     """This request's record; created late when a hook before ours failed."""
-    record: RequestRecord | None = g.get("request_record")
+    record: RequestRecord | None = current_g().get("request_record")
     if record is None:
         record = _start_request()
     return record
@@ -172,19 +177,19 @@ class Observability:
                 fields: dict[str, Any] = {
                     "method": _checked(record.method),
                     "route": _checked(record.endpoint),
-                    "path": request.path,
+                    "path": current_request().path,
                     "status": status,
                     "duration_ms": round(duration * 1000, 2),
                     "client": client_for_logs(client_address()),
                 }
-                problem_kind = g.get("problem_kind")
+                problem_kind = current_g().get("problem_kind")
                 if problem_kind is not None:  # only error lines carry it (no null on the rest)
                     fields["error_type"] = problem_kind
                 log_info(access_logger, "request", fields)
             return response
 
         async def end_request(_exc: BaseException | None) -> None:
-            record: RequestRecord | None = g.get("request_record")
+            record: RequestRecord | None = current_g().get("request_record")
             if record is not None and record.in_progress:
                 record.in_progress = False
                 _in_progress(record.method, record.endpoint).dec()

@@ -24,6 +24,7 @@ from quart import Quart, Request, request
 
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
 from quartstack.settings import Settings
+from quartstack.web.context import current_request
 from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem, validation_problem
 
@@ -156,7 +157,7 @@ async def check_request_head() -> None:
     proxy in front could read differently (request smuggling): the body is not read,
     so nothing after it on the connection is served.
     """
-    scope = request.scope
+    scope = current_request().scope
     if _head_size(scope) > MAX_REQUEST_HEAD_BYTES:
         raise Problem(
             431,
@@ -181,6 +182,7 @@ async def check_request_head() -> None:
 
 
 async def check_request_body() -> None:
+    request = current_request()
     if request.method not in _BODY_METHODS or not _has_body():
         return
     limit = request.max_content_length
