@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from quart import Blueprint
-from quart_schema import validate_querystring, validate_response
+from quart_schema import validate_response
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
@@ -17,6 +17,7 @@ from quartstack.blueprints.validation import check_path_param
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.redis.client import AnyRedis, RedisClient
 from quartstack.web.problems import Problem
+from quartstack.web.querystring import validate_query
 
 blueprint = Blueprint("cache", __name__, url_prefix="/examples/cache")
 
@@ -110,7 +111,7 @@ def _as_text(value: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"
 @link(200, "DeleteKey", "delete_delete_key", {"key": "$response.body#/key"}, "Delete the key")
 @requires("write")
 @path_param("key", _KEY_PATTERN, 200)
-@validate_querystring(CacheWrite)
+@validate_query(CacheWrite)
 @validate_response(CacheWritten)
 @problems(422, 429, 503, 504)
 async def write_key(key: str, query_args: CacheWrite) -> CacheWritten:

@@ -8,13 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, RootModel, field_validator
 from quart import Blueprint, g, request
-from quart_schema import document_request, validate_querystring, validate_response
+from quart_schema import document_request, validate_response
 
 from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
+from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem, validation_problem
+from quartstack.web.querystring import validate_query
 from quartstack.web.request_body import json_object_body
 
 blueprint = Blueprint("messaging", __name__, url_prefix="/examples/messaging")
@@ -72,7 +74,7 @@ class QueueStatus(BaseModel):
     "The queue the message went to (publishing declares it): its message count",
 )
 @requires("write")
-@validate_querystring(PublishQuery)
+@validate_query(PublishQuery)
 @document_request(MessageBody)
 @validate_response(Published)
 @problems(400, 409, 413, 415, 422, 429, 503, 504)
@@ -145,7 +147,7 @@ def _too_large(limit: int) -> Problem:
 def _message_id(queue: str) -> str:
     """A new id, or one derived from ``Idempotency-Key`` so a client's retry of an
     unconfirmed publish carries the same id and consumers can drop the duplicate."""
-    key = request.headers.get("Idempotency-Key")
+    key = optional_header("Idempotency-Key")
     if key:
         return str(uuid.uuid5(_MESSAGE_ID_NAMESPACE, f"{queue}\n{key}"))
     return str(uuid.uuid4())

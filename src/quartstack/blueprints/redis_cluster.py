@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
-from quart_schema import validate_querystring, validate_response
+from quart_schema import validate_response
 
 from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import path_param, problems
@@ -18,6 +18,7 @@ from quartstack.integrations.redis.cluster import (
 )
 from quartstack.integrations.redis.response_cache import invalidation_label, response_cache
 from quartstack.web.problems import Problem, validation_problem
+from quartstack.web.querystring import validate_query
 
 blueprint = Blueprint("redis_cluster", __name__, url_prefix="/redis")
 
@@ -153,7 +154,7 @@ async def node_info(node_name: str) -> NodeInfo:
 
 @blueprint.delete("/cache/responses")
 @requires("admin")
-@validate_querystring(Invalidation)
+@validate_query(Invalidation)
 @validate_response(Invalidated)
 @problems(409, 422, 503, 504)
 async def invalidate_responses(query_args: Invalidation) -> Invalidated:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
-from quart_schema import validate_querystring, validate_response
+from quart_schema import validate_response
 
 from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, problems
@@ -27,6 +27,7 @@ from quartstack.integrations.postgres import PostgresPool
 from quartstack.integrations.redis.client import RedisClient
 from quartstack.signup import users
 from quartstack.web.problems import Problem
+from quartstack.web.querystring import validate_query
 from quartstack.worker import counters, read_model
 
 blueprint = Blueprint("user_queries", __name__, url_prefix="/users")
@@ -125,7 +126,7 @@ async def get_user(id: uuid.UUID) -> ProjectedUser:
 
 @blueprint.get("")
 @requires("read")
-@validate_querystring(ListQuery)
+@validate_query(ListQuery)
 @validate_response(UserList)
 @problems(400, 422, 429, 503, 504)
 async def list_users(query_args: ListQuery) -> UserList:
@@ -147,7 +148,7 @@ async def list_users(query_args: ListQuery) -> UserList:
 
 @blueprint.get("/stats")
 @requires("read")
-@validate_querystring(StatsQuery)
+@validate_query(StatsQuery)
 @validate_response(Stats)
 @problems(422, 429, 503, 504)
 async def stats(query_args: StatsQuery) -> Stats:

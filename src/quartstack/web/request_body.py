@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from itertools import accumulate
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote_to_bytes
 
 from quart import Quart, Request, request
@@ -91,13 +91,31 @@ def loads_strict(data: bytes) -> Any:
 class ProblemRequest(Request):
     """Quart's request, parsing JSON strictly and raising a problem when it cannot."""
 
+    #: The whole body once read with ``cache=True``: later reads (the idempotency
+    #: fingerprint, the JSON parse, the handler) take it from here. Quart's own
+    #: ``get_data`` awaits the body under ``asyncio.wait_for`` every time, which
+    #: creates a task per read on Python 3.11.
+    _body_read: bytes | None = None
+
+    async def get_data(  # type: ignore[override]
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> str | bytes:
+        if not cache or parse_form_data:  # Quart's own semantics (cache=False frees it)
+            self._body_read = None
+            return await super().get_data(cache, as_text, parse_form_data)
+        data = self._body_read
+        if data is None:
+            data = cast(bytes, await super().get_data(cache=True, as_text=False))
+            self._body_read = data
+        return data.decode() if as_text else data
+
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         """Quart's ``get_json`` with :func:`loads_strict` in place of ``json.loads``."""
         if cache and self._cached_json[silent] is not Ellipsis:
             return self._cached_json[silent]
         if not (force or self.is_json):
             return None
-        data = await self.get_data(cache=cache, as_text=False, parse_form_data=False)
+        data = cast(bytes, await self.get_data(cache=cache, as_text=False, parse_form_data=False))
         try:
             result = loads_strict(data)
         except (ValueError, RecursionError) as error:
