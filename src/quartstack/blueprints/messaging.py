@@ -7,13 +7,14 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, RootModel, field_validator
-from quart import Blueprint, g, request
+from quart import Blueprint, g
 from quart_schema import document_request, validate_response
 
 from quartstack.auth.scopes import requires
 from quartstack.blueprints.openapi import link, path_param, problems
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.rabbitmq.client import RabbitMQClient
+from quartstack.web.context import current_request
 from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem, validation_problem
 from quartstack.web.querystring import validate_query
@@ -119,6 +120,7 @@ async def _message_object(limit: int) -> dict[str, Any]:
     Checked here because this route's limit is below the app-wide one, and the
     body may already have been read (the idempotency fingerprint) or be chunked.
     """
+    request = current_request()
     if (request.content_length or 0) > limit:
         raise _too_large(limit)
     data = await request.get_data(cache=True, as_text=False, parse_form_data=False)

@@ -19,6 +19,7 @@ from quart import Quart, current_app
 
 from quartstack.resilience import BackendError, BackendGuard, BackendNotConfigured, RetryPolicy
 from quartstack.tracing.client import backend_attributes
+from quartstack.web.context import current_quart
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -166,7 +167,7 @@ def registry(app: Quart | None = None) -> BackendRegistry:
 
 def get_backend(name: str, kind: type[B]) -> B:
     """The typed backend ``name`` of the current app, or 503 'not configured'."""
-    backend = current_app.extensions.get(name)
+    backend = current_quart().extensions.get(name)
     if not isinstance(backend, kind):
         raise BackendNotConfigured(name)
     return backend

@@ -2,7 +2,7 @@
 
 An ASGI wrapper (outermost, so it also sees the 503 of a request cut at shutdown)
 opens the span with the HTTP semantic-convention attributes and records the status;
-a ``before_request`` hook renames it once Quart has matched the route (the name is
+once the request is done it names the span by the route Quart matched (the name is
 the route template, never the raw path; an unmatched request keeps ``METHOD``).
 The query string is never recorded: its values may be anything.
 
@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from quart import Quart, request
+from quart import Quart
 
 from quartstack.settings import Settings
 from quartstack.web.client_address import (
@@ -32,7 +32,7 @@ from quartstack.web.client_address import (
     is_trusted,
     resolve_client_address,
 )
-from quartstack.web.observability import UNMATCHED_ENDPOINT, current_endpoint
+from quartstack.web.observability import ROUTE_SCOPE_KEY
 
 Scope = dict[str, Any]
 ASGIApp = Any  # Quart's asgi_app (typed with its own scope classes)
@@ -84,17 +84,6 @@ class ServerSpans:
         self.networks = app.config.get(TRUSTED_PROXIES_KEY, ())
         app.asgi_app = self.wrap(app.asgi_app)  # type: ignore[method-assign]
 
-        async def name_span() -> None:
-            span = trace.get_current_span()
-            if not span.is_recording():
-                return
-            endpoint = current_endpoint()
-            if endpoint != UNMATCHED_ENDPOINT:
-                span.update_name(f"{request.method} {endpoint}")
-                span.set_attribute("http.route", endpoint)
-
-        app.before_request_funcs.setdefault(None, []).insert(0, name_span)
-
     def _parent(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> context.Context | None:
         if self.trust == "never":
             return None
@@ -144,8 +133,9 @@ class ServerSpans:
                 return
             headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
             method = scope.get("method", "GET")
+            prefix = method if method in _KNOWN_METHODS else "HTTP"
             span = self.tracer.start_span(
-                method if method in _KNOWN_METHODS else "HTTP",
+                prefix,
                 context=self._parent(scope, headers),
                 kind=SpanKind.SERVER,
                 attributes=self._attributes(scope, headers),
@@ -166,12 +156,18 @@ class ServerSpans:
                 raise
             finally:
                 context.detach(token)
+                ending: dict[str, Any] = {}
+                route = scope.get(ROUTE_SCOPE_KEY)
+                if route is not None:  # matched: named by its template, never the raw path
+                    span.update_name(f"{prefix} {route}")
+                    ending["http.route"] = route
                 if status:
                     code = status[0]
-                    span.set_attribute("http.response.status_code", code)
+                    ending["http.response.status_code"] = code
                     if code >= 500:
-                        span.set_attribute("error.type", str(code))
+                        ending["error.type"] = str(code)
                         span.set_status(Status(StatusCode.ERROR))
+                span.set_attributes(ending)  # one lock and one pass for all of them
                 span.end()
 
         return asgi_app

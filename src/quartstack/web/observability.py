@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from quart import Quart, Response
 
@@ -33,6 +33,9 @@ from quartstack.web.headers import optional_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED_ENDPOINT = "<unmatched>"
+#: The matched route's template in the ASGI scope, for wrappers outside Quart (the
+#: server span is named by it once the request is done); absent when nothing matched.
+ROUTE_SCOPE_KEY = "quartstack.route"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -129,7 +132,11 @@ def _start_request() -> RequestRecord:
     request_id, for_logs = _incoming_request_id()
     request = current_request()
     rule = request.url_rule
-    endpoint = route_template(rule.rule) if rule is not None else UNMATCHED_ENDPOINT
+    if rule is not None:
+        endpoint = route_template(rule.rule)
+        cast(dict[str, Any], request.scope)[ROUTE_SCOPE_KEY] = endpoint
+    else:
+        endpoint = UNMATCHED_ENDPOINT
     record = RequestRecord(request_id, request.method, endpoint)
     g = current_g()
     g.request_record = record
