@@ -11,6 +11,7 @@ import pytest
 
 import redis as redis_sync
 from tests.support.app import TEST_KEY_PREFIX
+from tests.support.breaker_clock import breaker_clock  # noqa: F401 (a fixture for every test)
 from tests.support.leftovers import sweep_redis_leftovers
 from tests.support.vault import VaultTestServer
 

@@ -15,6 +15,7 @@ from quartstack.resilience import (
     retry,
 )
 from tests.support.app import metric_value
+from tests.support.breaker_clock import BreakerClock
 
 
 def _guard(**kw) -> BackendGuard:
@@ -30,7 +31,8 @@ async def _ok() -> str:
     return "ok"
 
 
-async def test_opens_after_threshold_half_opens_and_closes():
+async def test_opens_after_threshold_half_opens_and_closes(breaker_clock: BreakerClock):
+    breaker_clock.freeze()  # open stays open however slowly the lines below run
     guard = _guard(failure_threshold=3, recovery_timeout=0.3)
     service = guard.service
     for _ in range(3):
@@ -43,7 +45,7 @@ async def test_opens_after_threshold_half_opens_and_closes():
     with pytest.raises(CircuitOpen) as info:
         await guard.call("op", _ok)
     assert info.value.retry_after >= 1
-    await asyncio.sleep(0.4)
+    breaker_clock.advance(0.4)
     assert guard.state == "half_open"
     assert metric_value("circuit_breaker_state", service=service) == 1
     assert metric_value("circuit_breaker_half_open_total", service=service) == 1
