@@ -344,8 +344,12 @@ async def test_rabbitmq_publishes_stay_2xx_across_two_rollovers_and_users_are_re
         admin_user=BROKER_ADMIN[0],
         admin_password=BROKER_ADMIN[1],
         role=role,
-        ttl=3,
-        max_ttl=6,
+        # Rotation starts when a renewal can no longer give a full TTL: with 6/12 s that is
+        # about 4 s before the old user's deletion, room for a new connection and the
+        # drain of the publishes in flight even on a slow, loaded host (3/6 s left 2 s,
+        # and one CI run saw a publish on the old connection when the broker dropped it).
+        ttl=6,
+        max_ttl=12,
     )
     queue = f"qs-dyn-{uuid.uuid4().hex[:8]}"
     settings = dict(
@@ -370,7 +374,7 @@ async def test_rabbitmq_publishes_stay_2xx_across_two_rollovers_and_users_are_re
             keeper = app.extensions["quartstack.credentials"]
 
             async def worker() -> None:
-                deadline = time.monotonic() + 40
+                deadline = time.monotonic() + 60
                 while rotations() < rotated + 2:
                     assert time.monotonic() < deadline, "fewer than two rollovers"
                     response = await c.post(
