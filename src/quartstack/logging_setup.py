@@ -6,10 +6,9 @@ context fields (a trace id) are added with :func:`add_context_field`.
 
 A line is rendered where it is logged (the request id is the caller's context, the
 ``extra`` values may change later; orjson, and masking only for lines that may need
-it, keep this cheap) and written by a listener thread: a write to stderr blocks when
-the log collector falls behind, and that must not stall the event loop. Lines that
-queue up are written together, one system call for many. The queue is bounded: if
-stderr stays blocked, lines beyond it are dropped and counted (a warning line says
+it, keep this cheap) and queued; :mod:`quartstack.log_writer` writes the queue to stderr
+without ever blocking the event loop, many lines per system call. The queue is bounded:
+if stderr stays blocked, lines beyond it are dropped and counted (a warning line says
 how many), rather than memory growing without end. At exit the queue is drained, so
 the last lines are never lost.
 """
@@ -20,19 +19,20 @@ import atexit
 import contextlib
 import json
 import logging
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from itertools import islice
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from typing import IO, Any
 
 import orjson
 
 from quartstack.log_masking import LARGE_INT, Checked, masked, needs_masking
+from quartstack.log_writer import Lines, LineWriter
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -48,14 +48,6 @@ _fallback_encode = json.JSONEncoder(default=str).encode
 QUEUE_LINES = 10_000
 #: At exit, how long a blocked stderr may hold the process while the queue drains.
 FLUSH_SECONDS = 5.0
-#: Lines the writer thread joins into one write (one system call) when they queue up.
-WRITE_BATCH = 256
-#: After waking for a line, how long the writer thread lets more gather before writing:
-#: one wake-up and one write per interval under load instead of one per line (each
-#: wake-up makes the thread take the GIL from the event loop: a thread switch and a
-#: futex handshake per request line cost more than rendering the line).
-GATHER_SECONDS = 0.02
-
 ContextField = tuple[str, Callable[[], object]]
 # Fields every line carries when their value is not None; read where the line is logged.
 _context_fields: tuple[ContextField, ...] = (("request_id", request_id_var.get),)
@@ -162,19 +154,17 @@ class JsonFormatter(logging.Formatter):
         return _dumps(entry)
 
 
-# C-implemented, so a put costs no Python-level lock and condition; the handler bounds it.
-_Lines = queue.SimpleQueue[str | None]  # None: the listener's stop sentinel
-
-
 class _LineQueueHandler(QueueHandler):
     """Queues the rendered line; beyond ``capacity`` waiting lines, drops and counts
     instead of blocking (``handle`` holds the handler's lock, so the count needs no
-    other, and only the listener takes lines out, so a size seen below capacity stays so)."""
+    other, and only the listener takes lines out, so a size seen below capacity stays so).
+    Wakes the writer thread only when it sleeps for want of lines."""
 
-    def __init__(self, lines: _Lines, capacity: int) -> None:
-        super().__init__(lines)  # a queue of rendered lines, not of records
+    def __init__(self, lines: Lines, capacity: int, writer: LineWriter) -> None:
+        super().__init__(lines)  # type: ignore[arg-type]  # a deque of rendered lines
         self.lines = lines
         self.capacity = capacity
+        self.writer = writer
         self.formatter_json = JsonFormatter()
         self.setFormatter(self.formatter_json)
         self.dropped = 0
@@ -184,20 +174,21 @@ class _LineQueueHandler(QueueHandler):
         return self.format(record)
 
     def enqueue(self, record: Any) -> None:  # a line, from ``prepare``
-        waiting = self.lines.qsize()
-        if waiting >= self.capacity - (1 if self.dropped else 0):
+        lines = self.lines
+        if len(lines) >= self.capacity - (1 if self.dropped else 0):
             self.dropped += 1
             return
         if self.dropped:
-            self.lines.put(self._dropped_line())
+            lines.append(self._dropped_line())
             self.dropped = 0
-        self.lines.put(record)
+        lines.append(record)
+        self.writer.line_queued()
 
     def report_dropped(self) -> None:
         """At exit: say how many lines were dropped since the last report."""
         with self.lock or contextlib.nullcontext():
             if self.dropped:
-                self.lines.put(self._dropped_line())
+                self.lines.append(self._dropped_line())
                 self.dropped = 0
 
     def _dropped_line(self) -> str:
@@ -214,70 +205,12 @@ class _LineQueueHandler(QueueHandler):
         return self.prepare(record)
 
 
-class _Listener(QueueListener):
-    """Writes the queued lines on its own thread, several per write when they queue up;
-    its stop is bounded, so a log sink that stays blocked cannot hold the process at exit."""
+class _Listener(LineWriter):
+    """The writer of our handler's lines (the handler is ``input``)."""
 
-    def __init__(self, lines: _Lines, stream: IO[str], capacity: int) -> None:
-        super().__init__(lines)  # a queue of rendered lines, not of records
-        self.lines = lines
-        self.stream = stream
-        self.input = _LineQueueHandler(lines, capacity)
-        self.pending: list[str] = []
-        self.failed_writes = 0
-
-    def _monitor(self) -> None:
-        """The writer thread: wait for a line, let others gather for a moment, write
-        them all; return at the sentinel (None) once every line before it is written."""
-        lines = self.lines
-        while True:
-            line = lines.get()
-            if line is None:
-                break
-            self.pending.append(line)
-            time.sleep(GATHER_SECONDS)
-            if not self._take_waiting():
-                self.write_pending()
-                break
-            self.write_pending()
-
-    def _take_waiting(self) -> bool:
-        """Move every waiting line to ``pending`` (writing each full batch); False if the
-        sentinel was among them."""
-        lines, pending = self.lines, self.pending
-        while True:
-            try:
-                line = lines.get_nowait()
-            except queue.Empty:
-                return True
-            if line is None:
-                return False
-            pending.append(line)
-            if len(pending) >= WRITE_BATCH:
-                self.write_pending()
-
-    def write_pending(self) -> None:
-        if not self.pending:
-            return
-        text = "\n".join(self.pending) + "\n"
-        self.pending.clear()
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # stderr closed or broken: nothing left to tell
-            self.failed_writes += 1
-
-    def finish(self) -> bool:
-        """Stop once the queued lines are written; False if stderr stayed blocked."""
-        thread = self._thread
-        self.lines.put(None)  # the listener's sentinel
-        if thread is not None:
-            thread.join(FLUSH_SECONDS)
-            if thread.is_alive():
-                return False
-        self._thread = None
-        self.write_pending()  # lines taken just before the sentinel
-        return True
+    def __init__(self, lines: Lines, stream: IO[str], capacity: int) -> None:
+        super().__init__(lines, stream)
+        self.input = _LineQueueHandler(lines, capacity, self)
 
 
 _lock = threading.Lock()
@@ -291,7 +224,7 @@ def configure_logging(
     written to ``stream`` (stderr) by a listener thread until :func:`stop_logging`."""
     global _listener
     stop_logging()
-    lines: _Lines = queue.SimpleQueue()
+    lines: Lines = deque()
     listener = _Listener(lines, stream if stream is not None else sys.stderr, queue_lines)
     root = logging.getLogger()
     root.handlers[:] = [listener.input]
@@ -363,19 +296,12 @@ def stop_logging() -> None:
     if listener is None:
         return
     listener.input.report_dropped()
-    if not listener.finish():
+    if not listener.finish(FLUSH_SECONDS):
         return  # stderr stays blocked: writing from here would hang the exit
     handler = logging.StreamHandler(listener.stream)
     handler.setFormatter(JsonFormatter())
     logging.getLogger().handlers[:] = [handler]
-    while True:  # lines queued after the listener's last one
-        try:
-            line = listener.lines.get_nowait()
-        except queue.Empty:
-            break
-        if line is not None:
-            listener.pending.append(line)
-    listener.write_pending()
+    listener.write_waiting()  # lines queued after the listener's last write
 
 
 atexit.register(stop_logging)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import Any
 
 import httptools
@@ -33,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from quartstack.metrics import HTTP_ERRORS
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES, max_body_bytes
 from quartstack.web.problems import PROBLEM_CONTENT_TYPE, problem_body
+from quartstack.web.request_ids import new_request_id
 
 _HEADER_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:[ \t]*(.*?)[ \t]*$", re.M)
 
@@ -102,7 +102,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             names.append(name)
             if name == b"transfer-encoding":
                 codings.append(match.group(2).lower())
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         if codings and (b"content-length" in names or b" HTTP/1.0\r\n" in self._last_data):
             detail = "Transfer-Encoding is not accepted with Content-Length or on HTTP/1.0."
             self._refuse(400, problem_body(400, "ambiguous-framing", detail, "", request_id))
@@ -114,12 +114,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_bad_request("The request is not valid HTTP/1.1.", request_id)
 
     def _refuse_bad_request(self, detail: str, request_id: str = "") -> None:
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         self._refuse(400, problem_body(400, "bad-request", detail, "", request_id))
 
     def _refuse_head(self) -> None:
         detail = f"The request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes."
-        self._refuse(431, problem_body(431, "headers-too-large", detail, "", uuid.uuid4().hex))
+        self._refuse(431, problem_body(431, "headers-too-large", detail, "", new_request_id()))
 
     def _refuse(self, status: int, problem: dict[str, Any]) -> None:
         """Answer a problem outside the app (no request context), then close."""

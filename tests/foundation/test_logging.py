@@ -18,8 +18,8 @@ from contextvars import ContextVar
 
 import pytest
 
+from quartstack.log_writer import GATHER_SECONDS
 from quartstack.logging_setup import (
-    GATHER_SECONDS,
     add_context_field,
     configure_logging,
     log_info,

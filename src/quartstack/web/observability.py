@@ -12,7 +12,6 @@ values (method, route, client, request id) were masked once and marked
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from quartstack.tracing.exemplars import current_exemplar
 from quartstack.web.client_address import client_address, truncated_address
 from quartstack.web.context import current_g, current_request
 from quartstack.web.headers import optional_header
+from quartstack.web.request_ids import new_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED_ENDPOINT = "<unmatched>"
@@ -61,17 +61,6 @@ def _incoming_request_id() -> tuple[str, Checked]:
         return candidate, checked(candidate)
     request_id = new_request_id()
     return request_id, Checked(request_id)
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
-
-
-def new_request_id() -> str:
-    """A random UUID4 as 32 hex digits: ``uuid.uuid4().hex`` without building a
-    ``UUID`` object (its validating constructor is most of the cost)."""
-    value = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
-    return f"{value:032x}"
 
 
 # Label sets are bounded (methods x route templates x statuses), so the children
