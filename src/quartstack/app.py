@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         scalar_ui_path=None,
         openapi_provider_class=ServiceOpenAPIProvider,
     )
+    app.convert_models_directly()
     init_lifecycle(app, settings)
 
     _init_backends(app, settings)

@@ -56,47 +56,52 @@ def apply_hypercorn_fixes(max_body_bytes: int) -> None:
     _wrap(H11Protocol, "_send_h11_event", _no_continue_for_oversized_bodies)
 
 
-def _wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
+def _wrap(cls: type, name: str, make_method: Callable[[Any], Callable[..., Any]]) -> None:
+    """Replace ``cls.name`` with ``make_method(original)``: the replacement calls the
+    original itself, so a patched method costs no extra coroutine (``_send_h11_event``
+    runs three times a request)."""
     original = getattr(cls, name, None)
     if original is None:
         logger.warning("hypercorn fix not applied", extra={"method": f"{cls.__name__}.{name}"})
         return
     if getattr(original, _PATCHED, False):
         return
-
-    @functools.wraps(original)
-    async def method(self: Any, *args: Any) -> Any:
-        return await wrapper(original, self, *args)
-
+    method = functools.wraps(original)(make_method(original))
     setattr(method, _PATCHED, True)
     setattr(cls, name, method)
 
 
-async def _release_after_eof(original: Callable[[Any], Awaitable[None]], server: Any) -> None:
-    """Run the read loop; when it ends (EOF, reset, read timeout), stop the idle timer.
+def _release_after_eof(original: Callable[[Any], Awaitable[None]]) -> Callable[..., Any]:
+    async def _read_data(server: Any) -> None:
+        """Run the read loop; when it ends (EOF, reset, read timeout), stop the idle timer.
 
-    A request still in flight keeps its own task in the group and finishes; the
-    idle timer cannot be restarted afterwards, since h11 never starts a new cycle
-    after the peer's EOF.
-    """
-    try:
-        await original(server)
-    finally:
-        idle_task = getattr(server, "idle_task", None)
-        if idle_task is not None:
-            await idle_task.stop()
+        A request still in flight keeps its own task in the group and finishes; the
+        idle timer cannot be restarted afterwards, since h11 never starts a new cycle
+        after the peer's EOF.
+        """
+        try:
+            await original(server)
+        finally:
+            idle_task = getattr(server, "idle_task", None)
+            if idle_task is not None:
+                await idle_task.stop()
+
+    return _read_data
 
 
-async def _no_continue_for_oversized_bodies(
-    original: Callable[[Any, Any], Awaitable[None]], protocol: Any, event: Any
-) -> None:
-    if (
-        isinstance(event, h11.InformationalResponse)
-        and event.status_code == 100
-        and _declared_length(protocol) > max_body_bytes()
-    ):
-        return  # the app answers 413; the client must not send the body
-    await original(protocol, event)
+def _no_continue_for_oversized_bodies(
+    original: Callable[[Any, Any], Awaitable[None]],
+) -> Callable[..., Any]:
+    async def _send_h11_event(protocol: Any, event: Any) -> None:
+        if (
+            isinstance(event, h11.InformationalResponse)
+            and event.status_code == 100
+            and _declared_length(protocol) > max_body_bytes()
+        ):
+            return  # the app answers 413; the client must not send the body
+        await original(protocol, event)
+
+    return _send_h11_event
 
 
 def _declared_length(protocol: Any) -> int:

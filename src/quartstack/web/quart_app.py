@@ -16,9 +16,13 @@ from collections.abc import Awaitable, Callable
 from types import FunctionType, MethodType
 from typing import Any
 
-from quart import Quart
+from pydantic import BaseModel
+from quart import Quart, Response
+from quart_schema.conversion import convert_response_return_value
 
 _COROUTINE = inspect.CO_COROUTINE
+#: Return values quart_schema passes on unchanged.
+_LEFT_AS_THEY_ARE = frozenset({Response, str, bytes})
 
 
 class ServiceQuart(Quart):
@@ -34,3 +38,38 @@ class ServiceQuart(Quart):
         if code.co_flags & _COROUTINE:
             return func
         return super().ensure_async(func)
+
+    def convert_models_directly(self) -> None:
+        """Call after ``QuartSchema(app)``: convert what views return with the common
+        cases first.
+
+        quart_schema wraps ``make_response`` to turn models into JSON-ready values, and
+        sends every return value, a ``Response`` or ``None`` headers included, through a
+        chain of ten type tests, twice (value and headers). Pydantic models, ``(model,
+        status)`` pairs (``validate_response`` adds ``None`` headers) and the values it
+        would leave alone are converted here as it would convert them; anything else still
+        goes through quart_schema.
+        """
+        make_response = Quart.make_response.__get__(self)
+        config = self.config
+
+        async def convert_then_make_response(result: Any) -> Any:
+            if not config["QUART_SCHEMA_CONVERT_CASING"]:
+                kind = type(result)
+                if kind is tuple:  # (model, status) or, from validate_response, (…, None)
+                    if (
+                        1 < len(result) < 4
+                        and isinstance(result[0], BaseModel)
+                        and type(result[1]) is int
+                        and (len(result) == 2 or result[2] is None)
+                    ):
+                        options = config["QUART_SCHEMA_PYDANTIC_DUMP_OPTIONS"] or {}
+                        return await make_response((result[0].model_dump(**options), result[1]))
+                elif isinstance(result, BaseModel):
+                    options = config["QUART_SCHEMA_PYDANTIC_DUMP_OPTIONS"] or {}
+                    return await make_response(result.model_dump(**options))
+                elif kind in _LEFT_AS_THEY_ARE:
+                    return await make_response(result)
+            return await make_response(convert_response_return_value(result))
+
+        self.make_response = convert_then_make_response  # type: ignore[method-assign]

@@ -83,6 +83,7 @@ def create_worker_app(settings: Settings) -> Quart:
     QuartSchema(
         app, openapi_path=None, redoc_ui_path=None, scalar_ui_path=None, swagger_ui_path=None
     )
+    app.convert_models_directly()
     init_lifecycle(app, settings)
 
     CredentialProvider(settings).init_app(app)
