@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
-from quart import Quart
+from quart import Blueprint, Quart, request
 from werkzeug.datastructures import MultiDict
 
 from quartstack.settings import load_settings
@@ -94,3 +94,29 @@ async def test_validate_query_passes_the_model_or_answers_422() -> None:
     assert {error["field"] for error in body["errors"]} == {"name", "count"}
     assert "query string" in body["detail"]
     assert getattr(view, "_quart_schema_querystring_schema") is _Query  # documented
+
+
+async def test_blueprints_are_what_quart_says_for_nested_and_plain_routes() -> None:
+    ours, plain = _app(), Quart("plain")
+    for app in (ours, plain):
+        seen: list[list[str]] = []
+        parent, child = Blueprint("parent", "x", url_prefix="/p"), Blueprint("child", "x")
+
+        @child.get("/c")
+        async def nested() -> str:
+            seen.append(list(request.blueprints))
+            return "nested"
+
+        @app.get("/top")
+        async def top() -> str:
+            seen.append(list(request.blueprints))
+            return "top"
+
+        parent.register_blueprint(child, url_prefix="/c")
+        app.register_blueprint(parent)
+        client = app.test_client()
+        assert (await client.get("/p/c/c")).status_code == 200
+        assert (await client.get("/top")).status_code == 200
+        assert (await client.get("/missing")).status_code == 404
+        app.config["seen"] = seen
+    assert ours.config["seen"] == plain.config["seen"] == [["parent.child", "parent"], []]
