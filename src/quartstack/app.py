@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi_provider_class=ServiceOpenAPIProvider,
     )
     app.convert_models_directly()
+    app.write_json_with_orjson()
     init_lifecycle(app, settings)
 
     _init_backends(app, settings)

@@ -20,13 +20,18 @@ from pydantic import BaseModel
 from quart import Quart, Response
 from quart_schema.conversion import convert_response_return_value
 
+from quartstack.web.json_provider import OrjsonProvider
+
 _COROUTINE = inspect.CO_COROUTINE
 #: Return values quart_schema passes on unchanged.
 _LEFT_AS_THEY_ARE = frozenset({Response, str, bytes})
 
 
 class ServiceQuart(Quart):
-    """:class:`~quart.Quart` with a cheaper ``ensure_async`` for coroutine functions."""
+    """:class:`~quart.Quart` with a cheaper ``ensure_async`` for coroutine functions, a
+    direct path for model responses and JSON written by orjson."""
+
+    json_provider_class = OrjsonProvider
 
     def ensure_async(self, func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         if isinstance(func, FunctionType):
@@ -38,6 +43,14 @@ class ServiceQuart(Quart):
         if code.co_flags & _COROUTINE:
             return func
         return super().ensure_async(func)
+
+    def write_json_with_orjson(self) -> None:
+        """Call after ``QuartSchema(app)``, which installs its own JSON provider (Flask's,
+        whose ``default`` also takes pydantic values): the same ``default``, with orjson
+        writing (:mod:`quartstack.web.json_provider`)."""
+        provider = OrjsonProvider(self)
+        provider.default = self.json.default  # type: ignore[attr-defined]
+        self.json = provider
 
     def convert_models_directly(self) -> None:
         """Call after ``QuartSchema(app)``: convert what views return with the common

@@ -84,6 +84,7 @@ def create_worker_app(settings: Settings) -> Quart:
         app, openapi_path=None, redoc_ui_path=None, scalar_ui_path=None, swagger_ui_path=None
     )
     app.convert_models_directly()
+    app.write_json_with_orjson()
     init_lifecycle(app, settings)
 
     CredentialProvider(settings).init_app(app)
