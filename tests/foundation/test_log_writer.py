@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,16 @@ async def _log_lines(count: int, name: str) -> None:
     await asyncio.sleep(0.1)  # longer than the gathering interval: the loop's write is due
 
 
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on a loop of its own, then close it. Not ``asyncio.run``: that sets the main
+    thread's event loop to None, which older pytest-asyncio trips over in later tests."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def _messages(text: str) -> list[str]:
     return [json.loads(line)["message"] for line in text.splitlines()]
 
@@ -54,7 +66,7 @@ def test_lines_logged_on_a_loop_go_to_a_file_from_the_loop(restored_logging, tmp
         configure_logging("INFO", stream=stream)
         writer = _writer()
         assert writer.kind == "file"
-        asyncio.run(_log_lines(200, "quartstack.test.loopfile"))
+        _run(_log_lines(200, "quartstack.test.loopfile"))
         wait_until_sync(lambda: len(path.read_text().splitlines()) >= 200, what="200 lines")
         assert writer.loop_writes > 0 and writer.thread_writes == 0
         stop_logging()
@@ -75,7 +87,7 @@ def test_lines_logged_on_a_loop_go_to_a_read_pipe_from_the_loop(restored_logging
         configure_logging("INFO", stream=stream)
         writer = _writer()
         assert writer.kind == "pipe"
-        asyncio.run(_log_lines(200, "quartstack.test.looppipe"))
+        _run(_log_lines(200, "quartstack.test.looppipe"))
         wait_until_sync(lambda: received.count(b"\n") >= 200, what="200 lines through the pipe")
         assert writer.loop_writes > 0 and writer.thread_writes == 0
         stop_logging()
@@ -98,7 +110,7 @@ def test_a_full_pipe_hands_the_lines_to_the_thread_and_keeps_their_order(restore
                     await asyncio.sleep(0.03)
             await asyncio.sleep(0.1)
 
-        asyncio.run(fill_then_log())  # returns: the loop never blocked on the full pipe
+        _run(fill_then_log())  # returns: the loop never blocked on the full pipe
         wait_until_sync(lambda: writer.thread_writes > 0, what="the thread to take over")
         received = bytearray()
         while received.count(b"\n") < 400:
@@ -118,7 +130,7 @@ def test_lines_left_by_a_loop_that_closed_are_swept_by_the_thread(restored_loggi
         async def log_and_leave() -> None:
             logging.getLogger("quartstack.test.closed").info("last words")
 
-        asyncio.run(log_and_leave())  # closes the loop before its write comes due
+        _run(log_and_leave())  # closes the loop before its write comes due
         wait_until_sync(lambda: "last words" in path.read_text(), what="the swept line")
         assert writer.loop_writes == 0 and writer.thread_writes == 1
         stop_logging()
