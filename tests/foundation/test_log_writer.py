@@ -12,23 +12,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from quartstack import logging_setup
 from quartstack.log_writer import LineWriter
 from quartstack.logging_setup import configure_logging, stop_logging
 from tests.support.polling import wait_until_sync
-
-
-@pytest.fixture
-def restored_logging():
-    root = logging.getLogger()
-    handlers, level, srcfile = root.handlers[:], root.level, logging._srcfile
-    yield
-    stop_logging()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging._srcfile = srcfile
 
 
 def _writer() -> LineWriter:

@@ -16,8 +16,6 @@ import threading
 import time
 from contextvars import ContextVar
 
-import pytest
-
 from quartstack.log_writer import GATHER_SECONDS
 from quartstack.logging_setup import (
     add_context_field,
@@ -144,18 +142,6 @@ class _GatedStream(io.StringIO):
         if self.writes == 1:
             assert self.gate.wait(10)
         return super().write(text)
-
-
-@pytest.fixture
-def restored_logging():
-    """configure_logging rewires the root logger: put pytest's handlers back after."""
-    root = logging.getLogger()
-    handlers, level, srcfile = root.handlers[:], root.level, logging._srcfile
-    yield
-    stop_logging()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging._srcfile = srcfile
 
 
 def test_lines_that_queue_up_are_written_together(restored_logging):
