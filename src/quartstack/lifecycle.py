@@ -34,6 +34,7 @@ from quartstack.readiness import BackendMonitor, readiness_checks
 from quartstack.tracing import flush_tracing, tracing_enabled
 from quartstack.web.context import current_g, current_request
 from quartstack.web.problems import problem_body
+from quartstack.web.request_steps import request_steps
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -272,15 +273,17 @@ def init_lifecycle(app: Quart, settings: Settings) -> Lifecycle:
     async def _start() -> None:
         state.begin_startup(app)
 
-    @app.before_request
-    async def _track() -> None:
+    def track() -> None:
         scope = cast(Scope, current_request().scope)
         scope[_REQUEST_ID] = current_g().get("request_id", "")
         state.track_handler(scope)
 
-    @app.teardown_request
-    async def _untrack(_exc: BaseException | None) -> None:
+    def untrack(_exc: BaseException | None) -> None:
         state.untrack_handler()
+
+    steps = request_steps(app)
+    steps.before(track)
+    steps.teardown(untrack)
 
     @app.after_serving
     async def _stop() -> None:

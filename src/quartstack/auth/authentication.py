@@ -24,6 +24,7 @@ from quartstack.logging_setup import log_info
 from quartstack.settings import Settings
 from quartstack.web.context import current_quart, current_request
 from quartstack.web.headers import optional_header
+from quartstack.web.request_steps import request_steps
 
 logger = logging.getLogger("quartstack.auth")
 audit_logger = logging.getLogger("quartstack.audit")
@@ -51,8 +52,9 @@ class Authentication:
 
     def init_app(self, app: Quart) -> None:
         app.extensions[self.KEY] = self
-        app.before_request(self.check_request)
-        app.after_request(self.audit)
+        steps = request_steps(app)
+        steps.before(self.check_request)
+        steps.after(self.audit)
         if not self.required:
             logger.warning(OFF_WARNING)
 
@@ -115,7 +117,7 @@ class Authentication:
         if not hmac.compare_digest(credential.encode(), expected.encode()):
             raise invalid_token("wrong metrics token")
 
-    async def audit(self, response: Response) -> Response:
+    def audit(self, response: Response) -> Response:
         """One line per write: who, which route, the outcome; no body, no credential."""
         request = current_request()
         rule = request.url_rule

@@ -30,6 +30,7 @@ from quartstack.web.client_address import client_address, truncated_address
 from quartstack.web.context import current_g, current_request
 from quartstack.web.headers import optional_header
 from quartstack.web.request_ids import new_request_id
+from quartstack.web.request_steps import request_steps
 
 REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED_ENDPOINT = "<unmatched>"
@@ -156,10 +157,10 @@ class Observability:
         app.extensions[self.KEY] = self
         client_for_logs = CLIENT_FOR_LOGS[self.settings.log_client_ip]
 
-        async def start_request() -> None:
+        def start_request() -> None:
             _start_request()
 
-        async def finish_request(response: Response) -> Response:
+        def finish_request(response: Response) -> Response:
             record = _record_of_request()
             response.headers[REQUEST_ID_HEADER] = record.request_id
             duration = time.perf_counter() - record.started
@@ -184,12 +185,13 @@ class Observability:
                 log_info(access_logger, "request", fields)
             return response
 
-        async def end_request(_exc: BaseException | None) -> None:
+        def end_request(_exc: BaseException | None) -> None:
             record: RequestRecord | None = current_g().get("request_record")
             if record is not None and record.in_progress:
                 record.in_progress = False
                 _in_progress(record.method, record.endpoint).dec()
 
-        app.before_request_funcs.setdefault(None, []).insert(0, start_request)
-        app.after_request(finish_request)
-        app.teardown_request(end_request)
+        steps = request_steps(app)
+        steps.before(start_request, first=True)
+        steps.after(finish_request)
+        steps.teardown(end_request)

@@ -29,6 +29,7 @@ from quartstack.settings import Settings
 from quartstack.web.context import current_request
 from quartstack.web.headers import optional_header
 from quartstack.web.problems import Problem, validation_problem
+from quartstack.web.request_steps import request_steps
 
 ACCEPTED_MEDIA_TYPES = frozenset(
     {
@@ -182,7 +183,7 @@ def _ambiguous_framing(scope: Mapping[str, Any]) -> bool:
     return b"content-length" in names or scope["http_version"] == "1.0"
 
 
-async def check_request_head() -> None:
+def check_request_head() -> None:
     """Refuse a request head the service will not serve, before anything else runs.
 
     431 for a request line plus headers over :data:`MAX_REQUEST_HEAD_BYTES`:
@@ -216,7 +217,7 @@ async def check_request_head() -> None:
         )
 
 
-async def check_request_body() -> None:
+def check_request_body() -> None:
     request = current_request()
     if request.method not in _BODY_METHODS or not _has_body():
         return
@@ -247,8 +248,9 @@ class RequestBodyChecks:
         app.extensions[self.KEY] = self
         app.request_class = ProblemRequest
         app.config["MAX_CONTENT_LENGTH"] = self.settings.max_body_bytes
-        app.before_request(check_request_head)
-        app.before_request(check_request_body)
+        steps = request_steps(app)
+        steps.before(check_request_head)
+        steps.before(check_request_body)
 
 
 def json_object_body(data: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from quart_cors import cors
 from quartstack.settings import Settings
 from quartstack.web.client_address import Network, is_trusted, parse_networks
 from quartstack.web.headers import optional_header
+from quartstack.web.request_steps import request_steps
 
 _STRICT_CSP = "default-src 'none'; frame-ancestors 'none'"
 # The documentation pages load their UI bundle from a CDN and run inline setup code.
@@ -209,4 +210,4 @@ class Cors:
             result: Response = await apply_cors(response)
             return result
 
-        hooks.append(cors_for_cross_origin_requests)
+        request_steps(app).after(cors_for_cross_origin_requests)
