@@ -1,7 +1,12 @@
 """A black-holed Redis (accepts connections, never answers) must not slow the routes
 that only use it on the side: the rate limiter, the response cache and idempotency
 keys fail open within their own short timeouts, then skip Redis while its circuit is
-open, instead of waiting ``BACKEND_TIMEOUT_SECONDS`` (issue 16, item 3)."""
+open, instead of waiting ``BACKEND_TIMEOUT_SECONDS`` (issue 16, item 3).
+
+The claim is checked where it is made, per Redis call: every call to the silent Redis
+ends within a few side timeouts (the duration histogram's buckets), never near the
+backend timeout. Whole requests get a looser wall-clock bound, well under one backend
+timeout, that a slow host's scheduling cannot break."""
 
 from __future__ import annotations
 
@@ -18,8 +23,30 @@ from tests.support.app import SIDE_TIMEOUTS, metric_value, running_app
 from tests.support.net import TcpProxy
 from tests.support.polling import wait_until
 
-#: The goal of the issue: no request waits longer than this while Redis is silent.
-BUDGET = 0.5
+#: Side timeouts are 0.1 s: every Redis call must end within this bucket of
+#: ``backend_call_duration_seconds`` (5x, room for a slow host's timer callbacks).
+CALL_BUDGET = 0.5
+#: A request makes up to three side calls in a row; waiting for one backend timeout
+#: (5 s) would break this bound.
+REQUEST_BUDGET = 2.0
+
+
+def _redis_calls() -> tuple[float, float]:
+    """(calls, calls that ended within ``CALL_BUDGET``) made to the data Redis so far."""
+    from quartstack.metrics import REGISTRY
+
+    calls = within = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name != "backend_call_duration_seconds":
+            continue
+        for sample in metric.samples:
+            if sample.labels.get("service") != "redis":
+                continue
+            if sample.name.endswith("_count"):
+                calls += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == CALL_BUDGET:
+                within += sample.value
+    return calls, within
 
 
 def _side_routes(app: Quart) -> None:
@@ -42,7 +69,7 @@ async def _timed(request: Any) -> tuple[int, float]:
     return response.status_code, time.perf_counter() - started
 
 
-async def test_a_black_holed_redis_costs_no_request_more_than_half_a_second(client_ip):
+async def test_a_black_holed_redis_costs_each_call_no_more_than_its_side_timeout(client_ip):
     headers = lambda: {"Idempotency-Key": uuid.uuid4().hex}  # noqa: E731
     scope = {"scope_base": {"client": (client_ip, 40000)}}
     with TcpProxy(6379) as proxy:
@@ -69,13 +96,14 @@ async def test_a_black_holed_redis_costs_no_request_more_than_half_a_second(clie
             errors = metric_value("rate_limit_store_errors_total")
 
             proxy.set_mode("delay", delay=3600)  # open connections and new ones go silent
+            calls_before, within_before = _redis_calls()
             half_opened = metric_value("circuit_breaker_half_open_total", service="redis")
             timings: list[tuple[int, float]] = []
 
             def check() -> None:
                 for status, elapsed in timings:
                     assert status in (200, 201)
-                    assert elapsed < BUDGET, f"a request waited {elapsed:.2f} s for Redis"
+                    assert elapsed < REQUEST_BUDGET, f"a request waited {elapsed:.2f} s"
 
             async def one_round() -> bool:
                 """One request of each kind, one by one; done once the circuit has gone
@@ -94,6 +122,11 @@ async def test_a_black_holed_redis_costs_no_request_more_than_half_a_second(clie
             finally:
                 proxy.close_connections()
             assert app.extensions["redis"].guard.state in ("open", "half-open")
+            calls, within = _redis_calls()
+            # The burst's calls and each half-open trial reached the silent Redis...
+            assert calls - calls_before >= 1 + 2
+            # ...and every one of them gave up within its side timeout.
+            assert within - within_before == calls - calls_before
             # Every limiter check failed open and was counted as before.
             assert metric_value("rate_limit_store_errors_total") == errors + len(timings)
             print(f"{len(timings)} requests; slowest of each kind (health, cached, keyed):")
