@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from quartstack.web.http_metrics import HttpMetrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -24,25 +26,10 @@ PlatformCollector(registry=REGISTRY)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # --- HTTP ------------------------------------------------------------------------------
-HTTP_REQUESTS = Counter(
-    "http_requests_total",
-    "HTTP requests answered, by route template and status.",
-    ["method", "endpoint", "status"],
-    registry=REGISTRY,
-)
-HTTP_DURATION = Histogram(
-    "http_request_duration_seconds",
-    "Time from request received to response ready, by route template.",
-    ["method", "endpoint"],
-    buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
-HTTP_IN_PROGRESS = Gauge(
-    "http_requests_in_progress",
-    "Requests being handled now, by route template.",
-    ["method", "endpoint"],
-    registry=REGISTRY,
-)
+#: ``http_requests_total``, ``http_request_duration_seconds``, ``http_requests_in_progress``:
+#: changed on every request, so kept without prometheus_client's locks (web/http_metrics.py).
+HTTP_METRICS = HttpMetrics(_LATENCY_BUCKETS)
+REGISTRY.register(HTTP_METRICS)
 HTTP_ERRORS = Counter(
     "http_errors_total",
     "Problem responses sent, by problem kind and status.",

@@ -466,6 +466,8 @@ from quartstack import metrics
 for metric in vars(metrics).values():
     if isinstance(metric, MetricWrapperBase) and metric._labelnames:
         metric.labels(*["x"] * len(metric._labelnames))
+# The per-request HTTP metrics are a collector of their own (web/http_metrics.py).
+metrics.HTTP_METRICS.finished(metrics.HTTP_METRICS.route("x", "x"), 200, 0.0)
 print(generate_latest(metrics.REGISTRY).decode())
 """
 

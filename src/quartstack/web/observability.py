@@ -4,8 +4,8 @@ Metrics use the route template (``/examples/cache/{key}``) as ``endpoint`` so
 label cardinality stays bounded; unmatched paths share one label.
 
 These hooks run on every request, so they are kept lean: one state object per
-request, metric children looked up once per label set, one log call whose fixed-set
-values (method, route, client, request id) were masked once and marked
+request, the route's metric counters looked up once (web/http_metrics.py), one log
+call whose fixed-set values (method, route, client, request id) were masked once and marked
 :class:`~quartstack.log_masking.Checked`, so the formatter searches only the path.
 """
 
@@ -22,7 +22,7 @@ from quart import Quart, Response
 
 from quartstack.log_masking import Checked, checked
 from quartstack.logging_setup import log_info, request_id_var
-from quartstack.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
+from quartstack.metrics import HTTP_METRICS
 from quartstack.settings import Settings
 from quartstack.tracing import state as tracing_state
 from quartstack.tracing.exemplars import current_exemplar
@@ -64,33 +64,18 @@ def _incoming_request_id() -> tuple[str, Checked]:
     return request_id, Checked(request_id)
 
 
-# Label sets are bounded (methods x route templates x statuses), so the children
-# can be cached; ``labels()`` takes a lock and builds tuples on every call.
-@lru_cache(maxsize=1024)
-def _in_progress(method: str, endpoint: str) -> Any:
-    return HTTP_IN_PROGRESS.labels(method, endpoint)
-
-
-@lru_cache(maxsize=1024)
-def _duration(method: str, endpoint: str) -> Any:
-    return HTTP_DURATION.labels(method, endpoint)
-
-
-@lru_cache(maxsize=4096)
-def _requests(method: str, endpoint: str, status: int) -> Any:
-    return HTTP_REQUESTS.labels(method, endpoint, str(status))
-
-
 class RequestRecord:
     """What the hooks of one request share (kept in ``g.request_record``)."""
 
-    __slots__ = ("endpoint", "in_progress", "method", "request_id", "started")
+    __slots__ = ("endpoint", "in_progress", "method", "request_id", "started", "stats")
 
     def __init__(self, request_id: str, method: str, endpoint: str) -> None:
         self.request_id = request_id
         self.method = method
         self.endpoint = endpoint
         self.started = time.perf_counter()
+        self.stats = HTTP_METRICS.route(method, endpoint)
+        self.stats.in_progress += 1
         self.in_progress = True
 
 
@@ -132,7 +117,6 @@ def _start_request() -> RequestRecord:
     g.request_record = record
     g.request_id = record.request_id
     request_id_var.set(for_logs)
-    _in_progress(record.method, record.endpoint).inc()
     return record
 
 
@@ -165,11 +149,9 @@ class Observability:
             response.headers[REQUEST_ID_HEADER] = record.request_id
             duration = time.perf_counter() - record.started
             status = response.status_code
-            _requests(record.method, record.endpoint, status).inc()
-            if tracing_state.active:  # the trace id rides along (OpenMetrics scrapes only)
-                _duration(record.method, record.endpoint).observe(duration, current_exemplar())
-            else:
-                _duration(record.method, record.endpoint).observe(duration)
+            # the trace id rides along as an exemplar (OpenMetrics scrapes only)
+            exemplar = current_exemplar() if tracing_state.active else None
+            HTTP_METRICS.finished(record.stats, status, duration, exemplar)
             if access_logger.isEnabledFor(logging.INFO):
                 fields: dict[str, Any] = {
                     "method": _checked(record.method),
@@ -189,7 +171,7 @@ class Observability:
             record: RequestRecord | None = current_g().get("request_record")
             if record is not None and record.in_progress:
                 record.in_progress = False
-                _in_progress(record.method, record.endpoint).dec()
+                record.stats.in_progress -= 1
 
         steps = request_steps(app)
         steps.before(start_request, first=True)
