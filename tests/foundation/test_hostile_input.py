@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.rabbitmq.broker import rabbitmqctl
 from tests.support.process import SERVERS, ServiceProcess
@@ -238,6 +239,35 @@ def test_an_unknown_method_is_refused(server):
     else:
         assert result.status == 405 and "GET" in result.responses[0].headers["allow"]
         assert b"/problems/method-not-allowed" in result.responses[0].body
+
+
+def _other_method_requests(server) -> float:
+    """``http_requests_total`` of unregistered methods answered 405 so far."""
+    exposition = httpx.get(server.url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and sample.labels == {
+                "method": "_OTHER",
+                "endpoint": "<unmatched>",
+                "status": "405",
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_unknown_methods_add_no_metric_series(server):
+    """Each new method token a client invents must not become a new metric series (and
+    memory without bound): the method label is ``_OTHER`` for any unregistered one."""
+    tokens = [f"X{uuid.uuid4().hex[:8].upper()}" for _ in range(5)]
+    before = _other_method_requests(server)
+    for token in tokens:
+        request = f"{token} /health/ HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        assert exchange(server.port, request, wait_close=5).status in (400, 405)
+    exposition = httpx.get(server.url + "/metrics", timeout=10).text
+    assert not [token for token in tokens if token in exposition]
+    # Hypercorn hands them to the app (405), counted as _OTHER; uvicorn refuses them first.
+    expected = len(tokens) if server.server == "hypercorn" else 0
+    assert _other_method_requests(server) == before + expected
 
 
 def test_hostile_requests_pipelined_on_one_connection_are_each_answered(server):

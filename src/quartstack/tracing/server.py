@@ -32,14 +32,11 @@ from quartstack.web.client_address import (
     is_trusted,
     resolve_client_address,
 )
+from quartstack.web.http_methods import KNOWN_METHODS, OTHER_METHOD
 from quartstack.web.observability import ROUTE_SCOPE_KEY
 
 Scope = dict[str, Any]
 ASGIApp = Any  # Quart's asgi_app (typed with its own scope classes)
-
-_KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
 
 
 class _Headers(Getter[list[tuple[bytes, bytes]]]):
@@ -96,11 +93,11 @@ class ServerSpans:
     def _attributes(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         method = scope.get("method", "GET")
         attributes: dict[str, Any] = {
-            "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+            "http.request.method": method if method in KNOWN_METHODS else OTHER_METHOD,
             "url.path": scope.get("path", "/"),
             "url.scheme": scope.get("scheme", "http"),
         }
-        if method not in _KNOWN_METHODS:
+        if method not in KNOWN_METHODS:
             attributes["http.request.method_original"] = method
         wanted = _WANTED_HEADERS
         found: dict[bytes, bytes] = {}
@@ -133,7 +130,7 @@ class ServerSpans:
                 return
             headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
             method = scope.get("method", "GET")
-            prefix = method if method in _KNOWN_METHODS else "HTTP"
+            prefix = method if method in KNOWN_METHODS else "HTTP"
             span = self.tracer.start_span(
                 prefix,
                 context=self._parent(scope, headers),

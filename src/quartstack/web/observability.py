@@ -29,6 +29,7 @@ from quartstack.tracing.exemplars import current_exemplar
 from quartstack.web.client_address import client_address, truncated_address
 from quartstack.web.context import current_g, current_request
 from quartstack.web.headers import optional_header
+from quartstack.web.http_methods import bounded_method
 from quartstack.web.request_ids import new_request_id
 from quartstack.web.request_steps import request_steps
 
@@ -74,7 +75,7 @@ class RequestRecord:
         self.method = method
         self.endpoint = endpoint
         self.started = time.perf_counter()
-        self.stats = HTTP_METRICS.route(method, endpoint)
+        self.stats = HTTP_METRICS.route(bounded_method(method), endpoint)
         self.stats.in_progress += 1
         self.in_progress = True
 
