@@ -471,6 +471,26 @@ def test_production_values_require_auth_and_scrape_with_the_metrics_token():
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": reference}
 
 
+def test_the_worker_requires_and_is_scraped_with_the_same_metrics_token():
+    sets = (
+        "worker.enabled=true",
+        "serviceMonitor.enabled=true",
+        "metricsToken.existingSecret=scrape-token",
+    )
+    documents = render(sets=sets)
+    reference = {"name": "scrape-token", "key": "token"}
+    for suffix in ("quartstack", "quartstack-worker"):
+        container = find(documents, "Deployment", suffix)["spec"]["template"]["spec"]
+        [token] = [e for e in container["containers"][0]["env"] if e["name"] == "METRICS_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == reference
+        monitor = find(documents, "ServiceMonitor", suffix)
+        assert monitor["spec"]["endpoints"][0]["authorization"] == {
+            "type": "Bearer",
+            "credentials": reference,
+        }
+        _crd_validator("ServiceMonitor").validate(monitor)
+
+
 def test_metrics_token_is_off_by_default_and_an_explicit_authorization_wins():
     documents = render()
     config = find(documents, "ConfigMap", "quartstack")["data"]

@@ -171,3 +171,26 @@ async def test_sigterm_requeues_what_is_in_hand_and_exits_0_within_the_grace(
     finally:
         worker.terminate()
         proxy.stop()
+
+
+async def test_metrics_token_guards_the_workers_metrics_not_its_probes(worker_env: WorkerEnv):
+    """``METRICS_TOKEN`` guards ``/metrics`` on the worker as on the API; the probes the
+    kubelet calls without credentials stay open."""
+    token = f"metrics-{os.urandom(12).hex()}"
+    worker = WorkerProcess({**worker_env.environ(), "METRICS_TOKEN": token})
+    try:
+        worker.start().wait_live()
+        assert httpx.get(f"{worker.url}/health/live", timeout=10).status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = httpx.get(f"{worker.url}/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert token not in refused.text
+        allowed = httpx.get(
+            f"{worker.url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert allowed.status_code == 200 and "worker_events_consumed_total" in allowed.text
+    finally:
+        worker.terminate()
+    assert not [line for line in worker.log_lines() if token in line]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hmac
 import logging
 
+from pydantic import SecretStr
 from quart import Quart, Response
 
 from quartstack.auth import api_keys
 from quartstack.auth.errors import insufficient_scope, invalid_token, missing_credentials
 from quartstack.auth.jwt import InvalidJwt, JwtVerifier
 from quartstack.auth.principal import Principal, current_principal, set_principal
-from quartstack.auth.scopes import scope_for
+from quartstack.auth.scopes import declared_scope, scope_for
 from quartstack.integrations.base import get_backend
 from quartstack.integrations.vault.client import SecretNotFound, VaultClient
 from quartstack.logging_setup import log_info
@@ -67,7 +68,7 @@ class Authentication:
         if scope == "public":
             return
         if scope == "metrics":
-            self._check_metrics_token()
+            check_metrics_token(self.metrics_token)
             return
         if not self.required:
             return
@@ -109,14 +110,6 @@ class Authentication:
         except api_keys.InvalidApiKey as exc:
             raise invalid_token(str(exc)) from None
 
-    def _check_metrics_token(self) -> None:
-        if self.metrics_token is None:
-            return
-        credential = _bearer(optional_header("Authorization"))
-        expected = self.metrics_token.get_secret_value()
-        if not hmac.compare_digest(credential.encode(), expected.encode()):
-            raise invalid_token("wrong metrics token")
-
     def audit(self, response: Response) -> Response:
         """One line per write: who, which route, the outcome; no body, no credential."""
         request = current_request()
@@ -134,6 +127,35 @@ class Authentication:
                 },
             )
         return response
+
+
+def check_metrics_token(token: SecretStr | None) -> None:
+    """``/metrics`` needs ``Authorization: Bearer <METRICS_TOKEN>`` once the token is set
+    (compared in constant time); a 401 problem otherwise."""
+    if token is None:
+        return
+    credential = _bearer(optional_header("Authorization"))
+    if not hmac.compare_digest(credential.encode(), token.get_secret_value().encode()):
+        raise invalid_token("wrong metrics token")
+
+
+class MetricsTokenCheck:
+    """``METRICS_TOKEN`` on ``/metrics`` alone, for an app without :class:`Authentication`
+    (the worker: its only other routes are the probes, which stay open)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.token = settings.metrics_token
+
+    def init_app(self, app: Quart) -> None:
+        if self.token is not None:
+            request_steps(app).before(self.check_request)
+
+    def check_request(self) -> None:
+        endpoint = current_request().endpoint
+        if endpoint is None:  # 404/405 next
+            return
+        if declared_scope(endpoint, current_quart().view_functions.get(endpoint)) == "metrics":
+            check_metrics_token(self.token)
 
 
 def _bearer(authorization: str | None) -> str:

@@ -15,6 +15,7 @@ from quart_schema import QuartSchema
 
 from quartstack import NAME
 from quartstack.app import SETTINGS_KEY
+from quartstack.auth.authentication import MetricsTokenCheck
 from quartstack.blueprints import health, metrics
 from quartstack.integrations.base import REGISTRY_KEY, Backend, BackendRegistry
 from quartstack.integrations.mongodb import MongoDatabase
@@ -79,6 +80,7 @@ def create_worker_app(settings: Settings) -> Quart:
     app.extensions[REGISTRY_KEY] = BackendRegistry(list(READY_WHEN))
     Observability(settings).init_app(app)
     ProblemHandlers(settings).init_app(app)
+    MetricsTokenCheck(settings).init_app(app)  # the probes stay open
     # Converts the probes' pydantic bodies; no API to document here.
     QuartSchema(
         app, openapi_path=None, redoc_ui_path=None, scalar_ui_path=None, swagger_ui_path=None
