@@ -125,6 +125,23 @@ def test_prestop_sleep_is_native_from_kubernetes_1_30(kube_version, prestop):
     assert container["lifecycle"] == {"preStop": prestop}
 
 
+def test_extra_env_from_reaches_every_pod_that_reads_the_settings():
+    """Passwords given as whole Secrets must reach the worker and the migration job too,
+    or they cannot log in where the API can."""
+    documents = render(*EXTRAS, sets=("worker.enabled=true", "backends.postgres.host=db"))
+    expected = [
+        {"secretRef": {"name": "backend-passwords"}},
+        {"configMapRef": {"name": "feature-flags", "optional": True}, "prefix": "FLAG_"},
+    ]
+    pods = [
+        find(documents, "Deployment", "quartstack")["spec"]["template"]["spec"],
+        find(documents, "Deployment", "quartstack-worker")["spec"]["template"]["spec"],
+        find(documents, "Job", "migrate")["spec"]["template"]["spec"],
+    ]
+    for pod in pods:
+        assert pod["containers"][0]["envFrom"][:2] == expected
+
+
 def test_lifecycle_override_replaces_the_prestop_sleep():
     container = _pod(render(*EXTRAS))["containers"][0]
     assert container["lifecycle"] == {
