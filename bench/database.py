@@ -9,8 +9,8 @@ every database route, in turn; the medians over the rounds are reported as ratio
 against the baseline, because absolute numbers drift between runs on shared
 machines. The server's CPU time per request is reported too (steadier than req/s
 when other work shares the machine; it leaves out the database server's own CPU).
-Goal from issue #4: ``/examples/database/postgres/query`` keeps at least 60% of the
-``/health/`` throughput.
+Goal: ``/examples/database/postgres/query`` keeps at least 70% of the ``/health/``
+throughput (issue #18; issue #4 asked for 60%).
 
 Run from the repository root (needs ``wrk``: ``apt-get install -y wrk``):
 
@@ -42,7 +42,7 @@ from bench.wrkbench import (
 from tests.support.databases import MySQLDatabase, PostgresDatabase
 from tests.support.mongo import NxMongoServer
 
-GOAL = 0.60
+GOAL = 0.70
 BASELINE = Target("/health/", "GET", "/health/")
 
 

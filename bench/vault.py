@@ -16,7 +16,8 @@ Run from the repository root (needs ``wrk``: ``apt-get install -y wrk``):
         [--server hypercorn|uvicorn] [--json PATH]
 
 Each round measures ``/health/live`` and the route back to back (alternating which
-goes first); the ratios are medians over the rounds.
+goes first); the ratios are medians over the rounds. Goal from issue #18: the cached
+route keeps at least 85% of ``/health/live`` with 32 connections.
 
 With one connection every uncached request is one Vault round trip; with many,
 concurrent misses for the same secret coalesce into one Vault read (single
@@ -49,6 +50,8 @@ SECRET_NAME = "bench-postgres"
 ROUTE = f"/examples/vault/secret/{SECRET_NAME}"
 KV_PATH = f"/v1/secret/data/{SECRET_NAME}"
 RUNS = (("cached (TTL 300 s)", 300), ("uncached (TTL 0)", 0))
+#: Issue #18: the cached route keeps at least 85% of the baseline, with 32 connections.
+CACHED_GOAL = 0.85
 
 
 BASELINE = Target("/health/live", "GET", "/health/live")
@@ -135,7 +138,8 @@ def main() -> int:
             ]
             ratio = statistics.median(ratios)
             print(f"{name}: {ratio:.2f} of /health/live, {kv_reads} KV reads")
-            goals.append(goal_entry(f"{name} / live", ratio, 0.0, ratios))
+            goal = CACHED_GOAL if label == RUNS[0][0] and connections == 32 else 0.0
+            goals.append(goal_entry(f"{name} / live", ratio, goal, ratios))
     print(format_table(table))
     cached = runs[RUNS[0][0]]
     write_json(
@@ -143,7 +147,10 @@ def main() -> int:
         "vault",
         args.server,
         rows,
-        goals=[{k: v for k, v in g.items() if k not in ("goal", "met")} for g in goals],
+        goals=[
+            g if g["goal"] else {k: v for k, v in g.items() if k not in ("goal", "met")}
+            for g in goals
+        ],
         settings="in-process KV cache warm (TTL 300 s) vs off (TTL 0); response cache off",
     )
     if any(kv_reads for *_, kv_reads in cached):
