@@ -4,12 +4,19 @@ spans may carry (logic only: the process tests in test_traces.py prove the wirin
 from __future__ import annotations
 
 import pytest
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace import sampling
 from pydantic import SecretStr
 
 from quartstack.settings import load_settings
-from quartstack.tracing import state
+from quartstack.tracing import client, state
 from quartstack.tracing.client import backend_attributes, default_attributes, span_name
-from quartstack.tracing.setup import build_resource, configure_tracing, wanted
+from quartstack.tracing.setup import (
+    build_resource,
+    configure_tracing,
+    drops_children_of_unsampled,
+    wanted,
+)
 from tests.support.otlp import Span
 
 
@@ -109,3 +116,56 @@ def test_the_span_scan_sees_every_string():
     text = "\n".join(span.all_strings())
     for where in ("attr", "status", "resource", "event"):
         assert f"secret-in-{where}" in text
+
+
+@pytest.mark.parametrize(
+    ("sampler", "drops"),
+    [
+        (sampling.DEFAULT_ON, True),  # parentbased_always_on, the default
+        (sampling.ParentBased(sampling.TraceIdRatioBased(0.1)), True),
+        (sampling.ParentBased(sampling.ParentBased(sampling.ALWAYS_ON)), True),
+        (
+            sampling.ParentBased(sampling.ALWAYS_ON, local_parent_not_sampled=sampling.ALWAYS_ON),
+            False,
+        ),
+        (
+            sampling.ParentBased(
+                sampling.ParentBased(sampling.ALWAYS_ON),  # the nested one drops; the outer not
+                local_parent_not_sampled=sampling.ALWAYS_ON,
+            ),
+            False,
+        ),
+        (sampling.ALWAYS_ON, False),  # not parent-based: children of anything are sampled
+        (sampling.TraceIdRatioBased(0.5), False),
+    ],
+)
+def test_children_of_unsampled_requests_are_skipped_only_where_the_sampler_drops_them(
+    sampler, drops
+):
+    assert drops_children_of_unsampled(sampler) is drops
+
+
+@pytest.mark.parametrize(
+    ("flag", "sampled", "remote", "wanted_"),
+    [
+        (True, False, False, False),  # inside a sampled-out request: no client span
+        (True, True, False, True),
+        (True, False, True, True),  # a remote parent: the sampler decides (remote rules)
+        (False, False, False, True),  # a sampler that may keep such children
+    ],
+)
+def test_a_backend_call_in_a_sampled_out_request_starts_no_span(
+    monkeypatch, flag, sampled, remote, wanted_
+):
+    monkeypatch.setattr(state, "children_of_unsampled_dropped", flag)
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT)
+    parent = trace.NonRecordingSpan(
+        trace.SpanContext(0x1234, 0x5678, is_remote=remote, trace_flags=flags)
+    )
+    token = context.attach(trace.set_span_in_context(parent))
+    try:
+        assert client.wanted("query") is wanted_
+        assert client.wanted("health") is False  # background noise: never outside a recording span
+    finally:
+        context.detach(token)
+    assert client.wanted("query") is True  # no request span at all: a root span

@@ -231,6 +231,40 @@ def test_traceparent_from_a_trusted_proxy_is_continued() -> None:
     assert span.attributes["client.address"] == "203.0.113.7"
 
 
+def test_a_sampled_out_request_exports_no_span_and_a_sampled_one_its_whole_tree() -> None:
+    """The parent's decision rules every span of the request (the default parent-based
+    sampler): a backend call inside a sampled-out request starts no span of its own."""
+    dropped, kept = secrets.token_hex(16), secrets.token_hex(16)
+    with OtlpReceiver() as receiver:
+        env = _clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            TRUSTED_PROXIES="127.0.0.1/32",
+            POSTGRES_HOST="127.0.0.1",
+            POSTGRES_USER="postgres",
+            POSTGRES_DATABASE="postgres",
+        )
+        with ServiceProcess(env) as process:
+            process.wait_started()
+            for trace_id, flags in ((dropped, "00"), (kept, "01")):
+                parent = f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+                response = httpx.get(process.url + QUERY, headers={"traceparent": parent})
+                assert response.status_code == 200
+            server = receiver.wait_for_span(
+                lambda s: s.kind == "server" and s.trace_id == kept, what="the sampled request"
+            )
+            receiver.wait_for_span(
+                lambda s: s.kind == "client" and s.parent_span_id == server.span_id,
+                what="its postgres span",
+            )
+            assert flush_and_count(process, receiver, dropped) == 0
+
+
+def flush_and_count(process: ServiceProcess, receiver: OtlpReceiver, trace_id: str) -> int:
+    """Spans of ``trace_id`` received once the process stopped (a clean stop flushes)."""
+    assert process.terminate() == 0
+    return len(receiver.trace(trace_id))
+
+
 def test_sdk_disabled_sends_nothing_and_logs_no_trace_ids() -> None:
     with OtlpReceiver() as receiver:
         env = _clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_SDK_DISABLED="true")

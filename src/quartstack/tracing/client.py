@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from quartstack.tracing import state
+
 if TYPE_CHECKING:
     from quartstack.settings import Settings
 
@@ -88,7 +90,20 @@ BACKGROUND_NOISE = frozenset({"health", "outbox_relay", "queue_info"})
 
 
 def wanted(operation: str) -> bool:
-    return operation not in BACKGROUND_NOISE or trace.get_current_span().is_recording()
+    """Whether a call of ``operation`` gets a client span here.
+
+    Not inside a request the sampler dropped, when the sampler would drop the child too
+    (:data:`~quartstack.tracing.state.children_of_unsampled_dropped`): starting and
+    ending a span the sampler drops costs about as much as a backend call's own work in
+    the guard. The request's trace context stays current, so what is propagated (the
+    RabbitMQ headers) still carries the unsampled decision."""
+    if operation in BACKGROUND_NOISE:
+        return trace.get_current_span().is_recording()
+    if state.children_of_unsampled_dropped:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid and not context.trace_flags.sampled and not context.is_remote:
+            return False
+    return True
 
 
 class SpanSpecs:

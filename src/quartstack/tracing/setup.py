@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler
 
 from quartstack import NAME, __version__
 from quartstack.tracing import otlp_encoding, state
@@ -94,6 +95,16 @@ def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
     return None
 
 
+def drops_children_of_unsampled(sampler: Sampler) -> bool:
+    """The sampler is the SDK's ``ParentBased`` whose own delegate for an unsampled local
+    parent is ``AlwaysOff`` (the default of every ``parentbased_*`` sampler): the last
+    part of its public description, after any nested root sampler's."""
+    if not isinstance(sampler, ParentBased):
+        return False
+    description: str = sampler.get_description()  # type: ignore[no-untyped-call]
+    return description.endswith(",localParentNotSampled:AlwaysOffSampler}")
+
+
 def configure_tracing(service_name: str = NAME, environ: Mapping[str, str] | None = None) -> bool:
     """Install the SDK provider if the environment asks for traces; True if tracing is
     on. Idempotent: the first call in a process decides."""
@@ -116,6 +127,7 @@ def configure_tracing(service_name: str = NAME, environ: Mapping[str, str] | Non
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _provider = provider
+        state.children_of_unsampled_dropped = drops_children_of_unsampled(provider.sampler)
         state.active = True
     install_log_correlation()
     logger.info(
@@ -161,4 +173,5 @@ def shutdown_tracing(timeout: float) -> bool:
     with _lock:
         _provider = None
         state.active = False
+        state.children_of_unsampled_dropped = False
     return finished

@@ -4,3 +4,8 @@ lookup."""
 
 #: True once :func:`quartstack.tracing.setup.configure_tracing` installed an SDK provider.
 active = False
+
+#: True when the sampler is parent-based and drops every child of an unsampled local
+#: parent (the default ``parentbased_*`` samplers): a backend call inside a sampled-out
+#: request then skips its client span altogether, which the sampler would drop anyway.
+children_of_unsampled_dropped = False
