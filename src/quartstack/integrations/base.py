@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from quart import Quart, current_app
+from quart import Quart
 
 from quartstack.resilience import BackendError, BackendGuard, BackendNotConfigured, RetryPolicy
 from quartstack.tracing.client import backend_attributes
@@ -160,7 +160,7 @@ class BackendRegistry:
 
 
 def registry(app: Quart | None = None) -> BackendRegistry:
-    target = app if app is not None else current_app
+    target = app if app is not None else current_quart()
     reg: BackendRegistry = target.extensions[REGISTRY_KEY]
     return reg
 

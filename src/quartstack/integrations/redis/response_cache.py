@@ -31,7 +31,7 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
-from quart import Quart, Response, current_app, request
+from quart import Quart, Response
 
 from quartstack.integrations.redis.client import AnyRedis, RedisClient, RedisDataError
 from quartstack.integrations.redis.invalidation import InvalidationChannel
@@ -39,6 +39,7 @@ from quartstack.integrations.redis.local_tier import LocalTier
 from quartstack.metrics import CACHE_HITS, CACHE_INVALIDATIONS, CACHE_MISSES
 from quartstack.resilience import BackendError
 from quartstack.settings import Settings
+from quartstack.web.context import current_quart, current_request
 from quartstack.web.observability import current_endpoint, route_template
 
 logger = logging.getLogger("quartstack.response_cache")
@@ -170,7 +171,7 @@ def invalidation_label(app: Quart, pattern: str) -> str | None:
 
 
 def response_cache(app: Quart | None = None) -> ResponseCache | None:
-    target = app if app is not None else current_app
+    target = app if app is not None else current_quart()
     cache = target.extensions.get(RESPONSE_CACHE_KEY)
     return cache if isinstance(cache, ResponseCache) else None
 
@@ -221,7 +222,7 @@ _COUNTERS: dict[str, _Counters] = {}
 
 def _counters() -> _Counters:
     """The counters of this request's route, by rule (no template formatting per hit)."""
-    rule = request.url_rule
+    rule = current_request().url_rule
     found = _COUNTERS.get(rule.rule) if rule is not None else None
     if found is None:
         found = _Counters(current_endpoint())
@@ -234,16 +235,17 @@ def _canonical_query(params: tuple[str, ...]) -> str:
     """The documented query parameters of the request, sorted; others are ignored."""
     if not params:
         return ""
-    kept = sorted((name, value) for name, value in request.args.items(multi=True) if name in params)
+    args = current_request().args
+    kept = sorted((name, value) for name, value in args.items(multi=True) if name in params)
     return "?" + urlencode(kept) if kept else ""
 
 
 def _cache_key(query_params: tuple[str, ...] = ()) -> str:
-    return KEY_PREFIX + request.path + _canonical_query(query_params)
+    return KEY_PREFIX + current_request().path + _canonical_query(query_params)
 
 
 async def _render(view: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Response:
-    return cast(Response, await current_app.make_response(await view(*args, **kwargs)))
+    return cast(Response, await current_quart().make_response(await view(*args, **kwargs)))
 
 
 async def _entry(response: Response) -> dict[str, Any]:
@@ -264,7 +266,7 @@ def _respond(entry: dict[str, Any], cache_control: str, state: str) -> Response:
     etag = entry["etag"]
     headers = {"ETag": etag, "Cache-Control": cache_control, "X-Cache": state}
     # If-None-Match uses the weak comparison (RFC 9110 13.1.2); werkzeug stores tags unquoted.
-    if request.if_none_match.contains_weak(etag.strip('"')):
+    if current_request().if_none_match.contains_weak(etag.strip('"')):
         return Response(b"", status=304, headers=headers)
     return Response(
         entry["body"], status=entry["status"], headers=headers, content_type=entry["content_type"]
