@@ -256,10 +256,10 @@ def test_a_sampled_out_request_exports_no_span_and_a_sampled_one_its_whole_tree(
                 lambda s: s.kind == "client" and s.parent_span_id == server.span_id,
                 what="its postgres span",
             )
-            assert flush_and_count(process, receiver, dropped) == 0
+            assert _flush_and_count(process, receiver, dropped) == 0
 
 
-def flush_and_count(process: ServiceProcess, receiver: OtlpReceiver, trace_id: str) -> int:
+def _flush_and_count(process: ServiceProcess, receiver: OtlpReceiver, trace_id: str) -> int:
     """Spans of ``trace_id`` received once the process stopped (a clean stop flushes)."""
     assert process.terminate() == 0
     return len(receiver.trace(trace_id))

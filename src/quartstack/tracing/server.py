@@ -32,7 +32,7 @@ from quartstack.web.client_address import (
     is_trusted,
     resolve_client_address,
 )
-from quartstack.web.http_methods import KNOWN_METHODS, OTHER_METHOD
+from quartstack.web.http_methods import KNOWN_METHODS, bounded_method
 from quartstack.web.observability import ROUTE_SCOPE_KEY
 
 Scope = dict[str, Any]
@@ -93,7 +93,7 @@ class ServerSpans:
     def _attributes(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         method = scope.get("method", "GET")
         attributes: dict[str, Any] = {
-            "http.request.method": method if method in KNOWN_METHODS else OTHER_METHOD,
+            "http.request.method": bounded_method(method),
             "url.path": scope.get("path", "/"),
             "url.scheme": scope.get("scheme", "http"),
         }
