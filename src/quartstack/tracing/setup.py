@@ -17,12 +17,12 @@ from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler
 
 from quartstack import NAME, __version__
 from quartstack.tracing import otlp_encoding, state
+from quartstack.tracing.fast_spans import FastTracerProvider
 from quartstack.tracing.logs import install_log_correlation
 
 logger = logging.getLogger("quartstack.tracing")
@@ -32,7 +32,7 @@ TRACER_NAME = "quartstack"
 POD_NAME_ENV = "K8S_POD_NAME"
 NAMESPACE_ENV = "K8S_NAMESPACE_NAME"
 
-_provider: TracerProvider | None = None
+_provider: FastTracerProvider | None = None
 _lock = threading.Lock()
 
 
@@ -121,7 +121,7 @@ def configure_tracing(service_name: str = NAME, environ: Mapping[str, str] | Non
         # Sampler from OTEL_TRACES_SAMPLER/_ARG (default parentbased_always_on); the batch
         # queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, default 2048 spans): beyond it spans
         # are dropped, never memory without end.
-        provider = TracerProvider(
+        provider = FastTracerProvider(
             resource=build_resource(service_name, env), shutdown_on_exit=False
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -1,0 +1,460 @@
+"""Lighter spans for the SDK's pipeline: the same sampler, ids, resource, limits,
+processors and exporter, with span objects that cost a fraction of the SDK's.
+
+Why: at 100 % sampling the SDK's span was most of tracing's cost on a backend route
+(measured with callgrind on ``/examples/database/postgres/query``: the SDK's start and
+end of two spans, a lock each, attributes validated one by one through
+``BoundedAttributes`` and a ``ReadableSpan`` copy at the end, about 330k instructions
+a request, a third of the untraced route). Everything around the span object stays the
+SDK's: :class:`FastTracerProvider` is its ``TracerProvider`` (sampler and limits from
+``OTEL_*``, ``add_span_processor``, ``force_flush``, ``shutdown``), and a span hands
+processors and exporters the SDK's own ``ReadableSpan`` when it ends, so an exporter,
+a ``BatchSpanProcessor`` or a user's processor sees nothing different.
+
+What differs from the SDK's span: no lock (spans here live on one event loop; the GIL
+makes each dict update atomic), attribute values of the plain types (``str``, ``bool``,
+``int``, ``float``) are taken as they are and only others go through the API's
+validation, and the ``ReadableSpan`` is made once, at the end. The semantics are the
+SDK's: the sampler decides (a dropped span is the API's ``NonRecordingSpan``), limits
+count what they drop, an OK status is final, nothing changes once a span has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from time import time_ns
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+)
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.util import types
+
+try:  # the API's own: decorates async functions too (``@tracer.start_as_current_span``)
+    from opentelemetry.util._decorator import _agnosticcontextmanager as _span_manager
+except ImportError:  # pragma: no cover (an older API: sync functions only)
+    _span_manager = contextmanager  # type: ignore[assignment]
+
+logger = logging.getLogger("quartstack.tracing")
+
+_PLAIN = frozenset({str, bool, int, float})
+_UNSET = Status(StatusCode.UNSET)
+#: W3C Trace Context level 2's "random trace id" flag (API 1.40+); 0 before it existed.
+_RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+_FLAGS = {
+    (sampled, random): TraceFlags(
+        (TraceFlags.SAMPLED if sampled else 0) | (_RANDOM if random else 0)
+    )
+    for sampled in (False, True)
+    for random in (False, True)
+}
+
+
+def _plain(key: Any, value: Any, max_length: int | None) -> bool:
+    """A pair the SDK would store unchanged: a non-empty ``str`` key and a plain value
+    (a string no longer than the limit)."""
+    if type(key) is not str or not key or type(value) not in _PLAIN:
+        return False
+    return max_length is None or type(value) is not str or len(value) <= max_length
+
+
+class FastSpan(trace.Span):
+    """A recording span (see the module docstring for how it differs from the SDK's).
+
+    Attributes are a plain dict while every pair is plain and within the count limit;
+    the first pair that is not turns them into the SDK's ``BoundedAttributes`` for the
+    rest of the span, so validation, truncation, eviction and the dropped count are the
+    SDK's own. Events and links use the SDK's containers (they are rare)."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_end_time",
+        "_events",
+        "_kind",
+        "_limits",
+        "_links",
+        "_name",
+        "_parent",
+        "_processor",
+        "_record_exception",
+        "_resource",
+        "_scope",
+        "_set_status_on_exception",
+        "_start_time",
+        "_status",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any] | BoundedAttributes,
+        links: Sequence[Link],
+        tracer: FastTracer,
+        start_time: int,
+        record_exception: bool,
+        set_status_on_exception: bool,
+    ) -> None:
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes = attributes
+        self._links = links
+        self._events: BoundedList[Event] | None = None
+        self._status = _UNSET
+        self._start_time = start_time
+        self._end_time: int | None = None
+        self._limits = tracer.limits
+        self._processor = tracer.processor
+        self._resource = tracer.resource
+        self._scope = tracer.scope
+        self._record_exception = record_exception
+        self._set_status_on_exception = set_status_on_exception
+
+    # --- the API -----------------------------------------------------------------------
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        if self._end_time is not None:
+            logger.warning("Setting attribute on ended span.")
+            return
+        self._set(key, value)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self._end_time is not None:
+            logger.warning("Setting attribute on ended span.")
+            return
+        for key, value in attributes.items():
+            self._set(key, value)
+
+    def _set(self, key: str, value: Any) -> None:
+        attributes = self._attributes
+        if type(attributes) is dict:
+            limits = self._limits
+            room = limits.max_span_attributes
+            if _plain(key, value, limits.max_span_attribute_length) and (
+                room is None or key in attributes or len(attributes) < room
+            ):
+                if key in attributes:  # a replaced key moves to the end, as in the SDK
+                    del attributes[key]
+                attributes[key] = value
+                return
+            attributes = self._attributes = _bounded(attributes, limits)
+        attributes[key] = value
+
+    def add_event(
+        self,
+        name: str,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+    ) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling add_event() on an ended span.")
+            return
+        limits = self._limits
+        if self._events is None:
+            self._events = BoundedList(limits.max_events)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling add_link() on an ended span.")
+            return
+        if not _kept_link(context, attributes):
+            return
+        links = self._links
+        if not isinstance(links, BoundedList):
+            links = self._links = BoundedList.from_seq(self._limits.max_links, links)
+        links.append(Link(context, _link_attributes(attributes, self._limits)))
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling update_name() on an ended span.")
+            return
+        self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling set_status() on an ended span.")
+            return
+        if self._status.status_code is StatusCode.OK:
+            return  # final
+        if isinstance(status, Status):
+            if status.status_code is StatusCode.UNSET:
+                return
+            if description is not None:
+                logger.warning(
+                    "Description %s ignored. Use either `Status` or `(StatusCode, Description)`",
+                    description,
+                )
+            self._status = status
+        elif status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """An ``exception`` event with the SDK's attributes (type, message, stack)."""
+        kind = type(exception)
+        module = kind.__module__
+        qualname = kind.__qualname__
+        named = f"{module}.{qualname}" if module and module != "builtins" else qualname
+        event: dict[str, Any] = {
+            "exception.type": named,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            event.update(attributes)
+        self.add_event("exception", event, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling end() on an ended span.")
+            return
+        self._end_time = time_ns() if end_time is None else end_time
+        self._processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=self._resource,
+                attributes=self._attributes,
+                events=self._events if self._events is not None else (),
+                links=self._links,
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start_time,
+                end_time=self._end_time,
+                instrumentation_scope=self._scope,
+            )
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """As the SDK's span: an exception leaving the block is recorded (if asked) and
+        sets an error status (if asked); the span ends."""
+        if exc_val is not None and self._end_time is None:
+            if self._record_exception:
+                self.record_exception(exc_val, escaped=True)
+            if self._set_status_on_exception:
+                self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        self.end()
+
+    def __repr__(self) -> str:
+        return f'FastSpan(name="{self._name}", context={self._context})'
+
+
+def _bounded(attributes: Mapping[str, Any] | None, limits: SpanLimits) -> BoundedAttributes:
+    """The SDK's container for a span's attributes, with its limits."""
+    return BoundedAttributes(
+        limits.max_span_attributes,
+        attributes,
+        immutable=False,
+        max_value_len=limits.max_span_attribute_length,
+    )
+
+
+def _kept_link(context: SpanContext | None, attributes: types.Attributes) -> bool:
+    """The SDK's rule: a link needs a valid context, or attributes or a trace state."""
+    return bool(context and (context.is_valid or attributes or context.trace_state))
+
+
+def _link_attributes(attributes: types.Attributes, limits: SpanLimits) -> BoundedAttributes:
+    return BoundedAttributes(
+        limits.max_link_attributes,
+        attributes,
+        max_value_len=limits.max_attribute_length,
+        immutable=True,
+    )
+
+
+def _links(links: Sequence[Link], limits: SpanLimits) -> BoundedList[Link]:
+    """A new span's links as the SDK keeps them (the last ``max_links`` valid ones)."""
+    valid = [
+        Link(link.context, _link_attributes(link.attributes, limits))
+        for link in links
+        if link and _kept_link(link.context, link.attributes)
+    ]
+    return BoundedList.from_seq(limits.max_links, valid)
+
+
+class FastTracer(trace.Tracer):
+    """Starts :class:`FastSpan` objects with the SDK tracer's own sampler, ids, resource
+    and processors (read from the SDK tracer the provider made)."""
+
+    def __init__(self, sdk: SdkTracer, scope: InstrumentationScope, limits: SpanLimits) -> None:
+        self.sampler: Sampler = sdk.sampler
+        self.resource: Resource = sdk.resource
+        self.processor: SpanProcessor = sdk.span_processor
+        self.ids: IdGenerator = sdk.id_generator
+        self.scope = scope
+        self.limits = limits
+        is_random = getattr(self.ids, "is_trace_id_random", None)
+        self._random_roots = bool(_RANDOM and is_random is not None and is_random())
+
+    def start_span(
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id = parent.trace_id
+            random = bool(_RANDOM) and bool(parent.trace_flags & _RANDOM)
+        else:
+            parent = None
+            trace_id = self.ids.generate_trace_id()
+            random = self._random_roots
+        links = links or ()
+        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        decision = result.decision
+        sampled: bool = decision.is_sampled()  # type: ignore[no-untyped-call]
+        span_context = SpanContext(
+            trace_id,
+            self.ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=_FLAGS[sampled, random],
+            trace_state=result.trace_state,
+        )
+        if not decision.is_recording():  # type: ignore[no-untyped-call]
+            return NonRecordingSpan(span_context)
+        span = FastSpan(
+            name,
+            span_context,
+            parent,
+            kind,
+            self._attributes(result.attributes),
+            _links(links, self.limits) if links else (),
+            self,
+            time_ns() if start_time is None else start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        return span
+
+    def _attributes(self, given: types.Attributes) -> dict[str, Any] | BoundedAttributes:
+        """A new span's attributes: a plain dict when the SDK would keep every pair as
+        it is, else the SDK's own container."""
+        limits = self.limits
+        if not given:
+            return {}
+        room = limits.max_span_attributes
+        length = limits.max_span_attribute_length
+        if (room is None or len(given) <= room) and all(
+            _plain(key, value, length) for key, value in given.items()
+        ):
+            return dict(given)
+        return _bounded(given, limits)
+
+    @_span_manager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        with trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
+
+
+class FastTracerProvider(SdkTracerProvider):
+    """The SDK's provider, whose tracers start :class:`FastSpan` objects."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._limits: SpanLimits = kwargs.pop("span_limits", None) or SpanLimits()
+        super().__init__(span_limits=self._limits, **kwargs)
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes = None,
+    ) -> trace.Tracer:
+        tracer = super().get_tracer(
+            instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+        )
+        if not isinstance(tracer, SdkTracer):  # the SDK is disabled: its no-op tracer
+            return tracer
+        scope = InstrumentationScope(  # as the SDK names it (no version: "")
+            instrumenting_module_name, instrumenting_library_version or "", schema_url, attributes
+        )
+        return FastTracer(tracer, scope, self._limits)

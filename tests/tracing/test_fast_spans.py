@@ -1,0 +1,279 @@
+"""FastTracerProvider's spans reach processors and exporters as the SDK's own spans do.
+
+Each scenario runs the same API calls through the SDK's ``TracerProvider`` and through
+``FastTracerProvider``, with the same ids and explicit timestamps, and compares what an
+exporter receives: every field of the finished spans, and the OTLP bytes the official
+encoder makes of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import context, trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from quartstack.tracing.fast_spans import FastSpan, FastTracerProvider
+
+Scenario = Callable[[trace.TracerProvider], None]
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans):  # type: ignore[no-untyped-def]
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+class _Counting(IdGenerator):
+    """The same ids, in the same order, for both providers."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return 0x1000 + self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return 0xABC000 + self.next
+
+
+def _run(factory: type[TracerProvider], scenario: Scenario, **options: Any) -> list[ReadableSpan]:
+    kept = _Keep()
+    provider = factory(
+        resource=Resource.create({"service.name": "compare"}),
+        id_generator=_Counting(),
+        shutdown_on_exit=False,
+        **options,
+    )
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    scenario(provider)
+    return kept.spans
+
+
+def _fields(span: ReadableSpan) -> dict[str, Any]:
+    return {
+        "name": span.name,
+        "context": span.context,
+        "parent": span.parent,
+        "kind": span.kind,
+        "attributes": dict(span.attributes or {}),
+        "dropped_attributes": span.dropped_attributes,
+        "events": [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
+        "dropped_events": span.dropped_events,
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "dropped_links": span.dropped_links,
+        "status": (span.status.status_code, span.status.description),
+        "start_time": span.start_time,
+        "end_time": span.end_time,
+        "resource": span.resource.attributes,
+        "scope": span.instrumentation_scope,
+    }
+
+
+def _same(scenario: Scenario, **options: Any) -> list[ReadableSpan]:
+    """Both providers' spans, field by field and as OTLP bytes; the fast ones."""
+    sdk = _run(TracerProvider, scenario, **options)
+    fast = _run(FastTracerProvider, scenario, **options)
+    assert [_fields(s) for s in fast] == [_fields(s) for s in sdk]
+    assert official(fast).SerializeToString() == official(sdk).SerializeToString()
+    return fast
+
+
+REMOTE = SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C,
+    0xB7AD6B7169203331,
+    is_remote=True,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    trace_state=TraceState([("vendor", "v1")]),
+)
+
+
+def _everything(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("quartstack.http", "1.2", schema_url="https://scope/1")
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
+    server = tracer.start_span(
+        "GET",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "GET", "server.port": 8000, "ratio": 0.5},
+        links=[
+            Link(REMOTE, {"why": "retry"}),
+            Link(SpanContext(0, 0, is_remote=False)),  # invalid, no attributes: not kept
+        ],
+        start_time=1_000,
+    )
+    server.set_attribute("flag", True)
+    server.set_attribute("tags", ["a", "b"])
+    server.set_attribute("mixed", ["a", 1])  # not homogeneous: as the SDK's version does
+    server.set_attribute("nested", {"a": 1})  # a map: kept or dropped by the SDK's version
+    server.set_attribute("", "no key")  # dropped
+    server.set_attributes({"http.route": "/items/{id}", "http.response.status_code": 200})
+    server.add_event("cache.miss", {"key.kind": "user"}, timestamp=1_500)
+    server.add_link(SpanContext(0xF00, 0xBA2, is_remote=False), {"cause": "batch"})
+    server.update_name("GET /items/{id}")
+    with trace.use_span(server, end_on_exit=False):
+        client = tracer.start_span("SELECT shop", kind=SpanKind.CLIENT, start_time=2_000)
+        client.set_status(Status(StatusCode.ERROR, "refused"))
+        client.set_status(StatusCode.UNSET)  # ignored
+        client.record_exception(ValueError("bad row"), {"row": 3}, timestamp=2_500)
+        client.end(end_time=3_000)
+    server.set_status(StatusCode.OK)
+    server.set_status(StatusCode.ERROR, "after OK")  # ignored: OK is final
+    server.end(end_time=9_000)
+    server.set_attribute("late", 1)  # ignored: ended
+    server.end(end_time=10_000)  # ignored: ended
+
+
+def test_every_field_as_the_sdk_spans() -> None:
+    spans = _same(_everything)
+    assert [s.name for s in spans] == ["SELECT shop", "GET /items/{id}"]
+    assert spans[1].parent == REMOTE
+    assert spans[0].parent == spans[1].context
+
+
+def _over_the_limits(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("limits")
+    span = tracer.start_span(
+        "limited",
+        attributes={"a": "long value", "b": 2, "c": 3},
+        links=[Link(REMOTE), Link(REMOTE, {"n": 2})],
+        start_time=1,
+    )
+    span.set_attribute("a", "replaced, still cut")  # an existing key never counts as dropped
+    span.set_attribute("d", 4)
+    for n in range(3):
+        span.add_event(f"event {n}", {"x": "abcdefgh", "y": 1, "z": 2}, timestamp=10 + n)
+    span.end(end_time=100)
+
+
+def test_limits_drop_and_count_as_the_sdk() -> None:
+    limits = SpanLimits(
+        max_span_attributes=2,
+        max_events=2,
+        max_links=1,
+        max_event_attributes=2,
+        max_link_attributes=1,
+        max_attribute_length=4,
+        max_span_attribute_length=5,
+    )
+    (span,) = _same(_over_the_limits, span_limits=limits)
+    # The oldest pairs make room for new ones; every eviction counts.
+    assert span.attributes == {"a": "repla", "d": 4}
+    assert span.dropped_attributes == 3
+    assert [e.name for e in span.events] == ["event 1", "event 2"]
+    assert span.dropped_events == 1
+    assert [dict(link.attributes or {}) for link in span.links] == [{"n": 2}]
+    assert span.dropped_links == 1
+
+
+def _current_span_and_exception(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("current")
+    with pytest.raises(KeyError), tracer.start_as_current_span("outer", start_time=5) as outer:
+        assert trace.get_current_span() is outer
+        with tracer.start_as_current_span(
+            "quiet", record_exception=False, set_status_on_exception=False, start_time=6
+        ):
+            pass
+        raise KeyError("missing")
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_start_as_current_span_records_an_escaping_exception() -> None:
+    sdk = _run(TracerProvider, _current_span_and_exception)
+    fast = _run(FastTracerProvider, _current_span_and_exception)
+    # End times come from the clock here: compare all else.
+    assert [(s.name, s.parent, s.status.status_code, s.status.description) for s in fast] == [
+        (s.name, s.parent, s.status.status_code, s.status.description) for s in sdk
+    ]
+    (event,) = fast[1].events
+    (expected,) = sdk[1].events
+    assert event.name == expected.name == "exception"
+    assert event.attributes is not None and expected.attributes is not None
+    for key in ("exception.type", "exception.message", "exception.escaped"):
+        assert event.attributes[key] == expected.attributes[key]
+    assert event.attributes["exception.type"] == "KeyError"
+    assert 'raise KeyError("missing")' in str(event.attributes["exception.stacktrace"])
+    assert not fast[0].events
+
+
+def test_decorating_a_coroutine_function_spans_its_whole_run() -> None:
+    kept = _Keep()
+    provider = FastTracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("decorated")
+
+    @tracer.start_as_current_span("work")
+    async def work() -> str:
+        await asyncio.sleep(0)
+        return trace.get_current_span().get_span_context().span_id.to_bytes(8, "big").hex()
+
+    inner_id = asyncio.run(work())
+    (span,) = kept.spans
+    assert span.name == "work"
+    assert span.context.span_id.to_bytes(8, "big").hex() == inner_id
+
+
+def _sampled_out(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("sampling")
+    dropped = tracer.start_span("dropped")
+    assert not dropped.is_recording()
+    assert not dropped.get_span_context().trace_flags.sampled
+    with trace.use_span(dropped, end_on_exit=True):
+        child = tracer.start_span("child of dropped")
+        assert not child.is_recording()
+        child.end()
+    remote_sampled = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
+    kept = tracer.start_span("child of a sampled remote", context=remote_sampled, start_time=1)
+    kept.end(end_time=2)
+
+
+@pytest.mark.parametrize(
+    "sampler", [ParentBased(ALWAYS_OFF), ALWAYS_OFF], ids=["parentbased_always_off", "always_off"]
+)
+def test_the_sampler_decides_as_in_the_sdk(sampler: Sampler) -> None:
+    spans = _same(_sampled_out, sampler=sampler)
+    expected = ["child of a sampled remote"] if isinstance(sampler, ParentBased) else []
+    assert [s.name for s in spans] == expected
+
+
+def test_a_fast_span_is_what_the_tracer_starts_and_a_processor_sees_a_readable_span() -> None:
+    kept = _Keep()
+    provider = FastTracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    span = provider.get_tracer("kind").start_span("one")
+    assert isinstance(span, FastSpan)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        assert trace.get_current_span() is span
+    finally:
+        context.detach(token)
+    span.end()
+    assert type(kept.spans[0]) is ReadableSpan
+
+
+def test_a_disabled_sdk_gives_the_no_op_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    provider = FastTracerProvider(shutdown_on_exit=False)
+    span = provider.get_tracer("off").start_span("nothing")
+    assert not span.is_recording()
+
+
+@pytest.fixture(autouse=True)
+def _no_current_span() -> Iterator[None]:
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    yield
