@@ -3,7 +3,7 @@
 Each scenario runs the same API calls through the SDK's ``TracerProvider`` and through
 ``FastTracerProvider``, with the same ids and explicit timestamps, and compares what an
 exporter receives: every field of the finished spans, and the OTLP bytes the official
-encoder makes of them.
+encoder makes of them (and ours, which reads the fast spans' fields directly).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from quartstack.tracing.fast_spans import FastSpan, FastTracerProvider
+from quartstack.tracing.fast_spans import EndedSpan, FastSpan, FastTracerProvider
+from quartstack.tracing.otlp_encoding import encode_spans
 
 Scenario = Callable[[trace.TracerProvider], None]
 
@@ -82,7 +83,11 @@ def _same(scenario: Scenario, **options: Any) -> list[ReadableSpan]:
     sdk = _run(TracerProvider, scenario, **options)
     fast = _run(FastTracerProvider, scenario, **options)
     assert [_fields(s) for s in fast] == [_fields(s) for s in sdk]
-    assert official(fast).SerializeToString() == official(sdk).SerializeToString()
+    expected = official(sdk).SerializeToString()
+    assert official(fast).SerializeToString() == expected
+    # Our encoding reads the fast spans' own fields: the same bytes.
+    assert all(type(span) is EndedSpan for span in fast)
+    assert encode_spans(fast).SerializeToString() == expected
     return fast
 
 
@@ -174,6 +179,24 @@ def test_limits_drop_and_count_as_the_sdk() -> None:
     assert span.dropped_links == 1
 
 
+def _long_values(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("lengths")
+    first = tracer.start_span("at start", attributes={"short": "abc", "long": "abcdef"})
+    first.end()
+    second = tracer.start_span("set later", attributes={"n": 12345678})
+    second.set_attribute("fits", "xyz")
+    second.set_attribute("later", "xyz12")
+    second.end()
+
+
+def test_long_strings_are_cut_as_by_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("quartstack.tracing.fast_spans.time_ns", lambda: 7)
+    monkeypatch.setattr("opentelemetry.sdk.trace.time_ns", lambda: 7)
+    first, second = _same(_long_values, span_limits=SpanLimits(max_span_attribute_length=3))
+    assert first.attributes == {"short": "abc", "long": "abc"}
+    assert second.attributes == {"n": 12345678, "fits": "xyz", "later": "xyz"}
+
+
 def _current_span_and_exception(provider: trace.TracerProvider) -> None:
     tracer = provider.get_tracer("current")
     with pytest.raises(KeyError), tracer.start_as_current_span("outer", start_time=5) as outer:
@@ -258,7 +281,7 @@ def test_a_fast_span_is_what_the_tracer_starts_and_a_processor_sees_a_readable_s
     finally:
         context.detach(token)
     span.end()
-    assert type(kept.get_finished_spans()[0]) is ReadableSpan
+    assert isinstance(kept.get_finished_spans()[0], ReadableSpan)
 
 
 def test_a_disabled_sdk_gives_the_no_op_tracer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -259,7 +259,8 @@ class FastSpan(trace.Span):
             return
         self._end_time = time_ns() if end_time is None else end_time
         self._processor.on_end(
-            ReadableSpan(
+            EndedSpan(
+                self,
                 name=self._name,
                 context=self._context,
                 parent=self._parent,
@@ -292,6 +293,37 @@ class FastSpan(trace.Span):
 
     def __repr__(self) -> str:
         return f'FastSpan(name="{self._name}", context={self._context})'
+
+    def otlp_fields(self) -> tuple[Any, ...]:
+        """What an OTLP ``Span`` holds, in :func:`~quartstack.tracing.otlp_encoding._encode`'s
+        order, read from the slots (no properties, no copies: the span has ended)."""
+        attributes = self._attributes
+        events = self._events
+        links = self._links
+        return (
+            self._context,
+            self._parent,
+            self._name,
+            self._kind,
+            self._start_time,
+            self._end_time,
+            attributes,
+            attributes.dropped if type(attributes) is BoundedAttributes else 0,
+            () if events is None else events,
+            0 if events is None else events.dropped,
+            links,
+            links.dropped if type(links) is BoundedList else 0,
+            self._status,
+        )
+
+
+class EndedSpan(ReadableSpan):
+    """The SDK's ``ReadableSpan`` a :class:`FastSpan` hands processors when it ends, with
+    the span it came from (``source``) for the OTLP encoding's direct read."""
+
+    def __init__(self, source: FastSpan, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.source = source
 
 
 def _bounded(attributes: Mapping[str, Any] | None, limits: SpanLimits) -> BoundedAttributes:
@@ -391,17 +423,25 @@ class FastTracer(trace.Tracer):
 
     def _attributes(self, given: types.Attributes) -> dict[str, Any] | BoundedAttributes:
         """A new span's attributes: a plain dict when the SDK would keep every pair as
-        it is, else the SDK's own container."""
-        limits = self.limits
+        it is (:func:`_plain`, inlined: this runs for every span), else the SDK's own
+        container."""
         if not given:
             return {}
+        limits = self.limits
         room = limits.max_span_attributes
+        if room is not None and len(given) > room:
+            return _bounded(given, limits)
         length = limits.max_span_attribute_length
-        if (room is None or len(given) <= room) and all(
-            _plain(key, value, length) for key, value in given.items()
-        ):
-            return dict(given)
-        return _bounded(given, limits)
+        for key, value in given.items():
+            kind = type(value)
+            if (
+                kind not in _PLAIN
+                or type(key) is not str
+                or not key
+                or (kind is str and length is not None and len(value) > length)  # type: ignore[arg-type]
+            ):
+                return _bounded(given, limits)
+        return dict(given)
 
     @_span_manager
     def start_as_current_span(
