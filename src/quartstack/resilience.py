@@ -32,7 +32,7 @@ from quartstack.metrics import (
     CIRCUIT_STATE,
 )
 from quartstack.tracing import state as tracing_state
-from quartstack.tracing.client import SpanSpecs, client_span, default_attributes
+from quartstack.tracing.client import ClientSpan, SpanSpecs, default_attributes
 from quartstack.tracing.client import wanted as wanted_span
 
 T = TypeVar("T")
@@ -273,7 +273,7 @@ class BackendGuard:
         client span when tracing is on: every backend call gets its span here."""
         if not tracing_state.active or not wanted_span(operation):
             return await self._call(operation, func, timeout, idempotent)
-        with client_span(self.span_specs, operation):
+        with ClientSpan(self.span_specs, operation):
             return await self._call(operation, func, timeout, idempotent)
 
     async def _call(

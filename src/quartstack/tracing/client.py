@@ -10,8 +10,8 @@ class) and an error status without a description, since driver text may hold sec
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -126,28 +126,39 @@ class SpanSpecs:
         return spec
 
 
-@contextmanager
-def client_span(specs: SpanSpecs, operation: str) -> Iterator[None]:
+class ClientSpan:
     """The current span for one guarded call (nested calls become its children).
 
-    ``start_span`` and an explicit attach rather than ``start_as_current_span``: the
-    same span and context, without the SDK's decorator-built context manager around
-    ours (measured: a fifth of a client span's cost)."""
-    global _tracer
-    if _tracer is None:  # one tracer: the SDK builds a new one on every get_tracer()
-        _tracer = trace.get_tracer(_TRACER)
-    name, attributes = specs.get(operation)
-    span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-    token = context.attach(trace.set_span_in_context(span))
-    try:
-        yield
-    except BaseException as exc:
-        # No exception event and no description: an exception's message may carry
-        # driver text.
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        span.set_attribute("error.type", type(cause).__qualname__)
-        span.set_status(Status(StatusCode.ERROR))
-        raise
-    finally:
-        context.detach(token)
+    A class rather than ``@contextmanager`` (a generator and its wrapper per call), and
+    ``start_span`` with an explicit attach rather than ``start_as_current_span``: the
+    same span and context for a fraction of the calls (measured: the SDK's decorator-
+    built context manager alone was a fifth of a client span's cost)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, specs: SpanSpecs, operation: str) -> None:
+        global _tracer
+        if _tracer is None:  # one tracer: the SDK builds a new one on every get_tracer()
+            _tracer = trace.get_tracer(_TRACER)
+        name, attributes = specs.get(operation)
+        self.span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        self.token = context.attach(trace.set_span_in_context(self.span))
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self.span
+        if exc is not None:
+            # No exception event and no description: an exception's message may carry
+            # driver text.
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            span.set_attribute("error.type", type(cause).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+        context.detach(self.token)
         span.end()
