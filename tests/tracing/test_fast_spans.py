@@ -229,7 +229,7 @@ def test_start_as_current_span_records_an_escaping_exception() -> None:
     assert not fast[0].events
 
 
-def test_decorating_a_coroutine_function_spans_its_whole_run() -> None:
+async def test_decorating_a_coroutine_function_spans_its_whole_run() -> None:
     kept = InMemorySpanExporter()
     provider = FastTracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(kept))
@@ -240,7 +240,7 @@ def test_decorating_a_coroutine_function_spans_its_whole_run() -> None:
         await asyncio.sleep(0)
         return trace.get_current_span().get_span_context().span_id.to_bytes(8, "big").hex()
 
-    inner_id = asyncio.run(work())
+    inner_id = await work()
     (span,) = kept.get_finished_spans()
     assert span.name == "work"
     assert span.context.span_id.to_bytes(8, "big").hex() == inner_id
