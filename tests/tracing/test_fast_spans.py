@@ -20,7 +20,13 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_ON,
+    ParentBased,
+    Sampler,
+)
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
@@ -267,6 +273,45 @@ def test_the_sampler_decides_as_in_the_sdk(sampler: Sampler) -> None:
     spans = _same(_sampled_out, sampler=sampler)
     expected = ["child of a sampled remote"] if isinstance(sampler, ParentBased) else []
     assert [s.name for s in spans] == expected
+
+
+def _under_every_parent(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("parents")
+    local_sampled = SpanContext(0xA1, 0xB1, is_remote=False, trace_flags=TraceFlags(1))
+    local_unsampled = SpanContext(0xA2, 0xB2, is_remote=False, trace_flags=TraceFlags(0))
+    remote_unsampled = SpanContext(
+        0xA3, 0xB3, is_remote=True, trace_flags=TraceFlags(0), trace_state=TraceState([("k", "v")])
+    )
+    parents = {"root": None, "local sampled": local_sampled, "remote sampled": REMOTE}
+    parents |= {"local unsampled": local_unsampled, "remote unsampled": remote_unsampled}
+    for n, (label, parent) in enumerate(parents.items()):
+        context = (
+            None if parent is None else trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        )
+        span = tracer.start_span(label, context=context, attributes={"n": n}, start_time=n)
+        _SEEN.append((label, span.is_recording(), span.get_span_context()))
+        span.end(end_time=n + 1)
+
+
+_SEEN: list[tuple[str, bool, SpanContext]] = []
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, DEFAULT_ON, ParentBased(ALWAYS_ON)],
+    ids=["always_on", "parentbased_always_on", "an_equal_parentbased_of_our_own"],
+)
+def test_the_samplers_decided_without_a_sampling_result_decide_as_the_sdk(
+    sampler: Sampler,
+) -> None:
+    _SEEN.clear()
+    sdk = _run(TracerProvider, _under_every_parent, sampler=sampler)
+    sdk_seen = list(_SEEN)
+    _SEEN.clear()
+    fast = _same(_under_every_parent, sampler=sampler)
+    assert _SEEN[-5:] == sdk_seen  # recording or not, ids, flags and trace state
+    assert [s.name for s in fast] == [s.name for s in sdk]
+    assert len(fast) == (5 if sampler is ALWAYS_ON else 3)
 
 
 def test_a_fast_span_is_what_the_tracer_starts_and_a_processor_sees_a_readable_span() -> None:

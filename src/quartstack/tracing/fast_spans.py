@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Sampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -371,6 +371,12 @@ class FastTracer(trace.Tracer):
         self.ids: IdGenerator = sdk.id_generator
         self.scope = scope
         self.limits = limits
+        # The SDK's own ``always_on`` and ``parentbased_always_on`` (the default) samplers,
+        # as the environment names them: their decision for a root or a sampled parent is
+        # fixed (record and sample, the parent's trace state, the attributes as given),
+        # so it is taken here rather than through a sampling result built for each span.
+        self._always_on = self.sampler is ALWAYS_ON
+        self._parent_based_on = self.sampler is DEFAULT_ON
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self._random_roots = bool(_RANDOM and is_random is not None and is_random())
 
@@ -394,24 +400,34 @@ class FastTracer(trace.Tracer):
             trace_id = self.ids.generate_trace_id()
             random = self._random_roots
         links = links or ()
-        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        decision = result.decision
-        sampled: bool = decision.is_sampled()  # type: ignore[no-untyped-call]
+        if self._always_on or (
+            self._parent_based_on and (parent is None or parent.trace_flags.sampled)
+        ):
+            # What those two SDK samplers decide here, without asking them.
+            given = attributes
+            trace_state = None if parent is None else parent.trace_state
+            sampled = recording = True
+        else:
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision = result.decision
+            given, trace_state = result.attributes, result.trace_state
+            sampled = decision.is_sampled()  # type: ignore[no-untyped-call]
+            recording = decision.is_recording()  # type: ignore[no-untyped-call]
         span_context = SpanContext(
             trace_id,
             self.ids.generate_span_id(),
             is_remote=False,
             trace_flags=_FLAGS[sampled, random],
-            trace_state=result.trace_state,
+            trace_state=trace_state,
         )
-        if not decision.is_recording():  # type: ignore[no-untyped-call]
+        if not recording:
             return NonRecordingSpan(span_context)
         span = FastSpan(
             name,
             span_context,
             parent,
             kind,
-            self._attributes(result.attributes),
+            self._attributes(given),
             _links(links, self.limits) if links else (),
             self,
             time_ns() if start_time is None else start_time,
