@@ -101,17 +101,14 @@ class FastSpan(trace.Span):
         "_end_time",
         "_events",
         "_kind",
-        "_limits",
         "_links",
         "_name",
         "_parent",
-        "_processor",
         "_record_exception",
-        "_resource",
-        "_scope",
         "_set_status_on_exception",
         "_start_time",
         "_status",
+        "_tracer",
     )
 
     def __init__(
@@ -137,10 +134,7 @@ class FastSpan(trace.Span):
         self._status = _UNSET
         self._start_time = start_time
         self._end_time: int | None = None
-        self._limits = tracer.limits
-        self._processor = tracer.processor
-        self._resource = tracer.resource
-        self._scope = tracer.scope
+        self._tracer = tracer  # limits, processor, resource and scope: the tracer's
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
 
@@ -167,7 +161,7 @@ class FastSpan(trace.Span):
     def _set(self, key: str, value: Any) -> None:
         attributes = self._attributes
         if type(attributes) is dict:
-            limits = self._limits
+            limits = self._tracer.limits
             room = limits.max_span_attributes
             if _plain(key, value, limits.max_span_attribute_length) and (
                 room is None or key in attributes or len(attributes) < room
@@ -188,7 +182,7 @@ class FastSpan(trace.Span):
         if self._end_time is not None:
             logger.warning("Calling add_event() on an ended span.")
             return
-        limits = self._limits
+        limits = self._tracer.limits
         if self._events is None:
             self._events = BoundedList(limits.max_events)
         bounded = BoundedAttributes(
@@ -207,8 +201,8 @@ class FastSpan(trace.Span):
             return
         links = self._links
         if not isinstance(links, BoundedList):
-            links = self._links = BoundedList.from_seq(self._limits.max_links, links)
-        links.append(Link(context, _link_attributes(attributes, self._limits)))
+            links = self._links = BoundedList.from_seq(self._tracer.limits.max_links, links)
+        links.append(Link(context, _link_attributes(attributes, self._tracer.limits)))
 
     def update_name(self, name: str) -> None:
         if self._end_time is not None:
@@ -261,13 +255,14 @@ class FastSpan(trace.Span):
             logger.warning("Calling end() on an ended span.")
             return
         self._end_time = time_ns() if end_time is None else end_time
-        self._processor.on_end(
+        tracer = self._tracer
+        tracer.processor.on_end(
             EndedSpan(
                 self,
                 name=self._name,
                 context=self._context,
                 parent=self._parent,
-                resource=self._resource,
+                resource=tracer.resource,
                 attributes=self._attributes,
                 events=self._events if self._events is not None else (),
                 links=self._links,
@@ -275,7 +270,7 @@ class FastSpan(trace.Span):
                 status=self._status,
                 start_time=self._start_time,
                 end_time=self._end_time,
-                instrumentation_scope=self._scope,
+                instrumentation_scope=tracer.scope,
             )
         )
 
@@ -397,7 +392,7 @@ class FastTracer(trace.Tracer):
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             trace_id = parent.trace_id
-            random = bool(_RANDOM) and bool(parent.trace_flags & _RANDOM)
+            random = bool(parent.trace_flags & _RANDOM)  # 0 on an API without the flag
         else:
             parent = None
             trace_id = self.ids.generate_trace_id()
