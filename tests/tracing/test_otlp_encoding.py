@@ -112,7 +112,22 @@ def test_a_full_pair_cache_starts_over(monkeypatch):
     monkeypatch.setattr(otlp_encoding, "_pairs", {})
     spans = _every_shape()
     assert encode_spans(spans).SerializeToString() == official(spans).SerializeToString()
-    assert len(otlp_encoding._pairs) <= 2
+    assert otlp_encoding._pairs
+    assert all(len(cache) <= 2 for cache in otlp_encoding._pairs.values())
+
+
+def test_equal_values_of_other_types_are_not_taken_from_the_pair_cache(monkeypatch):
+    """``True == 1`` and ``0.0 == -0.0``: a pair kept encoded for one must not stand in
+    for the other, in any order."""
+    monkeypatch.setattr(otlp_encoding, "_pairs", {})
+    provider, kept = _provider(Resource.create({"service.name": "x"}))
+    tracer = provider.get_tracer("t")
+    for value in (True, 1, False, 0, 0.0, -0.0, 1.0, True):
+        tracer.start_span("s", attributes={"v": value}).end()
+    for span in kept.spans:  # one at a time: each against the cache the others left
+        assert encode_spans([span]).SerializeToString() == official([span]).SerializeToString()
+    everything = kept.spans
+    assert encode_spans(everything).SerializeToString() == official(everything).SerializeToString()
 
 
 def test_scopes_are_grouped_by_object_and_empty_scope_is_encoded():

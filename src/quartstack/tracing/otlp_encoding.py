@@ -24,6 +24,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from quartstack.tracing.fast_spans import EndedSpan
 
@@ -41,20 +42,30 @@ _KINDS = {
     id(SpanKind.CONSUMER): b"\x30\x05",
 }
 _STATUS_CODES = {id(code): code.value for code in StatusCode}
+#: The ``status`` field of a status without a description, by code.
+_BARE_STATUS = {
+    code.value: b"\x7a\x02\x18" + bytes((code.value,)) if code.value else b"\x7a\x00"
+    for code in StatusCode
+}
+#: A length below 128 as its one-byte varint.
+_SHORT = [bytes((size,)) for size in range(0x80)]
 #: ``SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK``, with ``..._IS_REMOTE_MASK`` for a remote parent.
 _FLAGS_LOCAL = b"\x85\x01" + _FIXED32(0x100)
 _FLAGS_REMOTE = b"\x85\x01" + _FIXED32(0x300)
 _LINK_FLAGS_LOCAL = b"\x35" + _FIXED32(0x100)
 _LINK_FLAGS_REMOTE = b"\x35" + _FIXED32(0x300)
-#: Encoded attribute pairs kept for reuse; cleared when full (values may be unbounded).
+#: Encoded attribute pairs kept for reuse, by field tag; cleared when full (values may be
+#: unbounded).
 _PAIR_CACHE_SIZE = 4096
-_pairs: dict[tuple[str, type, Any], bytes] = {}
+_pairs: dict[bytes, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 #: Encoded resources and scopes, by object (one provider: a handful at most).
 _resources: dict[int, tuple[Any, bytes]] = {}
 _scopes: dict[int, tuple[Any, bytes]] = {}
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SHORT[value]
     if value < 0:
         value += 1 << 64  # int64 on the wire: two's complement, ten bytes
     if value < 0x80:
@@ -69,7 +80,8 @@ def _varint(value: int) -> bytes:
 
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes, message)."""
-    return tag + _varint(len(payload)) + payload
+    size = len(payload)
+    return tag + (_SHORT[size] if size < 0x80 else _varint(size)) + payload
 
 
 def _any_value(value: Any) -> bytes:
@@ -102,32 +114,41 @@ def _key_value(key: str, value: Any) -> bytes:
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Each pair as a repeated ``KeyValue`` field ``tag``; a pair that cannot be encoded
-    is left out (and logged by key only), as the official encoder does."""
+    is left out (and logged by key only), as the official encoder does.
+
+    Pairs of a ``str``, ``int`` or ``bool`` value are kept encoded, field tag included,
+    by the ``(key, value)`` item itself (no key tuple to build); the value's type is
+    checked on a hit since ``True == 1``. Floats are not kept: ``0.0 == -0.0``."""
     if not attributes:
         return b""
+    if type(attributes) is not dict:
+        # The SDK's attributes are a read-only view over a mapping with a lock: a copy is
+        # a C-level dict copy, where iterating the view goes through Python for every key.
+        copy = getattr(attributes, "copy", None)
+        attributes = copy() if copy is not None else dict(attributes.items())
+    cache = _pairs.get(tag)
+    if cache is None:
+        cache = _pairs[tag] = {}
     parts = []
-    # The SDK's attributes are a read-only view over a mapping with a lock: a copy is a
-    # C-level dict copy, where iterating the view goes through Python for every key.
-    copy = getattr(attributes, "copy", None)
-    for key, value in (copy() if copy is not None else attributes).items():
-        kind = type(value)
-        cacheable = kind is str or kind is int or kind is bool or kind is float
+    for item in attributes.items():
+        kind = type(item[1])
+        cacheable = kind is str or kind is int or kind is bool
         if cacheable:
-            cached = _pairs.get((key, kind, value))
-            if cached is not None:
-                parts.append(tag + cached)
+            hit = cache.get(item)
+            if hit is not None and hit[0] is kind:
+                parts.append(hit[1])
                 continue
         try:
-            pair = _key_value(key, value)
+            pair = _key_value(*item)
         except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
-            logger.warning("span attribute not exported", extra={"key": key, "error": str(exc)})
+            logger.warning("span attribute not exported", extra={"key": item[0], "error": str(exc)})
             continue
-        encoded = _varint(len(pair)) + pair
+        encoded = tag + _varint(len(pair)) + pair
         if cacheable:
-            if len(_pairs) >= _PAIR_CACHE_SIZE:
-                _pairs.clear()
-            _pairs[(key, kind, value)] = encoded
-        parts.append(tag + encoded)
+            if len(cache) >= _PAIR_CACHE_SIZE:
+                cache.clear()
+            cache[item] = (kind, encoded)
+        parts.append(encoded)
     return b"".join(parts)
 
 
@@ -204,37 +225,59 @@ def _encode(
     dropped_links: int,
     status: Status | None,
 ) -> bytes:
-    """One ``Span`` message (field 2 of ``ScopeSpans``)."""
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
+    """One ``Span`` message (field 2 of ``ScopeSpans``). Every span goes through here:
+    the common fields are written inline and the rare ones (trace state, events, links,
+    dropped counts, a status description) only when present."""
+    head = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08"
+    head += context.span_id.to_bytes(8, "big")
     trace_state = context.trace_state
-    if trace_state:
+    if trace_state is not DEFAULT_TRACE_STATE and trace_state:  # the default: no len() call
         text = ",".join(f"{key}={value}" for key, value in trace_state.items())
         if text:
-            parts.append(_field(b"\x1a", text.encode()))
+            head += _field(b"\x1a", text.encode())
     if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        head += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
     if name:
-        parts.append(_field(b"\x2a", name.encode()))
-    parts.append(_KINDS[id(kind)])
+        encoded_name = name.encode()
+        size = len(encoded_name)
+        head += (b"\x2a" + _SHORT[size] if size < 0x80 else b"\x2a" + _varint(size)) + encoded_name
+    head += _KINDS[id(kind)]
     if start_time:
-        parts.append(b"\x39" + _FIXED64(start_time))
+        head += b"\x39" + _FIXED64(start_time)
     if end_time:
-        parts.append(b"\x41" + _FIXED64(end_time))
-    parts.append(_attributes(b"\x4a", attributes))
-    parts.append(_count(b"\x50", dropped_attributes))
+        head += b"\x41" + _FIXED64(end_time)
+    body = head + _attributes(b"\x4a", attributes)
+    if dropped_attributes:
+        body += b"\x50" + _varint(dropped_attributes)
+    if events:
+        body += _events(events)
+    if dropped_events:
+        body += b"\x60" + _varint(dropped_events)
+    if links:
+        body += _links(links)
+    if dropped_links:
+        body += b"\x70" + _varint(dropped_links)
+    if status is not None:
+        body += _status(status)
+    body += _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
+    size = len(body)
+    return (b"\x12" + _SHORT[size] if size < 0x80 else b"\x12" + _varint(size)) + body
+
+
+def _events(events: Iterable[Any]) -> bytes:
+    out = b""
     for event in events:
         body = b"\x09" + _FIXED64(event.timestamp) if event.timestamp else b""
         if event.name:
             body += _field(b"\x12", event.name.encode())
         body += _attributes(b"\x1a", event.attributes)
         body += _count(b"\x20", event.dropped_attributes)
-        parts.append(_field(b"\x5a", body))
-    parts.append(_count(b"\x60", dropped_events))
+        out += _field(b"\x5a", body)
+    return out
+
+
+def _links(links: Iterable[Any]) -> bytes:
+    out = b""
     for link in links:
         body = (
             b"\x0a\x10"
@@ -245,16 +288,20 @@ def _encode(
             + _count(b"\x28", link.dropped_attributes)
             + (_LINK_FLAGS_REMOTE if link.context.is_remote else _LINK_FLAGS_LOCAL)
         )
-        parts.append(_field(b"\x6a", body))
-    parts.append(_count(b"\x70", dropped_links))
-    if status is not None:
-        body = _field(b"\x12", status.description.encode()) if status.description else b""
-        code = _STATUS_CODES[id(status.status_code)]
-        if code:
-            body += b"\x18" + _varint(code)
-        parts.append(_field(b"\x7a", body))
-    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
-    return _field(b"\x12", b"".join(parts))
+        out += _field(b"\x6a", body)
+    return out
+
+
+def _status(status: Status) -> bytes:
+    """The ``status`` field; those without a description are the same few bytes each time."""
+    description = status.description
+    code = _STATUS_CODES[id(status.status_code)]
+    if not description:
+        return _BARE_STATUS[code]
+    body = _field(b"\x12", description.encode())
+    if code:
+        body += b"\x18" + _varint(code)
+    return _field(b"\x7a", body)
 
 
 class EncodedRequest:
@@ -277,17 +324,22 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> EncodedRequest:
     """``ExportTraceServiceRequest``: spans grouped by resource, then by scope, in the
     order first seen (as the official encoder groups them)."""
     groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    lists: dict[tuple[int, int], list[bytes]] = {}  # the same lists, by both ids at once
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
-        by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-        by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
+        resource, scope = span.resource, span.instrumentation_scope or None
+        data = _span(span)
+        ids = (id(resource), id(scope))
+        encoded = lists.get(ids)
+        if encoded is None:
+            by_scope = groups.setdefault(ids[0], (resource, {}))[1]
+            encoded = lists[ids] = by_scope.setdefault(ids[1], (scope, []))[1]
+        encoded.append(data)
     out = []
     for resource, by_scope in groups.values():
         scope_spans = []
-        for scope, encoded in by_scope.values():
+        for scope, scope_encoded in by_scope.values():
             schema = scope.schema_url if scope is not None else None
-            body = _scope(scope) + b"".join(encoded)
+            body = _scope(scope) + b"".join(scope_encoded)
             if schema:
                 body += _field(b"\x1a", schema.encode())
             scope_spans.append(_field(b"\x12", body))
