@@ -8,6 +8,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official
 from opentelemetry.exporter.otlp.proto.http import trace_exporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +19,7 @@ from opentelemetry.trace.span import TraceState
 
 from quartstack.tracing import otlp_encoding
 from quartstack.tracing.otlp_encoding import encode_spans
+from tests.support.otlp import OtlpReceiver
 
 
 class _Keep(SpanExporter):
@@ -196,3 +198,19 @@ def test_install_leaves_an_exporter_it_does_not_recognise(monkeypatch):
     monkeypatch.setattr(trace_exporter, "encode_spans", theirs)
     assert otlp_encoding.install() is False
     assert trace_exporter.encode_spans is theirs
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_benchs_counting_receiver_counts_what_the_exporter_sent(keep):
+    """bench.tracing's receiver (``keep=False``) counts the spans of each export without
+    keeping them; the tests' receiver keeps them. Both see every span sent."""
+    spans = _every_shape()
+    with OtlpReceiver(keep=keep) as receiver:
+        exporter = OTLPSpanExporter(endpoint=receiver.traces_endpoint)
+        try:
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+            assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        assert receiver.span_count == len(spans) + 1
+        assert len(receiver.spans) == (len(spans) + 1 if keep else 0)
