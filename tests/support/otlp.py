@@ -252,9 +252,14 @@ class OtlpReceiver:
         self.stop()
 
     def _received(self, method: str, path: str, content_type: str, body: bytes) -> None:
-        traces = path.rstrip("/").endswith("/v1/traces")
-        spans = decode(body) if traces and self.keep else []
-        count = len(spans) if self.keep else count_spans(body) if traces else 0
+        spans: list[Span] = []
+        count = 0
+        if path.rstrip("/").endswith("/v1/traces"):
+            if self.keep:
+                spans = decode(body)
+                count = len(spans)
+            else:
+                count = count_spans(body)
         with self._lock:
             self.requests.append((method, path, content_type))
             self._spans.extend(spans)

@@ -68,8 +68,6 @@ def _varint(value: int) -> bytes:
         return _SHORT[value]
     if value < 0:
         value += 1 << 64  # int64 on the wire: two's complement, ten bytes
-    if value < 0x80:
-        return bytes((value,))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -238,9 +236,7 @@ def _encode(
     if parent is not None:
         head += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
     if name:
-        encoded_name = name.encode()
-        size = len(encoded_name)
-        head += (b"\x2a" + _SHORT[size] if size < 0x80 else b"\x2a" + _varint(size)) + encoded_name
+        head += _field(b"\x2a", name.encode())
     head += _KINDS[id(kind)]
     if start_time:
         head += b"\x39" + _FIXED64(start_time)
@@ -260,8 +256,7 @@ def _encode(
     if status is not None:
         body += _status(status)
     body += _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
-    size = len(body)
-    return (b"\x12" + _SHORT[size] if size < 0x80 else b"\x12" + _varint(size)) + body
+    return _field(b"\x12", body)
 
 
 def _events(events: Iterable[Any]) -> bytes:
