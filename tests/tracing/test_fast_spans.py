@@ -30,7 +30,13 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from quartstack.tracing.fast_spans import EndedSpan, FastSpan, FastTracerProvider
+from quartstack.tracing import otlp_encoding
+from quartstack.tracing.fast_spans import (
+    FastSpan,
+    FastTracerProvider,
+    SharedAttributes,
+    shared_attributes,
+)
 from quartstack.tracing.otlp_encoding import encode_spans
 
 Scenario = Callable[[trace.TracerProvider], None]
@@ -91,8 +97,9 @@ def _same(scenario: Scenario, **options: Any) -> list[ReadableSpan]:
     assert [_fields(s) for s in fast] == [_fields(s) for s in sdk]
     expected = official(sdk).SerializeToString()
     assert official(fast).SerializeToString() == expected
-    # Our encoding reads the fast spans' own fields: the same bytes.
-    assert all(type(span) is EndedSpan for span in fast)
+    # Processors get the fast spans themselves; our encoding reads their fields: the
+    # same bytes.
+    assert all(type(span) is FastSpan for span in fast)
     assert encode_spans(fast).SerializeToString() == expected
     return fast
 
@@ -326,7 +333,74 @@ def test_a_fast_span_is_what_the_tracer_starts_and_a_processor_sees_a_readable_s
     finally:
         context.detach(token)
     span.end()
-    assert isinstance(kept.get_finished_spans()[0], ReadableSpan)
+    (finished,) = kept.get_finished_spans()
+    assert finished is span  # no copy: nothing changes once it has ended
+    assert isinstance(finished, ReadableSpan)
+    span.set_attribute("late", 1)
+    span.update_name("renamed")
+    assert (finished.name, dict(finished.attributes or {})) == ("one", {})
+
+
+SHARED = SharedAttributes(
+    {"db.system.name": "postgresql", "db.namespace": "shop", "server.port": 5432}
+)
+
+
+def _shared(provider: trace.TracerProvider) -> None:
+    tracer = provider.get_tracer("quartstack.backends")
+    for n, start in enumerate((1_000, 2_000)):
+        span = tracer.start_span(
+            "query shop", kind=SpanKind.CLIENT, attributes=SHARED, start_time=start
+        )
+        if n:
+            span.set_attribute("error.type", "TimeoutError")
+            span.set_attribute("db.namespace", "other")  # a replaced pair moves to the end
+        span.end(end_time=start + 500)
+
+
+def test_shared_attributes_are_kept_by_reference_until_a_span_changes_them() -> None:
+    first, second = _same(_shared)
+    assert first._attributes is SHARED  # neither checked nor copied per span
+    assert second._attributes is not SHARED
+    assert dict(second.attributes or {}) == {
+        "db.system.name": "postgresql",
+        "server.port": 5432,
+        "error.type": "TimeoutError",
+        "db.namespace": "other",
+    }
+    assert dict(SHARED) == {
+        "db.system.name": "postgresql",
+        "db.namespace": "shop",
+        "server.port": 5432,
+    }
+    # The encoding of the shared block is kept, and stays the official encoder's.
+    assert encode_spans([first]).SerializeToString() == official([first]).SerializeToString()
+    assert otlp_encoding._shared[b"\x4a"][id(SHARED)][0] is SHARED
+
+
+def test_shared_attributes_over_a_limit_are_cut_and_counted_as_by_the_sdk() -> None:
+    first, _ = _same(_shared, span_limits=SpanLimits(max_span_attribute_length=4))
+    assert first.attributes == {
+        "db.system.name": "post",
+        "db.namespace": "shop",
+        "server.port": 5432,
+    }
+    (crowded, _) = _same(_shared, span_limits=SpanLimits(max_span_attributes=2))
+    assert crowded.dropped_attributes == 1
+
+
+def test_shared_attributes_are_read_only_and_only_plain() -> None:
+    with pytest.raises(TypeError):
+        SHARED["db.namespace"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        SHARED.update({"a": 1})
+    with pytest.raises(TypeError):
+        del SHARED["db.namespace"]  # type: ignore[attr-defined]
+    assert type(shared_attributes({"a": 1, "b": "x"})) is SharedAttributes
+    for unfit in ({"tags": ["a"]}, {"": 1}, {"none": None}):
+        kept = shared_attributes(unfit)
+        assert type(kept) is dict  # checked per span by the tracer, as any attributes
+        assert kept == unfit
 
 
 def test_a_disabled_sdk_gives_the_no_op_tracer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from quartstack.tracing import state
+from quartstack.tracing.fast_spans import shared_attributes
 
 if TYPE_CHECKING:
     from quartstack.settings import Settings
@@ -108,19 +109,23 @@ def wanted(operation: str) -> bool:
 
 class SpanSpecs:
     """Name and attributes of one backend's spans, per operation, built once (a guard
-    holds one: its attributes do not change, its operations are a handful of verbs)."""
+    holds one: its attributes do not change, its operations are a handful of verbs).
+    The attributes are shared by every span of the operation (:class:`SharedAttributes`:
+    checked and encoded once)."""
 
     __slots__ = ("attributes", "by_operation", "service")
 
     def __init__(self, service: str, attributes: Mapping[str, Any]) -> None:
         self.service = service
         self.attributes = dict(attributes)
-        self.by_operation: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.by_operation: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
-    def get(self, operation: str) -> tuple[str, dict[str, Any]]:
+    def get(self, operation: str) -> tuple[str, Mapping[str, Any]]:
         spec = self.by_operation.get(operation)
         if spec is None:
-            attributes = {**self.attributes, _operation_attribute(self.attributes): operation}
+            attributes = shared_attributes(
+                {**self.attributes, _operation_attribute(self.attributes): operation}
+            )
             spec = (span_name(self.service, operation, self.attributes), attributes)
             self.by_operation[operation] = spec
         return spec

@@ -7,16 +7,19 @@ end of two spans, a lock each, attributes validated one by one through
 ``BoundedAttributes`` and a ``ReadableSpan`` copy at the end, about 330k instructions
 a request, a third of the untraced route). Everything around the span object stays the
 SDK's: :class:`FastTracerProvider` is its ``TracerProvider`` (sampler and limits from
-``OTEL_*``, ``add_span_processor``, ``force_flush``, ``shutdown``), and a span hands
-processors and exporters the SDK's own ``ReadableSpan`` when it ends, so an exporter,
-a ``BatchSpanProcessor`` or a user's processor sees nothing different.
+``OTEL_*``, ``add_span_processor``, ``force_flush``, ``shutdown``), and a span is
+the SDK's own ``ReadableSpan`` (a subclass) that processors and exporters receive when
+it ends, so an exporter, a ``BatchSpanProcessor`` or a user's processor sees nothing
+different.
 
 What differs from the SDK's span: no lock (spans here live on one event loop; the GIL
 makes each dict update atomic); attribute values of the plain types (``str``, ``bool``,
 ``int``, ``float``) are kept in a plain dict as they are, and the first pair that needs
-more switches the span to the SDK's own ``BoundedAttributes``; the SDK's ``always_on``
-and ``parentbased_always_on`` samplers, whose answer for a root or a sampled parent is
-fixed, are not asked for it; the ``ReadableSpan`` is made once, at the end. The
+more switches the span to the SDK's own ``BoundedAttributes``; attributes many spans
+start with (:class:`SharedAttributes`, a backend's per operation) are checked once and
+kept by reference until a span changes them; the SDK's ``always_on`` and
+``parentbased_always_on`` samplers, whose answer for a root or a sampled parent is
+fixed, are not asked for it; no ``ReadableSpan`` copy is made at the end. The
 semantics are the SDK's: the sampler decides (a dropped span is the API's
 ``NonRecordingSpan``), limits count what they drop, an OK status is final, nothing
 changes once a span has ended. ``tests/tracing/test_fast_spans.py`` compares both.
@@ -30,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from time import time_ns
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -87,24 +90,60 @@ def _plain(key: Any, value: Any, max_length: int | None) -> bool:
     return max_length is None or type(value) is not str or len(value) <= max_length
 
 
-class FastSpan(trace.Span):
+class SharedAttributes(dict[str, Any]):
+    """Attributes many spans start with (a backend's, per operation), checked once:
+    every key a non-empty ``str``, every value a plain type. Read-only. A span given
+    these keeps them by reference until its first change of its own (a copy then), and
+    the OTLP encoding keeps their encoded form: no per-span check, copy or encoding."""
+
+    __slots__ = ("longest",)
+
+    def __init__(self, attributes: Mapping[str, Any]) -> None:
+        super().__init__(attributes)
+        if not all(_plain(key, value, None) for key, value in self.items()):
+            raise ValueError("shared attributes take non-empty str keys and plain values")
+        #: The longest string value (checked against ``max_span_attribute_length``).
+        self.longest = max((len(v) for v in self.values() if type(v) is str), default=0)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("SharedAttributes are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
+def shared_attributes(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``attributes`` as :class:`SharedAttributes` when they qualify, else a plain copy
+    (the tracer then checks them per span, as any attributes)."""
+    try:
+        return SharedAttributes(attributes)
+    except ValueError:
+        return dict(attributes)
+
+
+class FastSpan(trace.Span, ReadableSpan):
     """A recording span (see the module docstring for how it differs from the SDK's).
 
     Attributes are a plain dict while every pair is plain and within the count limit;
     the first pair that is not turns them into the SDK's ``BoundedAttributes`` for the
     rest of the span, so validation, truncation, eviction and the dropped count are the
-    SDK's own. Events and links use the SDK's containers (they are rare)."""
+    SDK's own. Events and links use the SDK's containers (they are rare).
+
+    It is also the SDK's ``ReadableSpan`` (as the SDK's own span is) that processors
+    receive when it ends: nothing changes once it has ended, so it needs no copy."""
 
     __slots__ = (
         "_attributes",
         "_context",
         "_end_time",
         "_events",
+        "_instrumentation_scope",
         "_kind",
         "_links",
         "_name",
         "_parent",
         "_record_exception",
+        "_resource",
         "_set_status_on_exception",
         "_start_time",
         "_status",
@@ -117,7 +156,7 @@ class FastSpan(trace.Span):
         context: SpanContext,
         parent: SpanContext | None,
         kind: SpanKind,
-        attributes: dict[str, Any] | BoundedAttributes,
+        attributes: dict[str, Any] | SharedAttributes | BoundedAttributes,
         links: Sequence[Link],
         tracer: FastTracer,
         start_time: int,
@@ -125,18 +164,22 @@ class FastSpan(trace.Span):
         set_status_on_exception: bool,
     ) -> None:
         self._name = name
-        self._context = context
+        self._context: SpanContext = context
         self._parent = parent
         self._kind = kind
-        self._attributes = attributes
+        self._attributes: dict[str, Any] | SharedAttributes | BoundedAttributes = attributes
         self._links = links
-        self._events: BoundedList[Event] | None = None
+        self._events: BoundedList[Event] | tuple[()] = ()
         self._status = _UNSET
         self._start_time = start_time
         self._end_time: int | None = None
-        self._tracer = tracer  # limits, processor, resource and scope: the tracer's
+        self._tracer = tracer  # limits and processor: the tracer's
+        self._resource = tracer.resource  # read by ReadableSpan's properties
+        self._instrumentation_scope = tracer.scope
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
+
+    _instrumentation_info = None  # what ReadableSpan reads for the deprecated property
 
     # --- the API -----------------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
@@ -160,6 +203,8 @@ class FastSpan(trace.Span):
 
     def _set(self, key: str, value: Any) -> None:
         attributes = self._attributes
+        if type(attributes) is SharedAttributes:  # the span's own copy from now on
+            attributes = self._attributes = dict(attributes)
         if type(attributes) is dict:
             limits = self._tracer.limits
             room = limits.max_span_attributes
@@ -183,7 +228,7 @@ class FastSpan(trace.Span):
             logger.warning("Calling add_event() on an ended span.")
             return
         limits = self._tracer.limits
-        if self._events is None:
+        if type(self._events) is not BoundedList:
             self._events = BoundedList(limits.max_events)
         bounded = BoundedAttributes(
             limits.max_event_attributes,
@@ -255,24 +300,7 @@ class FastSpan(trace.Span):
             logger.warning("Calling end() on an ended span.")
             return
         self._end_time = time_ns() if end_time is None else end_time
-        tracer = self._tracer
-        tracer.processor.on_end(
-            EndedSpan(
-                self,
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=tracer.resource,
-                attributes=self._attributes,
-                events=self._events if self._events is not None else (),
-                links=self._links,
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=self._end_time,
-                instrumentation_scope=tracer.scope,
-            )
-        )
+        self._tracer.processor.on_end(self)
 
     def __exit__(
         self,
@@ -307,21 +335,12 @@ class FastSpan(trace.Span):
             self._end_time,
             attributes,
             attributes.dropped if type(attributes) is BoundedAttributes else 0,
-            () if events is None else events,
-            0 if events is None else events.dropped,
+            events,
+            events.dropped if type(events) is BoundedList else 0,
             links,
             links.dropped if type(links) is BoundedList else 0,
             self._status,
         )
-
-
-class EndedSpan(ReadableSpan):
-    """The SDK's ``ReadableSpan`` a :class:`FastSpan` hands processors when it ends, with
-    the span it came from (``source``) for the OTLP encoding's direct read."""
-
-    def __init__(self, source: FastSpan, **fields: Any) -> None:
-        super().__init__(**fields)
-        self.source = source
 
 
 def _bounded(attributes: Mapping[str, Any] | None, limits: SpanLimits) -> BoundedAttributes:
@@ -435,10 +454,12 @@ class FastTracer(trace.Tracer):
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
-    def _attributes(self, given: types.Attributes) -> dict[str, Any] | BoundedAttributes:
-        """A new span's attributes: a plain dict when the SDK would keep every pair as
-        it is (:func:`_plain`, inlined: this runs for every span), else the SDK's own
-        container."""
+    def _attributes(
+        self, given: types.Attributes
+    ) -> dict[str, Any] | SharedAttributes | BoundedAttributes:
+        """A new span's attributes: shared ones as they are when within the limits, a
+        plain dict when the SDK would keep every pair as it is (:func:`_plain`, inlined:
+        this runs for every span), else the SDK's own container."""
         if not given:
             return {}
         limits = self.limits
@@ -446,6 +467,8 @@ class FastTracer(trace.Tracer):
         if room is not None and len(given) > room:
             return _bounded(given, limits)
         length = limits.max_span_attribute_length
+        if type(given) is SharedAttributes and (length is None or given.longest <= length):
+            return given
         for key, value in given.items():
             kind = type(value)
             if (

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from quartstack.tracing.fast_spans import EndedSpan
+from quartstack.tracing.fast_spans import FastSpan, SharedAttributes
 
 logger = logging.getLogger("quartstack.tracing")
 
@@ -60,6 +60,9 @@ _PAIR_CACHE_SIZE = 4096
 _pairs: dict[bytes, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 #: Encoded resources and scopes, by object (one provider: a handful at most).
 _resources: dict[int, tuple[Any, bytes]] = {}
+#: Encoded shared attributes (a backend's, per operation), by field tag and object.
+_shared: dict[bytes, dict[int, tuple[SharedAttributes, bytes]]] = {}
+_SHARED_CACHE_SIZE = 1024
 _scopes: dict[int, tuple[Any, bytes]] = {}
 
 
@@ -119,6 +122,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     checked on a hit since ``True == 1``. Floats are not kept: ``0.0 == -0.0``."""
     if not attributes:
         return b""
+    if type(attributes) is SharedAttributes:
+        return _shared_attributes(tag, attributes)
     if type(attributes) is not dict:
         # The SDK's attributes are a read-only view over a mapping with a lock: a copy is
         # a C-level dict copy, where iterating the view goes through Python for every key.
@@ -148,6 +153,21 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             cache[item] = (kind, encoded)
         parts.append(encoded)
     return b"".join(parts)
+
+
+def _shared_attributes(tag: bytes, attributes: SharedAttributes) -> bytes:
+    """Shared attributes (read-only) encoded once, kept by the object itself."""
+    blocks = _shared.get(tag)
+    if blocks is None:
+        blocks = _shared[tag] = {}
+    held = blocks.get(id(attributes))
+    if held is not None and held[0] is attributes:
+        return held[1]
+    encoded = _attributes(tag, dict(attributes))
+    if len(blocks) >= _SHARED_CACHE_SIZE:
+        blocks.clear()
+    blocks[id(attributes)] = (attributes, encoded)
+    return encoded
 
 
 def _resource(resource: Any) -> bytes:
@@ -186,8 +206,8 @@ def _count(tag: bytes, count: int) -> bytes:
 
 
 def _span(span: ReadableSpan) -> bytes:
-    if type(span) is EndedSpan:  # ours: its fields read straight from the span's slots
-        return _encode(*span.source.otlp_fields())
+    if type(span) is FastSpan:  # ours: its fields read straight from its slots
+        return _encode(*span.otlp_fields())
     context = span.get_span_context()
     if context is None:  # not a span the SDK ended; the official encoder fails on it too
         return b""
