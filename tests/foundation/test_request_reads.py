@@ -3,6 +3,8 @@ would (lists for repeated keys) with the same 422 problem and OpenAPI parameters
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -56,6 +58,56 @@ async def test_the_body_is_awaited_once_then_reused() -> None:
     assert seen["reads"] == 0  # every later read came from the cached bytes
     assert seen["uncached"] == b'{"a": 1}'
     assert seen["after_uncached"] == b""  # cache=False freed it, as Quart does
+
+
+async def test_a_body_that_stops_arriving_is_a_408_problem_after_body_timeout() -> None:
+    app = _app()
+    app.config["BODY_TIMEOUT"] = 0.2
+    reached: list[str] = []
+
+    @app.post("/echo")
+    async def echo() -> dict[str, Any]:
+        reached.append("handler")
+        await app_request().get_data()
+        reached.append("read")  # never: the rest of the body does not come
+        return {"ok": True}
+
+    stalled = asyncio.Event()  # never set: the client stops sending
+    messages: list[dict[str, Any]] = [{"type": "http.request", "body": b'{"a":', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await stalled.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+        "extensions": {},
+    }
+    async with asyncio.timeout(10):
+        await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408
+    assert (b"content-type", b"application/problem+json") in start["headers"]
+    assert json.loads(body)["status"] == 408
+    assert reached == ["handler"]
 
 
 def app_request() -> ProblemRequest:

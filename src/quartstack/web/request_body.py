@@ -12,6 +12,7 @@ would also fail later, when the value is encoded again to publish or answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -23,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 from quart import Quart, Request, request
 from quart.helpers import _split_blueprint_path
+from werkzeug.exceptions import RequestTimeout
 
 from quartstack.server_fixes import MAX_REQUEST_HEAD_BYTES
 from quartstack.settings import Settings
@@ -97,7 +99,8 @@ class ProblemRequest(Request):
     #: The whole body once read with ``cache=True``: later reads (the idempotency
     #: fingerprint, the JSON parse, the handler) take it from here. Quart's own
     #: ``get_data`` awaits the body under ``asyncio.wait_for`` every time, which
-    #: creates a task per read on Python 3.11.
+    #: creates a task per read on Python 3.11; the first read here waits under
+    #: ``asyncio.timeout`` (the same ``BODY_TIMEOUT``, no task).
     _body_read: bytes | None = None
 
     async def get_data(  # type: ignore[override]
@@ -108,9 +111,16 @@ class ProblemRequest(Request):
             return await super().get_data(cache, as_text, parse_form_data)
         data = self._body_read
         if data is None:
-            data = cast(bytes, await super().get_data(cache=True, as_text=False))
-            self._body_read = data
+            data = self._body_read = await self._whole_body()
         return data.decode() if as_text else data
+
+    async def _whole_body(self) -> bytes:
+        """The body once it has all arrived; a 408 past ``BODY_TIMEOUT``, as in Quart."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return cast(bytes, await self.body)
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         """Quart's ``get_json`` with :func:`loads_strict` in place of ``json.loads``."""
