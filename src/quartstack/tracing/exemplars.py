@@ -3,12 +3,11 @@ in Grafana links to its trace. Exemplars are exposed only in the OpenMetrics for
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from quartstack.tracing.span_ids import current_ids
 
 
 def current_exemplar() -> dict[str, str] | None:
-    """``{"trace_id", "span_id"}`` of the current sampled span, or ``None``."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid or not context.trace_flags.sampled:
-        return None
-    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+    """``{"trace_id", "span_id"}`` of the current sampled span, or ``None`` (shared by
+    the span's observations: read, never changed)."""
+    ids = current_ids()
+    return None if ids is None else ids.exemplar

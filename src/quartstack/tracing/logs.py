@@ -4,28 +4,27 @@ Context fields of the JSON logging (:func:`~quartstack.logging_setup.add_context
 rather than a log-record factory: they are read where the line is rendered, so the
 request lines' direct path (no ``LogRecord``) carries them too, and a factory would
 send every line down the slower ordinary path. Installed only when tracing is on (no
-cost otherwise). The ids are hex, never personal data: marked checked, so the masking
-scan skips them (a run of digits in a trace id could look like a card number).
+cost otherwise). The ids come formatted from :mod:`.span_ids` (once per span, marked
+checked for the masking scan).
 """
 
 from __future__ import annotations
 
-from opentelemetry import trace
-
 from quartstack.log_masking import Checked
 from quartstack.logging_setup import add_context_field
+from quartstack.tracing.span_ids import current_ids
 
 _installed = False
 
 
 def _trace_id() -> Checked | None:
-    context = trace.get_current_span().get_span_context()
-    return Checked(f"{context.trace_id:032x}") if context.is_valid else None
+    ids = current_ids()
+    return None if ids is None else ids.trace_id
 
 
 def _span_id() -> Checked | None:
-    context = trace.get_current_span().get_span_context()
-    return Checked(f"{context.span_id:016x}") if context.is_valid else None
+    ids = current_ids()
+    return None if ids is None else ids.span_id
 
 
 def install_log_correlation() -> None:
