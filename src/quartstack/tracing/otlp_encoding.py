@@ -61,7 +61,7 @@ _pairs: dict[bytes, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 #: Encoded resources and scopes, by object (one provider: a handful at most).
 _resources: dict[int, tuple[Any, bytes]] = {}
 #: Encoded shared attributes (a backend's, per operation), by field tag and object.
-_shared: dict[bytes, dict[int, tuple[SharedAttributes, bytes]]] = {}
+_shared: dict[bytes, dict[int, tuple[Any, bytes]]] = {}
 _SHARED_CACHE_SIZE = 1024
 _scopes: dict[int, tuple[Any, bytes]] = {}
 
@@ -155,38 +155,46 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(parts)
 
 
+def _held(cache: dict[int, tuple[Any, bytes]], item: Any) -> bytes | None:
+    """The encoding kept for ``item`` (the object itself: its id, checked by identity)."""
+    held = cache.get(id(item))
+    return held[1] if held is not None and held[0] is item else None
+
+
+def _hold(cache: dict[int, tuple[Any, bytes]], item: Any, encoded: bytes, size: int) -> bytes:
+    """Keep ``encoded`` for ``item`` (held, so its id cannot be reused meanwhile);
+    the cache is emptied when it reaches ``size``."""
+    if len(cache) >= size:
+        cache.clear()
+    cache[id(item)] = (item, encoded)
+    return encoded
+
+
 def _shared_attributes(tag: bytes, attributes: SharedAttributes) -> bytes:
     """Shared attributes (read-only) encoded once, kept by the object itself."""
     blocks = _shared.get(tag)
     if blocks is None:
         blocks = _shared[tag] = {}
-    held = blocks.get(id(attributes))
-    if held is not None and held[0] is attributes:
-        return held[1]
-    encoded = _attributes(tag, dict(attributes))
-    if len(blocks) >= _SHARED_CACHE_SIZE:
-        blocks.clear()
-    blocks[id(attributes)] = (attributes, encoded)
-    return encoded
+    held = _held(blocks, attributes)
+    if held is not None:
+        return held
+    return _hold(blocks, attributes, _attributes(tag, dict(attributes)), _SHARED_CACHE_SIZE)
 
 
 def _resource(resource: Any) -> bytes:
     """``ResourceSpans.resource`` field, encoded once per resource object."""
-    held = _resources.get(id(resource))
-    if held is not None and held[0] is resource:
-        return held[1]
+    held = _held(_resources, resource)
+    if held is not None:
+        return held
     encoded = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
-    if len(_resources) > 64:
-        _resources.clear()
-    _resources[id(resource)] = (resource, encoded)
-    return encoded
+    return _hold(_resources, resource, encoded, 64)
 
 
 def _scope(scope: Any) -> bytes:
     """``ScopeSpans.scope`` field (always present, empty without a scope)."""
-    held = _scopes.get(id(scope))
-    if held is not None and held[0] is scope:
-        return held[1]
+    held = _held(_scopes, scope)
+    if held is not None:
+        return held
     body = b""
     if scope is not None:
         if scope.name:
@@ -194,11 +202,7 @@ def _scope(scope: Any) -> bytes:
         if scope.version:
             body += _field(b"\x12", scope.version.encode())
         body += _attributes(b"\x1a", scope.attributes)
-    encoded = _field(b"\x0a", body)
-    if len(_scopes) > 256:
-        _scopes.clear()
-    _scopes[id(scope)] = (scope, encoded)
-    return encoded
+    return _hold(_scopes, scope, _field(b"\x0a", body), 256)
 
 
 def _count(tag: bytes, count: int) -> bytes:
