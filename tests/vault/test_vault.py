@@ -342,6 +342,33 @@ async def test_forbidden_triggers_one_relogin_and_retry(vault, approle):
         assert sum(counts.get(f"/v1/secret/data/{n}", 0) for n in names) == 2 * len(names)
 
 
+async def test_a_login_by_another_call_during_the_403_check_means_retry_not_denial(
+    vault, approle, monkeypatch
+):
+    """A 403 from a revoked token, and another call logs in before this one's lookup-self
+    answers: the lookup then vouches for the new token, which says nothing about the
+    refused one. The call must retry with the new token, not report a policy denial."""
+    vault.write_secret("raced", {"v": 1})
+    role_dir = approle(token_ttl=3600)
+    async with running_app(**_fast(vault_addr=vault.url, vault_approle_dir=str(role_dir))) as (
+        app,
+        c,
+    ):
+        assert (await c.get("/examples/vault/secret/raced")).status_code == 200
+        client = app.extensions["vault"]
+        lookup = client._token_is_valid
+
+        async def concurrent_login_first() -> bool:
+            await client.login()  # what another request met by the revoked token does
+            return await lookup()
+
+        monkeypatch.setattr(client, "_token_is_valid", concurrent_login_first)
+        vault.revoke_tokens()
+        response = await c.get("/examples/vault/secret/raced")  # VAULT_CACHE_TTL_SECONDS=0
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        assert (await response.get_json())["data"] == {"v": 1}
+
+
 async def test_policy_denial_is_a_403_problem_without_relogin_or_retry(vault, tmp_path):
     vault.write_secret("allowed", {"v": 1})
     vault.write_secret("denied", {"password": "dp-" + uuid.uuid4().hex})

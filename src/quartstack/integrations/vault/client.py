@@ -209,7 +209,7 @@ class VaultClient(Backend):
         try:
             return await self._guarded(operation, func, idempotent=idempotent)
         except hvac.exceptions.Forbidden:
-            if await self._token_is_valid():
+            if await self._denied_by_policy(generation):
                 raise VaultAccessDenied(f"vault policy denies the service {operation}") from None
             logger.warning("vault answered 403; logging in again", extra={"operation": operation})
         await self._login_for_call(generation)
@@ -217,6 +217,16 @@ class VaultClient(Backend):
             return await self._guarded(operation, func, idempotent=idempotent)
         except hvac.exceptions.Forbidden as exc:
             raise BackendUnavailable("vault", "vault denied access to the service") from exc
+
+    async def _denied_by_policy(self, generation: int) -> bool:
+        """After a 403 met with the token of ``generation``: is it the policy? Only if
+        that token still works. Once another caller has logged in since (concurrent
+        calls meeting one revoked token), the lookup would ask about the new token, not
+        the one that was refused: the call is retried with the new one instead."""
+        if self._generation != generation:
+            return False
+        valid = await self._token_is_valid()
+        return valid and self._generation == generation
 
     async def _token_is_valid(self) -> bool:
         """After a 403: does our token still work (so the policy denies the path) or is
